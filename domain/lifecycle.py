@@ -1,0 +1,154 @@
+"""The order lifecycle: explicit states and the one table of allowed transitions.
+
+Stages change state only through ``apply_transitions``/``transition``, which refuse (and log)
+any move the table does not allow, and guard the UPDATE on the state they read, so a task run
+twice cannot apply the same move twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from domain.clock import utcnow
+from domain.models import OrderEvent, OrderRow
+
+log = logging.getLogger(__name__)
+
+
+class State(StrEnum):
+    RECEIVED = "received"
+    ON_HOLD = "on_hold"  # waiting for a person: review desk, frozen SKU
+    REJECTED = "rejected"  # fraud verdict
+    FRAUD_CHECKED = "fraud_checked"
+    BACKORDERED = "backordered"  # not enough stock; retried when stock arrives
+    RESERVED = "reserved"
+    BATCHED = "batched"  # in a pick wave
+    LABEL_FAILED = "label_failed"  # the carrier refused the parcel: a person must fix it
+    LABELLED = "labelled"
+    IN_TRANSIT = "in_transit"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+    RETURNED = "returned"
+
+
+S = State
+TRANSITIONS: dict[State, frozenset[State]] = {
+    S.RECEIVED: frozenset({S.FRAUD_CHECKED, S.ON_HOLD, S.REJECTED, S.CANCELLED}),
+    S.ON_HOLD: frozenset({S.FRAUD_CHECKED, S.REJECTED, S.CANCELLED}),
+    S.FRAUD_CHECKED: frozenset({S.RESERVED, S.BACKORDERED, S.ON_HOLD, S.CANCELLED}),
+    S.BACKORDERED: frozenset({S.RESERVED, S.ON_HOLD, S.CANCELLED}),
+    # reserved -> fraud_checked: the reservation expired; the order will be reserved again.
+    S.RESERVED: frozenset({S.BATCHED, S.FRAUD_CHECKED, S.CANCELLED}),
+    S.BATCHED: frozenset({S.LABELLED, S.LABEL_FAILED, S.CANCELLED}),
+    S.LABEL_FAILED: frozenset({S.BATCHED, S.CANCELLED}),
+    S.LABELLED: frozenset({S.IN_TRANSIT, S.DELIVERED, S.CANCELLED}),
+    S.IN_TRANSIT: frozenset({S.DELIVERED, S.RETURNED}),
+    S.DELIVERED: frozenset({S.RETURNED}),
+    S.REJECTED: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.RETURNED: frozenset(),
+}
+
+TERMINAL: frozenset[State] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+# States the pipeline moves on its own (the re-drive sweep watches these).
+AUTOMATED: frozenset[State] = frozenset(
+    {S.RECEIVED, S.FRAUD_CHECKED, S.RESERVED, S.BATCHED, S.LABELLED, S.IN_TRANSIT}
+)
+
+
+def is_allowed(src: State | str, dst: State | str) -> bool:
+    return State(dst) in TRANSITIONS[State(src)]
+
+
+class IllegalTransition(Exception):
+    def __init__(self, order_id: int, src: str, dst: str) -> None:
+        self.order_id, self.src, self.dst = order_id, src, dst
+        super().__init__(f"order {order_id}: transition {src} -> {dst} is not allowed")
+
+
+@dataclass(frozen=True)
+class Move:
+    order_id: int
+    src: State
+    dst: State
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_transitions(session: Session, moves: Sequence[Move], *, stage: str) -> list[Move]:
+    """Apply moves in bulk: one guarded UPDATE per (src, dst) pair and one event INSERT.
+
+    Returns the moves applied. An illegal move is refused and logged; a move whose order is no
+    longer in ``src`` (another worker got there first) is skipped.
+    """
+    groups: dict[tuple[State, State], list[Move]] = defaultdict(list)
+    for m in moves:
+        if not is_allowed(m.src, m.dst):
+            log.warning("refused illegal transition", extra={"order_id": m.order_id,
+                        "src": str(m.src), "dst": str(m.dst), "stage": stage})
+            continue
+        groups[(m.src, m.dst)].append(m)
+    now = utcnow()
+    applied: list[Move] = []
+    for (src, dst), group in groups.items():
+        by_id = {m.order_id: m for m in group}
+        done = session.execute(
+            update(OrderRow)
+            .where(OrderRow.id.in_(by_id), OrderRow.state == src.value)
+            .values(state=dst.value, updated_at=now)
+            .returning(OrderRow.id)
+        ).scalars().all()
+        applied.extend(by_id[i] for i in done)
+    if applied:
+        session.execute(
+            insert(OrderEvent),
+            [
+                {"order_id": m.order_id, "at": now, "stage": stage, "from_state": m.src.value,
+                 "to_state": m.dst.value, "detail": m.detail or None}
+                for m in applied
+            ],
+        )
+    return applied
+
+
+def transition(
+    session: Session, order_id: int, dst: State, *, stage: str, detail: dict[str, Any] | None = None
+) -> State:
+    """Move one order (ops commands): lock it, check the table, apply. Returns the old state."""
+    current = session.execute(
+        select(OrderRow.state).where(OrderRow.id == order_id).with_for_update()
+    ).scalar_one()
+    src = State(current)
+    if not is_allowed(src, dst):
+        log.warning("refused illegal transition", extra={"order_id": order_id, "src": src.value,
+                    "dst": dst.value, "stage": stage})
+        raise IllegalTransition(order_id, src.value, dst.value)
+    apply_transitions(session, [Move(order_id, src, dst, detail or {})], stage=stage)
+    return src
+
+
+def claim(
+    session: Session, order_ids: Iterable[int], states: Iterable[State]
+) -> list[OrderRow]:
+    """Lock the orders among ``order_ids`` that are in one of ``states``.
+
+    SKIP LOCKED: an order another worker is already handling (a duplicate delivery) is left to
+    it rather than waited for. SQLite has no row locks; its writers are serialised instead.
+    """
+    ids = sorted(set(order_ids))
+    if not ids:
+        return []
+    stmt = (
+        select(OrderRow)
+        .where(OrderRow.id.in_(ids), OrderRow.state.in_([State(s).value for s in states]))
+        .order_by(OrderRow.id)
+        .with_for_update(skip_locked=True, of=OrderRow)
+    )
+    return list(session.execute(stmt).scalars().all())

@@ -1,0 +1,61 @@
+"""One order's whole story, for ``orderfleet status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from domain.models import OrderEvent, OrderRow, Shipment
+
+
+def find_order(session: Session, order_id: str, store: str | None = None) -> OrderRow | None:
+    """By the store's order id (optionally with the store) or by the internal numeric id."""
+    conds = [OrderRow.source_order_id == order_id]
+    if order_id.isdigit():
+        conds.append(OrderRow.id == int(order_id))
+    q = select(OrderRow).where(or_(*conds))
+    if store:
+        q = q.where(OrderRow.store == store)
+    rows = session.execute(q.order_by(OrderRow.id)).scalars().all()
+    # A store id that equals someone's internal id: the store's id wins.
+    exact = [r for r in rows if r.source_order_id == order_id]
+    return (exact or rows or [None])[0]
+
+
+def order_status(
+    session: Session, order_id: str, store: str | None = None
+) -> dict[str, Any] | None:
+    order = find_order(session, order_id, store)
+    if order is None:
+        return None
+    events = session.execute(
+        select(OrderEvent).where(OrderEvent.order_id == order.id).order_by(OrderEvent.id)
+    ).scalars().all()
+    shipment = session.execute(
+        select(Shipment).where(Shipment.order_id == order.id)).scalar_one_or_none()
+    return {
+        "id": order.id,
+        "store": order.store,
+        "source": order.source,
+        "source_order_id": order.source_order_id,
+        "state": order.state,
+        "paid_at": order.paid_at.isoformat(),
+        "total": str(order.total),
+        "currency": order.currency,
+        "total_usd": str(order.total_usd),
+        "lane": order.lane,
+        "warehouse": order.warehouse,
+        "batch_id": order.batch_id,
+        "fraud_score": order.fraud_score,
+        "fraud_reasons": order.fraud_reasons or [],
+        "hold_reason": order.hold_reason,
+        "shipment": None if shipment is None else {
+            "carrier": shipment.carrier, "service": shipment.service,
+            "label_id": shipment.label_id, "tracking_number": shipment.tracking_number,
+            "status": shipment.status, "tracking_status": shipment.tracking_status,
+        },
+        "events": [{"at": e.at.isoformat(), "stage": e.stage, "from_state": e.from_state,
+                    "to_state": e.to_state, "detail": e.detail} for e in events],
+    }

@@ -1,0 +1,21 @@
+"""The benchmark's baseline: a no-op chain of five tasks per order (the naive design)."""
+
+from __future__ import annotations
+
+import redis
+
+from config.settings import get_settings
+from tasks.base import stage_task
+
+NOOP_DONE_KEY = "orderfleet:bench:noop_done"
+_redis: redis.Redis | None = None
+
+
+@stage_task("orderfleet.bench.noop")
+def noop(self, order_id: int, step: int, last: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Does nothing; the last link of a chain counts the order as done."""
+    global _redis
+    if last:
+        if _redis is None:
+            _redis = redis.Redis.from_url(get_settings().broker_url)
+        _redis.incr(NOOP_DONE_KEY)

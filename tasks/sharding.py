@@ -1,0 +1,148 @@
+"""Batch sharding: reserved orders grouped into pick waves by warehouse, carrier and lane.
+
+A wave closes when it reaches ``wave_size`` orders or ``wave_max_age_s`` seconds, whichever
+comes first; a closed wave is labelled as one batch call to its carrier. Lanes keep custom-made
+and VIP orders from queueing behind standard ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from config.settings import Settings, get_settings
+from domain.clock import utcnow
+from domain.db import UnitOfWork, unit_of_work
+from domain.lifecycle import Move, State, apply_transitions, claim
+from domain.models import Batch, OrderRow, Warehouse
+from tasks.base import TRANSIENT_ERRORS, parse_ids, retry_backoff, stage_task
+
+log = logging.getLogger(__name__)
+
+CUSTOM_PROPERTY_WORDS = ("engraving", "monogram", "custom", "personalis", "personaliz")
+
+
+def lane_for(payload: dict[str, Any]) -> str:
+    """standard, custom (made to order) or vip, from the order's features."""
+    tags = {t.lower() for t in payload.get("tags", [])}
+    customer_tags = {t.lower() for t in payload.get("customer", {}).get("tags", [])}
+    if "custom" in tags or any(
+        any(w in key.lower() for w in CUSTOM_PROPERTY_WORDS)
+        for line in payload.get("lines", []) for key in line.get("properties", {})
+    ):
+        return "custom"
+    if "vip" in tags or "vip" in customer_tags:
+        return "vip"
+    return "standard"
+
+
+def carrier_for(warehouse_country: str, ship_country: str) -> tuple[str, str]:
+    """(carrier, service): the post for domestic parcels, air express across borders."""
+    if warehouse_country == ship_country:
+        return "sbx-post", "ground"
+    return "sbx-air", "express"
+
+
+def _open_wave(uow: UnitOfWork, key: tuple[str, str, str]) -> Batch:
+    """The open wave for (warehouse, carrier, lane), locked; created if there is none."""
+    session = uow.session
+    warehouse, carrier, lane = key
+    query = (
+        select(Batch)
+        .where(Batch.warehouse == warehouse, Batch.carrier == carrier, Batch.lane == lane,
+               Batch.status == "open")
+        .with_for_update()
+    )
+    wave = session.execute(query).scalar_one_or_none()
+    if wave is not None:
+        return wave
+    try:
+        with session.begin_nested():
+            session.execute(insert(Batch).values(
+                warehouse=warehouse, carrier=carrier, lane=lane, status="open", size=0,
+                opened_at=utcnow()))
+    except IntegrityError:
+        pass  # another worker opened it first: the unique partial index said so
+    return session.execute(query.execution_options(populate_existing=True)).scalar_one()
+
+
+def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> list[int]:
+    """Put reserved orders into waves; return the ids of waves closed by size."""
+    session = uow.session
+    orders = claim(session, order_ids, [State.RESERVED])
+    if not orders:
+        return []
+    countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
+    groups: dict[tuple[str, str, str], list[OrderRow]] = defaultdict(list)
+    services: dict[int, str] = {}
+    for o in orders:
+        assert o.warehouse is not None, "a reserved order has a warehouse"
+        carrier, service = carrier_for(countries[o.warehouse], o.ship_country)
+        services[o.id] = service
+        groups[(o.warehouse, carrier, lane_for(o.payload))].append(o)
+
+    closed: list[int] = []
+    placed: list[dict[str, Any]] = []
+    moves: list[Move] = []
+    now = utcnow()
+    for key in sorted(groups):  # sorted: waves are locked in one order by every worker
+        pending = groups[key]
+        while pending:
+            wave = _open_wave(uow, key)
+            room = settings.wave_size - wave.size
+            take, pending = pending[:room], pending[room:]
+            wave.size += len(take)
+            for o in take:
+                placed.append({"id": o.id, "batch_id": wave.id, "carrier": key[1],
+                               "lane": key[2]})
+                moves.append(Move(o.id, State.RESERVED, State.BATCHED,
+                                  {"batch_id": wave.id, "lane": key[2], "carrier": key[1],
+                                   "service": services[o.id]}))
+            if wave.size >= settings.wave_size:
+                wave.status, wave.closed_at, wave.close_reason = "closed", now, "size"
+                closed.append(wave.id)
+            session.flush()
+    session.execute(update(OrderRow), placed)
+    apply_transitions(session, moves, stage="sharding")
+    return closed
+
+
+def close_waves_older_than(uow: UnitOfWork, max_age_s: float) -> list[int]:
+    """Close open waves older than ``max_age_s``; return their ids."""
+    now = utcnow()
+    return list(uow.session.execute(
+        update(Batch)
+        .where(Batch.status == "open", Batch.opened_at <= now - timedelta(seconds=max_age_s))
+        .values(status="closed", closed_at=now, close_reason="age")
+        .returning(Batch.id)
+    ).scalars())
+
+
+def _send_labels(uow: UnitOfWork, wave_ids: list[int]) -> None:
+    from tasks.labels import buy
+
+    for wave_id in wave_ids:
+        uow.after_commit(lambda wave_id=wave_id: buy.delay(wave_id))
+
+
+@stage_task("orderfleet.sharding.assign")
+def assign(self, order_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    ids = parse_ids(order_ids)
+    try:
+        with unit_of_work(settings) as uow:
+            _send_labels(uow, assign_orders(uow, ids, settings))
+    except TRANSIENT_ERRORS as exc:
+        retry_backoff(self, exc)
+
+
+@stage_task("orderfleet.sharding.close_aged_waves")
+def close_aged_waves(self) -> None:  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    with unit_of_work(settings) as uow:
+        _send_labels(uow, close_waves_older_than(uow, settings.wave_max_age_s))

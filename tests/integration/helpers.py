@@ -1,0 +1,31 @@
+"""Small builders shared by the integration tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domain.db import unit_of_work
+from domain.stock import StockLevel, set_stock_levels
+
+
+def native_order(order_id: str, *, sku: str = "TEE-M", quantity: int = 1, price: str = "20.00",
+                 country: str = "US", store: str = "acme", **over: Any) -> dict[str, Any]:
+    total = f"{float(price) * quantity:.2f}"
+    order = {
+        "order_id": order_id, "store": store, "paid_at": "2026-11-27T10:00:00Z",
+        "customer": {"id": f"c-{order_id}", "email": "jo@example.com", "order_count": 3},
+        "lines": [{"sku": sku, "quantity": quantity, "unit_price": price, "weight_g": 250}],
+        "currency": "USD", "totals": {"subtotal": total, "total": total},
+        "shipping_address": {"line1": "1 Main St", "city": "Austin", "postal_code": "78701",
+                             "country": country},
+        "payment": {"avs_result": "Y", "cvv_result": "M"},
+    }
+    order.update(over)
+    return order
+
+
+def put_stock(settings: Any, rows: list[tuple[str, str, str, int]]) -> None:
+    """rows: (sku, warehouse, country, on_hand)."""
+    with unit_of_work(settings) as uow:
+        set_stock_levels(uow, [StockLevel(sku=s, warehouse=w, country=c, on_hand=n)
+                               for s, w, c, n in rows])

@@ -1,0 +1,39 @@
+"""The transition table: one place, no dead ends, terminal states final."""
+
+from domain.lifecycle import AUTOMATED, TERMINAL, TRANSITIONS, State, is_allowed
+
+
+def test_every_state_has_a_row() -> None:
+    assert set(TRANSITIONS) == set(State)
+
+
+def test_terminal_states_allow_nothing() -> None:
+    assert {State.REJECTED, State.CANCELLED, State.RETURNED} == TERMINAL
+    for s in TERMINAL:
+        for t in State:
+            assert not is_allowed(s, t)
+
+
+def test_every_state_reaches_a_terminal_state() -> None:
+    for start in State:
+        seen, frontier = {start}, [start]
+        while frontier:
+            for nxt in TRANSITIONS[frontier.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    frontier.append(nxt)
+        assert seen & TERMINAL, f"{start} cannot finish"
+
+
+def test_happy_path_is_allowed_and_shortcuts_are_not() -> None:
+    path = [State.RECEIVED, State.FRAUD_CHECKED, State.RESERVED, State.BATCHED,
+            State.LABELLED, State.IN_TRANSIT, State.DELIVERED]
+    for a, b in zip(path, path[1:], strict=False):
+        assert is_allowed(a, b)
+    assert not is_allowed(State.RECEIVED, State.LABELLED)
+    assert not is_allowed(State.DELIVERED, State.CANCELLED)
+    assert not is_allowed(State.ON_HOLD, State.RESERVED)  # review first, then reserve
+
+
+def test_held_orders_are_not_automated() -> None:
+    assert State.ON_HOLD not in AUTOMATED and State.BACKORDERED not in AUTOMATED

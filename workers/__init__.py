@@ -1,0 +1,1 @@
+"""The fleet: the Celery app, process entry points and the ``orderfleet`` CLI."""
