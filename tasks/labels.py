@@ -12,10 +12,10 @@ import logging
 import os
 from dataclasses import dataclass
 
-from domain.carrier import CarrierClient, CarrierRejected, CarrierUnavailable, Label, LabelRequest
 from sqlalchemy import func, select, update
 
 from config.settings import Settings, get_settings
+from domain.carrier import CarrierClient, CarrierRejected, CarrierUnavailable, Label, LabelRequest
 from domain.clock import utcnow
 from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim

@@ -82,6 +82,6 @@ def test_non_object_payload_is_refused_clearly() -> None:
 
 def test_non_latin_addresses_are_accepted() -> None:
     order = parse_order(native(shipping_address={
-        "name": "山田太郎", "line1": "千代田区丸の内1-1", "city": "東京都", "postal_code": "100-0005",
-        "country": "JP"}))
+        "name": "山田太郎", "line1": "千代田区丸の内1-1", "city": "東京都",
+        "postal_code": "100-0005", "country": "JP"}))
     assert order.shipping_address.city == "東京都"

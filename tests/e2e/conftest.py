@@ -1,0 +1,59 @@
+"""End-to-end fixtures: a real fleet (worker processes, beat, sandbox carrier) per test."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from domain.db import unit_of_work
+from domain.models import OrderRow
+from workers.fleet import Fleet, free_port
+
+
+@pytest.fixture
+def start_fleet(db, broker, settings, tmp_path) -> Iterator[Callable[..., Fleet]]:  # type: ignore[no-untyped-def]
+    """Start a fleet on the test database and broker; free ports, so tests can run anywhere.
+
+    Keyword arguments override settings (e.g. wave_size) or Fleet options (workers=...).
+    """
+    started: list[Fleet] = []
+    fleet_opts = {"workers", "concurrency", "beat", "carrier_time_scale", "queues"}
+
+    def start(**overrides: Any) -> Fleet:
+        opts = {k: overrides.pop(k) for k in list(overrides) if k in fleet_opts}
+        fleet_settings = settings.model_copy(update={
+            "carrier_url": f"http://127.0.0.1:{free_port()}",
+            "wave_max_age_s": 1.0,
+            "tracking_sweep_interval_s": 2.0,
+            "sweep_interval_s": 5.0,
+            "stage_deadline_s": 30.0,
+            "var_dir": tmp_path,
+            **overrides,
+        })
+        fleet = Fleet(fleet_settings, log_dir=tmp_path / "logs",
+                      **{"workers": 2, "carrier_time_scale": 36_000.0, **opts})
+        started.append(fleet)
+        return fleet.start()
+
+    yield start
+    for fleet in started:
+        fleet.stop()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def state_counts(settings: Any) -> dict[str, int]:
+    with unit_of_work(settings) as uow:
+        return dict(uow.session.execute(
+            select(OrderRow.state, func.count()).group_by(OrderRow.state)).all())
