@@ -68,17 +68,17 @@ def pg_database(settings):  # type: ignore[no-untyped-def]
     dispose_engines()
 
 
-TABLES = ("tracking_events", "shipments", "reservations", "order_events", "order_lines",
-          "orders", "batches", "stock", "warehouses", "rejected_orders")
-
-
 @pytest.fixture
 def db(pg_database, settings) -> Iterator[object]:  # type: ignore[no-untyped-def]
     """An empty database for each test (TRUNCATE is fast and leaves the schema)."""
     from sqlalchemy import text
 
+    from domain.models import Base
+
+    # Every table the models declare (other engineers' tables included), never the version.
+    tables = ", ".join(Base.metadata.tables)
     with pg_database.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     yield pg_database
 
 

@@ -153,6 +153,27 @@ def report(as_json: bool) -> None:
     render_report(rep, Console())
 
 
+@main.command()
+@click.option("--kind", default=None, help="Only alerts of this kind.")
+@click.option("--json", "as_json", is_flag=True)
+def alerts(kind: str | None, as_json: bool) -> None:
+    """Open alerts: what a person must look at."""
+    from domain.alerts import open_alerts
+    from domain.db import unit_of_work
+
+    with unit_of_work(_settings()) as uow:
+        rows = [{"kind": a.kind, "key": a.key, "severity": a.severity, "message": a.message,
+                 "raised_at": a.raised_at.isoformat(), "detail": a.detail}
+                for a in open_alerts(uow.session, kind)]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    table = Table("raised", "severity", "kind", "about", "message")
+    for r in rows:
+        table.add_row(r["raised_at"][:19], r["severity"], r["kind"], r["key"], r["message"])
+    Console().print(table if rows else "no open alerts")
+
+
 # --- stock ------------------------------------------------------------------------------------
 @main.group()
 def stock() -> None:

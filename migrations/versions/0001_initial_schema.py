@@ -21,6 +21,24 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
+        "alerts",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True,
+                  nullable=False),
+        sa.Column("kind", sa.String(length=64), nullable=False),
+        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("severity", sa.String(length=16), nullable=False),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.Column("detail", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()),
+                                                   "postgresql"), nullable=True),
+        sa.Column("raised_at", domain.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("resolved_at", domain.models.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_alerts_raised_at", "alerts", ["raised_at"], unique=False)
+    op.create_index("uq_alerts_open", "alerts", ["kind", "key"], unique=True,
+                    postgresql_where=sa.text("resolved_at IS NULL"),
+                    sqlite_where=sa.text("resolved_at IS NULL"))
+    op.create_table(
         "batches",
         sa.Column(
             "id",
@@ -277,6 +295,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("uq_alerts_open", table_name="alerts")
+    op.drop_index("ix_alerts_raised_at", table_name="alerts")
+    op.drop_table("alerts")
     op.drop_table("tracking_events")
     op.drop_index(
         "uq_reservations_live_line",
