@@ -23,19 +23,28 @@ QUEUES: tuple[str, ...] = (
     "tracking",
     "sweeps",
     "bench",
+    "pushback",
+    "cancellation",
 )
 
 TASK_ROUTES: dict[str, str] = {
     "orderfleet.fraud.check": "fraud",
+    "orderfleet.fraud.review_overdue": "sweeps",
     "orderfleet.inventory.reserve": "inventory",
     "orderfleet.inventory.expire_reservations": "sweeps",
+    "orderfleet.inventory.wake_backordered": "inventory",
     "orderfleet.sharding.assign": "sharding",
     "orderfleet.sharding.close_aged_waves": "sweeps",
     "orderfleet.labels.buy": "labels",
     "orderfleet.tracking.sweep": "tracking",
     "orderfleet.tracking.backfill": "tracking",
+    "orderfleet.watchdog.sweep": "sweeps",
     "orderfleet.sweeps.redrive": "sweeps",
     "orderfleet.bench.noop": "bench",
+    "orderfleet.pushback.send": "pushback",
+    "orderfleet.pushback.sweep": "sweeps",
+    "orderfleet.cancellation.void_labels": "cancellation",
+    "orderfleet.cancellation.sweep": "sweeps",
 }
 
 TASK_MODULES: tuple[str, ...] = (
@@ -44,8 +53,11 @@ TASK_MODULES: tuple[str, ...] = (
     "tasks.sharding",
     "tasks.labels",
     "tasks.tracking",
+    "tasks.watchdog",
     "tasks.sweeps",
     "tasks.bench",
+    "tasks.pushback",
+    "tasks.cancellation",
 )
 
 
@@ -89,6 +101,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": False,
         "worker_hijack_root_logger": False,
         "beat_schedule": beat_schedule(settings),
+        # One beat per fleet: RedBeat keeps the schedule in Redis behind a lock, so a second
+        # beat started by mistake waits instead of sending every periodic task twice. The beat
+        # wakes at least every 5 s to extend the lock; a beat that died frees it after 30 s.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": settings.shared_redis,
+        "redbeat_key_prefix": "orderfleet:redbeat",
+        "redbeat_lock_timeout": 30,
+        "beat_max_loop_interval": 5,
         "timezone": "UTC",
         "enable_utc": True,
     }
@@ -107,10 +127,30 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         "expire-reservations": {
             "task": "orderfleet.inventory.expire_reservations",
-            "schedule": timedelta(seconds=60),
+            "schedule": timedelta(seconds=settings.reservation_sweep_interval_s),
+        },
+        "wake-backordered": {
+            "task": "orderfleet.inventory.wake_backordered",
+            "schedule": timedelta(seconds=settings.backorder_sweep_interval_s),
         },
         "tracking-sweep": {
             "task": "orderfleet.tracking.sweep",
             "schedule": timedelta(seconds=settings.tracking_sweep_interval_s),
+        },
+        "review-overdue": {
+            "task": "orderfleet.fraud.review_overdue",
+            "schedule": timedelta(seconds=settings.review_sweep_interval_s),
+        },
+        "pushback-sweep": {
+            "task": "orderfleet.pushback.sweep",
+            "schedule": timedelta(seconds=max(settings.sweep_interval_s, 5.0)),
+        },
+        "watchdog-sweep": {
+            "task": "orderfleet.watchdog.sweep",
+            "schedule": timedelta(seconds=settings.alert_sweep_interval_s),
+        },
+        "cancellation-sweep": {
+            "task": "orderfleet.cancellation.sweep",
+            "schedule": timedelta(seconds=max(settings.sweep_interval_s, 5.0)),
         },
     }

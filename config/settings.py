@@ -6,14 +6,18 @@ There is no silent fallback (in particular never to Celery's eager mode).
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_VAR_DIR = Path.cwd() / "var"
+# Store and shop names appear in URL paths and log lines: keep them plain.
+_STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 # Indicative rates to USD, used only to compare an order's value with the review threshold.
 # Stores set their own with ORDERFLEET_FX_RATES_TO_USD='{"EUR": "1.08", ...}'.
@@ -62,6 +66,17 @@ class Settings(BaseSettings):
     review_threshold_usd: Decimal = Field(Decimal("500"), gt=0)
     fraud_review_score: int = Field(40, ge=0, le=100)
     fraud_reject_score: int = Field(75, ge=0, le=100)
+    # Velocity counters (card, email, IP, address) live in Redis so every worker shares them.
+    # Unset means the broker's Redis; an amqp broker then needs this set explicitly.
+    fraud_redis_url: str | None = None
+    fraud_velocity_namespace: str = Field("orderfleet:fraud", pattern=r"^[A-Za-z0-9:_.-]+$")
+    # Carriers that cannot deliver to a PO box (express couriers); the post can.
+    fraud_po_box_refused_carriers: list[str] = Field(default_factory=lambda: ["sbx-air"])
+    # An order held for review longer than this raises a review_overdue alert.
+    review_overdue_s: float = Field(30 * 60, gt=0)
+    review_sweep_interval_s: float = Field(60.0, gt=0)
+    # Bearer token the review desk's HTTP API requires; unset leaves it open (local use only).
+    review_api_token: str | None = Field(None, min_length=16)
     fx_rates_to_usd: dict[str, Decimal] = Field(
         default_factory=lambda: dict(DEFAULT_FX_RATES_TO_USD)
     )
@@ -69,6 +84,15 @@ class Settings(BaseSettings):
     # --- inventory ------------------------------------------------------------------------
     # A reservation for an order that does not progress is released after this long.
     reservation_ttl_s: int = Field(30 * 60, ge=10)
+    # How often beat releases expired reservations, and re-tries backordered orders that the
+    # stock on hand can now serve (a safety net: stock imports and releases wake them at once).
+    reservation_sweep_interval_s: float = Field(60.0, gt=0)
+    backorder_sweep_interval_s: float = Field(300.0, gt=0)
+    # Auto-freeze: a SKU whose reservations failed (not enough stock) for more than this
+    # fraction of its last ``sku_freeze_window`` attempts is frozen; its new orders are held.
+    sku_auto_freeze: bool = True
+    sku_freeze_failure_rate: float = Field(0.01, gt=0, lt=1)
+    sku_freeze_window: int = Field(200, ge=10, le=10_000)
 
     # --- sharding (pick waves) ------------------------------------------------------------
     wave_size: int = Field(50, ge=1, le=1000)
@@ -77,6 +101,46 @@ class Settings(BaseSettings):
     # --- tracking -------------------------------------------------------------------------
     tracking_sweep_interval_s: float = Field(3600.0, gt=0)
     tracking_batch_size: int = Field(200, ge=1, le=1000)
+
+    # --- carriers (issue 6) -------------------------------------------------------------------
+    # Which carrier API carrier_url speaks: our sandbox carrier, or an EasyPost-shaped API
+    # (https://api.easypost.com with a real account's key).
+    carrier_api: Literal["sandbox", "easypost"] = "sandbox"
+    carrier_api_key: SecretStr | None = None
+    # Signs carrier tracking pushes (EasyPost's X-Hmac-Signature); unset accepts unsigned ones.
+    carrier_webhook_secret: SecretStr | None = None
+    # Warehouse code -> ship-from address (line1, city, region, postal_code, country, phone...)
+    # printed on labels by carriers that need one (EasyPost).
+    ship_from_addresses: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # Redis for state shared by every worker (circuit breakers, the beat lock). Unset means the
+    # broker's Redis; an amqp broker then needs this set explicitly.
+    shared_redis_url: str | None = None
+    # Per-carrier circuit breaker: opens when failure_rate of at least min_calls attempts in
+    # window_s failed; after open_s (doubling per failed probe, up to max_open_s) one worker
+    # probes; a probe that has not reported after probe_lease_s is given to another worker.
+    breaker_window_s: float = Field(60.0, gt=0)
+    breaker_min_calls: int = Field(20, ge=1)
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1)
+    breaker_open_s: float = Field(30.0, gt=0)
+    breaker_max_open_s: float = Field(600.0, gt=0)
+    breaker_probe_lease_s: float = Field(60.0, gt=0)
+    # A wave whose labels could not be bought this long after it closed gives up: its orders go
+    # to label_failed (visible, for a person). Until then label tasks are deferred, not failed.
+    label_give_up_s: float = Field(6 * 3600.0, gt=0)
+    # Longest pause between two attempts of a wave's label purchase.
+    label_retry_max_countdown_s: float = Field(300.0, gt=0)
+    # Rate shopping: the delivery promise in days per lane ("standard" covers lanes not
+    # listed); the cheapest service whose estimate meets it wins.
+    delivery_promise_days: dict[str, int] = Field(
+        default_factory=lambda: {"standard": 5, "vip": 2, "custom": 10})
+    # Shop across every carrier the API quotes, not only the wave's (a wave's parcels then
+    # may leave with different carriers).
+    rate_shop_across_carriers: bool = False
+    # Alerts: tracking silent this long flags the shipment for a manual check; an order in an
+    # automated processing state unchanged this long raises a status-lag alert.
+    tracking_silent_alert_s: float = Field(24 * 3600.0, gt=0)
+    status_lag_alert_s: float = Field(15 * 60.0, gt=0)
+    alert_sweep_interval_s: float = Field(60.0, gt=0)
 
     # --- re-drive -------------------------------------------------------------------------
     # An order left in an automated stage longer than this is re-enqueued by the beat sweep.
@@ -89,6 +153,62 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(600, ge=10)
 
     var_dir: Path = DEFAULT_VAR_DIR
+
+    # --- storefront intake over HTTP (``orderfleet serve``) ----------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=1, le=65535)
+    # Shopify order bodies run to a few hundred kB for very large orders; 2 MiB is ample.
+    api_max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # Accepted order ids are sent to the fraud stage in micro-batches: at most this long a wait.
+    api_flush_interval_s: float = Field(0.05, gt=0, le=5)
+    # Shop name (the {shop} in /webhooks/shopify/{shop}) -> the app's webhook signing secret.
+    shopify_secrets: dict[str, str] = Field(default_factory=dict)
+    # Shop name -> Admin API access token, for pushing fulfilments back. {shop} is replaced.
+    shopify_admin_tokens: dict[str, str] = Field(default_factory=dict)
+    shopify_admin_url: str = "https://{shop}.myshopify.com"
+    shopify_api_version: str = Field("2025-01", pattern=r"^\d{4}-\d{2}$")
+    # Store name (the {store} in /webhooks/woocommerce/{store}) -> webhook secret.
+    woocommerce_secrets: dict[str, str] = Field(default_factory=dict)
+    # Custom storefronts: store -> shared secret (Bearer token on POST /orders, and the key that
+    # signs push-back webhooks), and store -> URL that receives the signed push-back webhooks.
+    store_secrets: dict[str, str] = Field(default_factory=dict)
+    store_webhook_urls: dict[str, str] = Field(default_factory=dict)
+    pushback_timeout_s: float = Field(10.0, gt=0)
+    pushback_retry_max_s: float = Field(20.0, gt=0)
+
+    @field_validator("shopify_secrets", "shopify_admin_tokens", "woocommerce_secrets",
+                     "store_secrets")
+    @classmethod
+    def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, secret in v.items():
+            if not _STORE_NAME.fullmatch(name):
+                raise ValueError(f"store name {name!r} must match {_STORE_NAME.pattern}")
+            if not isinstance(secret, str) or len(secret) < 8:
+                raise ValueError(f"the secret of {name!r} must be a string of 8+ characters")
+        return v
+
+    @field_validator("store_webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, url in v.items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"store_webhook_urls[{name!r}] must be an http(s) URL")
+        return v
+
+    @field_validator("shopify_admin_url")
+    @classmethod
+    def _admin_url(cls, v: str) -> str:
+        if "{shop}" not in v or not v.startswith(("http://", "https://")):
+            raise ValueError("shopify_admin_url must be an http(s) URL containing {shop}")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _webhooks_signed(self) -> Settings:
+        unsigned = sorted(set(self.store_webhook_urls) - set(self.store_secrets))
+        if unsigned:
+            raise ValueError(f"store_webhook_urls for {', '.join(unsigned)} need a secret in "
+                             "store_secrets to sign with")
+        return self
 
     @field_validator("broker_url")
     @classmethod
@@ -120,6 +240,27 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.fraud_review_score > self.fraud_reject_score:
             raise ValueError("fraud_review_score must not exceed fraud_reject_score")
+        if self.fraud_redis_url is None and not self.broker_url.startswith(("redis", "rediss")):
+            raise ValueError("fraud_redis_url is required when the broker is not Redis")
+        if self.fraud_redis_url is not None and not self.fraud_redis_url.startswith(
+                ("redis://", "rediss://")):
+            raise ValueError("fraud_redis_url must be a redis:// URL")
+        if self.carrier_api == "easypost" and self.carrier_api_key is None:
+            raise ValueError("carrier_api_key is required when carrier_api is easypost")
+        if self.shared_redis_url is None and not self.broker_url.startswith(("redis", "rediss")):
+            raise ValueError("shared_redis_url is required when the broker is not Redis")
+        if self.shared_redis_url is not None and not self.shared_redis_url.startswith(
+                ("redis://", "rediss://")):
+            raise ValueError("shared_redis_url must be a redis:// URL")
+        if self.breaker_max_open_s < self.breaker_open_s:
+            raise ValueError("breaker_max_open_s must be at least breaker_open_s")
+        if "standard" not in self.delivery_promise_days or any(
+                d < 1 for d in self.delivery_promise_days.values()):
+            raise ValueError("delivery_promise_days needs a 'standard' entry; days must be >= 1")
+        if self.visibility_timeout_s <= self.task_time_limit_s + self.label_retry_max_countdown_s:
+            # A deferred label task waits in a worker with its ETA: Redis must not redeliver it.
+            raise ValueError("visibility_timeout_s must exceed task_time_limit_s + "
+                             "label_retry_max_countdown_s")
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ValueError("visibility_timeout_s must exceed task_time_limit_s")
         return self
@@ -127,6 +268,16 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def shared_redis(self) -> str:
+        """The Redis URL of state shared by workers (the broker's unless set)."""
+        return self.shared_redis_url or self.broker_url
+
+    @property
+    def fraud_redis(self) -> str:
+        """The Redis URL of the fraud velocity counters (the broker's unless set)."""
+        return self.fraud_redis_url or self.broker_url
 
 
 @lru_cache(maxsize=1)

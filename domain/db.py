@@ -97,13 +97,19 @@ def unit_of_work(settings: Settings | None = None) -> Iterator[UnitOfWork]:
 
 def insert_ignoring_conflicts(session: Session, table: Any, rows: list[dict[str, Any]],
                               conflict_cols: list[str], returning: Any = None) -> list[Any]:
-    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL or SQLite; returns RETURNING rows."""
+    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL or SQLite; returns RETURNING rows.
+
+    Rows go as one executemany (SQLAlchemy's "insertmanyvalues" batching): one cached
+    statement, where a multi-row VALUES would be compiled anew for every batch size.
+    """
     if not rows:
         return []
     dialect = session.get_bind().dialect.name
-    ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    stmt = ins.values(rows).on_conflict_do_nothing(index_elements=conflict_cols)
+    target = getattr(table, "__table__", table)
+    ins = postgresql.insert(target) if dialect == "postgresql" else sqlite.insert(target)
+    stmt = ins.on_conflict_do_nothing(index_elements=conflict_cols)
+    conn = session.connection()
     if returning is not None:
-        return list(session.execute(stmt.returning(*returning)).all())
-    session.execute(stmt)
+        return list(conn.execute(stmt.returning(*returning), rows).all())
+    conn.execute(stmt, rows)
     return []

@@ -36,6 +36,8 @@ class State(StrEnum):
     IN_TRANSIT = "in_transit"
     DELIVERED = "delivered"
     CANCELLED = "cancelled"
+    # Cancelled after hand-over: the parcel is coming back; restocked when it arrives.
+    RETURN_REQUESTED = "return_requested"
     RETURNED = "returned"
 
 
@@ -50,8 +52,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.BATCHED: frozenset({S.LABELLED, S.LABEL_FAILED, S.CANCELLED}),
     S.LABEL_FAILED: frozenset({S.BATCHED, S.CANCELLED}),
     S.LABELLED: frozenset({S.IN_TRANSIT, S.DELIVERED, S.CANCELLED}),
-    S.IN_TRANSIT: frozenset({S.DELIVERED, S.RETURNED}),
-    S.DELIVERED: frozenset({S.RETURNED}),
+    S.IN_TRANSIT: frozenset({S.DELIVERED, S.RETURNED, S.RETURN_REQUESTED}),
+    S.DELIVERED: frozenset({S.RETURNED, S.RETURN_REQUESTED}),
+    S.RETURN_REQUESTED: frozenset({S.RETURNED}),
     S.REJECTED: frozenset(),
     S.CANCELLED: frozenset(),
     S.RETURNED: frozenset(),
@@ -107,8 +110,9 @@ def apply_transitions(session: Session, moves: Sequence[Move], *, stage: str) ->
         ).scalars().all()
         applied.extend(by_id[i] for i in done)
     if applied:
-        session.execute(
-            insert(OrderEvent),
+        # Core executemany: cheaper per row than the ORM bulk path.
+        session.connection().execute(
+            insert(OrderEvent.__table__),
             [
                 {"order_id": m.order_id, "at": now, "stage": stage, "from_state": m.src.value,
                  "to_state": m.dst.value, "detail": m.detail or None}

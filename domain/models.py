@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -89,6 +90,9 @@ class OrderRow(Base):
     # The validated order (addresses, payment, client details) as JSON: stages read it;
     # personal data stays in the database, never in task arguments or info logs.
     payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    # When the store last changed the order (X-Shopify-Triggered-At, WooCommerce
+    # date_modified): a delivery older than this is stale and must not roll the order back.
+    source_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class OrderLine(Base):
@@ -164,13 +168,13 @@ class Reservation(Base):
     __table_args__ = (
         Index("ix_reservations_status_expires", "status", "expires_at"),
         # One live reservation per order line: a redelivered reserve task cannot reserve twice.
-        # Released ones stay as history, so an expired order can be reserved again.
+        # Released and restocked ones stay as history, so the order can be reserved again.
         Index(
             "uq_reservations_live_line",
             "order_line_id",
             unique=True,
-            postgresql_where=text("status <> 'released'"),
-            sqlite_where=text("status <> 'released'"),
+            postgresql_where=text("status IN ('active', 'consumed')"),
+            sqlite_where=text("status IN ('active', 'consumed')"),
         ),
     )
 
@@ -180,11 +184,41 @@ class Reservation(Base):
     sku: Mapped[str] = mapped_column(String(128))
     warehouse: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # active | consumed | released
+    status: Mapped[str] = mapped_column(String(16))  # active|consumed|released|restocked
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     close_reason: Mapped[str | None] = mapped_column(String(64))
+
+
+class SkuHealth(Base):
+    """Per SKU: the outcomes of its last reservation attempts, and whether it is frozen.
+
+    ``recent`` holds one character per attempt, oldest first ('1' failed, '0' reserved), cut
+    to the configured window; a frozen SKU's new orders are held for a person.
+    """
+
+    __tablename__ = "sku_health"
+
+    sku: Mapped[str] = mapped_column(String(128), primary_key=True)
+    recent: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    attempts: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    failures: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    frozen: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    frozen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    frozen_reason: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SkuHold(Base):
+    """An order held because one of its SKUs is frozen; unfreezing the SKU resumes it."""
+
+    __tablename__ = "sku_holds"
+
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    sku: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Batch(Base):
@@ -214,6 +248,11 @@ class Batch(Base):
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     close_reason: Mapped[str | None] = mapped_column(String(16))
+    # Label purchase attempts of the wave, and when the deferred next one is due: a message
+    # arriving before then is a duplicate (the scheduled retry is on its way) and is dropped.
+    label_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_label_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    label_error: Mapped[str | None] = mapped_column(Text)
 
 
 class Shipment(Base):
@@ -236,6 +275,15 @@ class Shipment(Base):
     last_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Purchase calls sent for this shipment: after one whose outcome is unknown (a timeout),
+    # the label is looked up by its key before it is bought again.
+    label_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Rate shopping: the promise the service was chosen for, and the carrier's estimate.
+    promise_days: Mapped[int | None] = mapped_column(Integer)
+    est_delivery_days: Mapped[int | None] = mapped_column(Integer)
+    # Set when a person must look at the parcel (tracking silent 24 h, a carrier exception).
+    flagged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    flag_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class TrackingEvent(Base):
@@ -277,3 +325,114 @@ class Alert(Base):
     detail: Mapped[dict[str, Any] | None] = mapped_column(Json)
     raised_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """Every webhook accepted at the HTTP front door, once per store event id.
+
+    The unique (source, store, event_id) key is written in the same transaction as the order
+    change, so a redelivered webhook finds its row and does nothing.
+    """
+
+    __tablename__ = "webhook_inbox"
+    __table_args__ = (
+        UniqueConstraint("source", "store", "event_id", name="uq_webhook_inbox_event"),
+        Index("ix_webhook_inbox_source_order", "source", "store", "source_order_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(32))  # shopify | woocommerce | native
+    store: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[str] = mapped_column(String(255))  # X-Shopify-Event-Id, Idempotency-Key...
+    topic: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    source_order_id: Mapped[str | None] = mapped_column(String(255))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
+    # created | duplicate_order | cancelled | updated | stale | ignored | awaiting_order
+    outcome: Mapped[str] = mapped_column(String(32))
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(Json)
+
+
+class StoreNotification(Base):
+    """One message to the store about an order (label bought, a tracking status reached).
+
+    Unique per (order, event), so a re-run stage cannot queue the same news twice.
+    """
+
+    __tablename__ = "store_notifications"
+    __table_args__ = (
+        UniqueConstraint("order_id", "event", name="uq_store_notifications_event"),
+        Index("ix_store_notifications_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(64))  # label_bought | tracking:<status> | cancelled
+    channel: Mapped[str] = mapped_column(String(32))  # shopify | webhook | none
+    status: Mapped[str] = mapped_column(String(16))  # pending | sending | sent | failed | skipped
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # The store's id for what we created (a Shopify fulfillment id), reused by later events.
+    remote_id: Mapped[str | None] = mapped_column(String(128))
+    # What was sent (tracking number, company, URL, status): no personal data.
+    payload: Mapped[dict[str, Any] | None] = mapped_column(Json)
+
+
+class ReviewDecision(Base):
+    """A person's decision on an order held for review: who, when and why. Append-only."""
+
+    __tablename__ = "review_decisions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    decision: Mapped[str] = mapped_column(String(16))  # approve | cancel
+    decided_by: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # What the reviewer saw: the hold reason and score at the time, and how long it waited.
+    hold_reason: Mapped[str | None] = mapped_column(Text)
+    fraud_score: Mapped[int | None] = mapped_column(Integer)
+    waited_s: Mapped[int] = mapped_column(Integer)
+
+
+class CustomerProfile(Base):
+    """A customer's accepted orders as the fraud stage has seen them (per store)."""
+
+    __tablename__ = "fraud_customer_profiles"
+
+    store: Mapped[str] = mapped_column(String(255), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    orders: Mapped[int] = mapped_column(Integer)
+    total_usd: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    max_usd: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    first_order_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_order_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CustomerKey(Base):
+    """A shipping address or card a customer's accepted orders used, by a hash (no raw data)."""
+
+    __tablename__ = "fraud_customer_keys"
+
+    store: Mapped[str] = mapped_column(String(255), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # address | card
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    first_used_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RejectedTrackingPush(Base):
+    """A carrier's tracking push that could not be used, kept whole for ops."""
+
+    __tablename__ = "rejected_tracking_pushes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    errors: Mapped[list[dict[str, str]]] = mapped_column(Json)
+    raw: Mapped[str] = mapped_column(Text)

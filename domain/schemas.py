@@ -95,7 +95,8 @@ class Order(_Strict):
 
     order_id: NonEmpty = Field(description="The store's own order id (unique per store).")
     store: NonEmpty
-    source: Literal["native", "shopify"] = "native"
+    # The platform the order came from; with the store and order_id it is the order's unique key.
+    source: Literal["native", "shopify", "woocommerce", "csv"] = "native"
     paid_at: datetime
     customer: Customer
     lines: tuple[LineItem, ...] = Field(min_length=1, max_length=500)

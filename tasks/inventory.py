@@ -1,37 +1,68 @@
 """Inventory reservation: all lines of an order from one warehouse, or none; never oversell.
 
-Mechanism: a micro-batch of orders locks the stock rows it needs with ``SELECT ... FOR UPDATE``
-in one sorted order (sku, warehouse), allocates in memory, then writes every reservation and
-stock increment in the same transaction. Sorted locking means concurrent workers never
-deadlock; the guarded increment and the table's CHECK (on_hand >= reserved) mean a bug could
-at worst fail a transaction, never oversell. A reservation is unique per order line (while not
-released), so a redelivered task cannot reserve twice. One round trip per batch, not per
-order, is what makes this stage fast.
+Mechanism, and why: a micro-batch of orders locks the stock rows of every SKU it needs with
+``SELECT ... FOR UPDATE`` in one global order (byte order of sku, warehouse: ``stock_lock_order``,
+used everywhere stock is locked), allocates in memory, then writes every reservation, stock
+increment and state change in the same transaction.
+
+* Row locks, not a bare guarded ``UPDATE ... WHERE on_hand - reserved >= qty``: an order of
+  several lines must see all of its SKUs at once to take all or nothing, and choosing the
+  warehouse needs the levels of all of them. A guarded UPDATE per line would need savepoints
+  to undo the lines already taken; the lock makes the decision and the write one atomic step.
+* Not SKIP LOCKED on stock: a hot SKU's row is the contended resource itself; skipping it would
+  backorder orders while stock exists. Batches *wait* on it instead, and one batch of 100
+  orders costs a handful of statements, so the lock is held for milliseconds.
+* Not an append-only ledger (Magento MSI): a ledger makes the salable quantity a SUM over
+  reservations that every check must compute, and still needs a lock to stop two checks from
+  passing at once. Here ``stock.reserved`` is that sum, kept in step in the same transaction,
+  and the table's CHECK (``on_hand >= reserved``) makes an oversell a failed transaction.
+
+Sorted locking means concurrent workers never deadlock. A worker killed mid-task loses its
+transaction whole (PostgreSQL rolls back), the message is redelivered (late ack), and the
+redelivered task does the work once: a reservation is unique per live order line. On SQLite
+``BEGIN IMMEDIATE`` serialises writers and FOR UPDATE is a no-op; the logic is the same.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select, tuple_, update
+from sqlalchemy import and_, bindparam, insert, select, text, tuple_, update
 
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, unit_of_work
+from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
-from domain.models import OrderLine, OrderRow, Reservation, Stock, Warehouse
+from domain.models import OrderLine, OrderRow, Reservation, SkuHold, Stock, Warehouse
+from domain.sku_health import FAILED as ATTEMPT_FAILED
+from domain.sku_health import RESERVED as ATTEMPT_RESERVED
+from domain.sku_health import freeze_reason as auto_freeze_reason
+from domain.sku_health import hold_reason, load_health, over_the_line, record_attempts
+from domain.stock import stock_lock_order
 from tasks.base import TRANSIENT_ERRORS, chunks, parse_ids, retry_backoff, stage_task
 
 log = logging.getLogger(__name__)
+
+# Orders another worker held locked when this task ran are looked at again after this long.
+CONTENDED_RETRY_S = 2
+# Backordered orders examined per wake-up; the beat sweep picks up the rest next time.
+MAX_WAKE_SCAN = 20_000
 
 
 @dataclass
 class ReserveOutcome:
     reserved: list[int] = field(default_factory=list)
     backordered: list[int] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)  # a SKU of theirs is frozen
+    # Look at these again shortly: asked for and still fraud_checked but locked by another
+    # transaction, or held for a SKU that was unfrozen while this batch ran.
+    contended: list[int] = field(default_factory=list)
+    frozen_skus: list[str] = field(default_factory=list)  # frozen by this batch
 
 
 def choose_warehouse(
@@ -54,80 +85,205 @@ def choose_warehouse(
     return (domestic or candidates)[0]
 
 
-def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> ReserveOutcome:
-    session = uow.session
-    orders = claim(session, order_ids, [State.FRAUD_CHECKED, State.BACKORDERED])
-    outcome = ReserveOutcome()
-    if not orders:
-        return outcome
-    lines_by_order: dict[int, list[OrderLine]] = defaultdict(list)
-    for line in session.execute(
-        select(OrderLine).where(OrderLine.order_id.in_([o.id for o in orders]))
-        .order_by(OrderLine.order_id, OrderLine.line_no)
-    ).scalars():
-        lines_by_order[line.order_id].append(line)
-    skus = sorted({line.sku for lines in lines_by_order.values() for line in lines})
-    warehouses = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
-    stock_rows = session.execute(
+def short_skus(lines: list[tuple[str, int]], available: dict[tuple[str, str], int],
+               warehouses: Iterable[str]) -> list[str]:
+    """SKUs of an order that no single warehouse has enough of."""
+    need: dict[str, int] = defaultdict(int)
+    for sku, qty in lines:
+        need[sku] += qty
+    codes = list(warehouses)
+    return sorted(sku for sku, qty in need.items()
+                  if max((available.get((sku, w), 0) for w in codes), default=0) < qty)
+
+
+def lock_stock_of_skus(uow: UnitOfWork, skus: list[str]) -> dict[tuple[str, str], int]:
+    """Lock every stock row of these SKUs (all warehouses); return units available per row."""
+    if not skus:
+        return {}
+    rows = uow.session.execute(
         select(Stock.sku, Stock.warehouse, Stock.on_hand, Stock.reserved)
-        .where(Stock.sku.in_(skus))
-        .order_by(Stock.sku, Stock.warehouse)
+        .where(Stock.sku.in_(sorted(skus)))
+        .order_by(*stock_lock_order(uow.session))
         .with_for_update()
     ).all()
-    available = {(r.sku, r.warehouse): r.on_hand - r.reserved for r in stock_rows}
+    return {(r.sku, r.warehouse): r.on_hand - r.reserved for r in rows}
+
+
+def _lock_stock(uow: UnitOfWork, keys: list[tuple[str, str]]) -> None:
+    # The same ORDER BY as lock_stock_of_skus and the stock import (one global lock order),
+    # so releases, consumption and imports never deadlock with reservations.
+    if keys:
+        uow.session.execute(
+            select(Stock.sku).where(tuple_(Stock.sku, Stock.warehouse).in_(sorted(set(keys))))
+            .order_by(*stock_lock_order(uow.session)).with_for_update()
+        ).all()
+
+
+# One statement for a whole batch on PostgreSQL (arrays unnested into rows), instead of one
+# UPDATE per stock row: a batch of 100 orders touches up to a few hundred rows.
+_ADD_RESERVED_PG = text("""
+    UPDATE stock AS s SET reserved = s.reserved + v.qty, updated_at = :now
+    FROM unnest(CAST(:skus AS varchar[]), CAST(:whs AS varchar[]), CAST(:qtys AS integer[]))
+         AS v(sku, wh, qty)
+    WHERE s.sku = v.sku AND s.warehouse = v.wh AND s.on_hand - s.reserved >= v.qty
+""")
+
+
+def _add_reserved(uow: UnitOfWork, increments: dict[tuple[str, str], int]) -> int:
+    """Guarded increment of ``reserved``; returns the rows changed. A row whose free units
+    fell short is not changed, so the caller can refuse the batch instead of overselling."""
+    session, now = uow.session, utcnow()
+    items = sorted(increments.items())
+    if session.get_bind().dialect.name == "postgresql":
+        return int(session.execute(_ADD_RESERVED_PG, {
+            "now": now, "skus": [s for (s, _), _ in items], "whs": [w for (_, w), _ in items],
+            "qtys": [q for _, q in items]}).rowcount)
+    stmt = (
+        update(Stock)
+        .where(and_(Stock.sku == bindparam("b_sku"), Stock.warehouse == bindparam("b_wh"),
+                    Stock.on_hand - Stock.reserved >= bindparam("b_qty")))
+        .values(reserved=Stock.reserved + bindparam("b_qty"), updated_at=now)
+    )
+    return int(session.connection().execute(
+        stmt, [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in items]).rowcount)
+
+
+def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> ReserveOutcome:
+    """Reserve, backorder or hold each order among ``order_ids`` (fraud_checked/backordered).
+
+    Orders are served oldest first. Each is reserved whole from one warehouse (domestic
+    preferred), backordered when no warehouse can ship all its lines, or held when one of its
+    SKUs is frozen. First attempts feed each SKU's failure window, which may freeze it.
+    """
+    session = uow.session
+    outcome = ReserveOutcome()
+    orders = claim(session, order_ids, [State.FRAUD_CHECKED, State.BACKORDERED])
+    unclaimed = set(order_ids) - {o.id for o in orders}
+    if unclaimed:
+        # Not in a reservable state, or locked by another transaction (a duplicate delivery,
+        # or one whose worker died and is being rolled back): those must not be dropped.
+        outcome.contended = sorted(session.execute(
+            select(OrderRow.id).where(OrderRow.id.in_(sorted(unclaimed)),
+                                      OrderRow.state == State.FRAUD_CHECKED.value)
+        ).scalars())
+    if not orders:
+        return outcome
+    lines_by_order: dict[int, list[Any]] = defaultdict(list)
+    for line in session.execute(
+        select(OrderLine.id, OrderLine.order_id, OrderLine.sku, OrderLine.quantity)
+        .where(OrderLine.order_id.in_([o.id for o in orders]))
+        .order_by(OrderLine.order_id, OrderLine.line_no)
+    ):
+        lines_by_order[line.order_id].append(line)
+    skus = sorted({line.sku for lines in lines_by_order.values() for line in lines})
+    available = lock_stock_of_skus(uow, skus)
+    warehouses = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
+    # Read after the stock locks: every batch touching these SKUs committed its window first.
+    health = load_health(session, skus)
+    frozen = {sku: h.reason or "frozen" for sku, h in health.items() if h.frozen}
+    windows = {sku: h.recent for sku, h in health.items()}
 
     now = utcnow()
     expires = now + timedelta(seconds=settings.reservation_ttl_s)
     increments: dict[tuple[str, str], int] = defaultdict(int)
+    attempts: dict[str, list[str]] = defaultdict(list)
+    decided: dict[str, str] = {}  # SKUs frozen by this batch, with the reason
     reservations, moves, placed = [], [], []
+    to_hold: list[tuple[int, State, list[str]]] = []
     for order in orders:  # oldest id first: first paid, first served
         lines = lines_by_order[order.id]
-        wh = choose_warehouse([(ln.sku, ln.quantity) for ln in lines], available, warehouses,
-                              order.ship_country)
-        if wh is None:
-            outcome.backordered.append(order.id)
-            if order.state != State.BACKORDERED:
-                short = sorted({ln.sku for ln in lines
-                                if max((available.get((ln.sku, w), 0) for w in warehouses),
-                                       default=0) < ln.quantity})
-                moves.append(Move(order.id, State(order.state), State.BACKORDERED,
-                                  {"short_skus": short}))
+        wanted = [(ln.sku, ln.quantity) for ln in lines]
+        state = State(order.state)
+        stopped = sorted({sku for sku, _ in wanted if sku in frozen})
+        if stopped:
+            to_hold.append((order.id, state, stopped))
             continue
-        for ln in lines:
-            available[(ln.sku, wh)] -= ln.quantity
-            increments[(ln.sku, wh)] += ln.quantity
-            reservations.append({"order_line_id": ln.id, "order_id": order.id, "sku": ln.sku,
-                                 "warehouse": wh, "quantity": ln.quantity, "status": "active",
-                                 "created_at": now, "expires_at": expires})
-        placed.append({"id": order.id, "warehouse": wh})
-        moves.append(Move(order.id, State(order.state), State.RESERVED, {"warehouse": wh}))
-        outcome.reserved.append(order.id)
+        wh = choose_warehouse(wanted, available, warehouses, order.ship_country)
+        short: list[str] = []
+        if wh is None:
+            short = short_skus(wanted, available, warehouses)
+            outcome.backordered.append(order.id)
+            if state != State.BACKORDERED:
+                moves.append(Move(order.id, state, State.BACKORDERED, {"short_skus": short}))
+        else:
+            for ln in lines:
+                available[(ln.sku, wh)] -= ln.quantity
+                increments[(ln.sku, wh)] += ln.quantity
+                reservations.append({"order_line_id": ln.id, "order_id": order.id,
+                                     "sku": ln.sku, "warehouse": wh, "quantity": ln.quantity,
+                                     "status": "active", "created_at": now,
+                                     "expires_at": expires})
+            placed.append({"id": order.id, "warehouse": wh})
+            moves.append(Move(order.id, state, State.RESERVED, {"warehouse": wh}))
+            outcome.reserved.append(order.id)
+        if state == State.FRAUD_CHECKED:
+            # A first attempt: it counts for each SKU that failed (short) or was reserved. The
+            # SKUs of an order backordered only because no one warehouse had all of them count
+            # neither way: each of them was in stock.
+            for sku in sorted({s for s, _ in wanted}):
+                if sku in short:
+                    mark = ATTEMPT_FAILED
+                elif wh is not None:
+                    mark = ATTEMPT_RESERVED
+                else:
+                    continue
+                attempts[sku].append(mark)
+                windows[sku] = (windows.get(sku, "") + mark)[-settings.sku_freeze_window:]
+                if (mark == ATTEMPT_FAILED and settings.sku_auto_freeze and sku not in frozen
+                        and over_the_line(windows[sku], settings)):
+                    # Later orders of this batch are held already.
+                    frozen[sku] = decided[sku] = auto_freeze_reason(windows[sku], settings)
 
     if increments:
-        # Guarded increment: matches no row (and the rowcount check fails) if stock went short.
-        stmt = (
-            update(Stock)
-            .where(and_(Stock.sku == bindparam("b_sku"), Stock.warehouse == bindparam("b_wh"),
-                        Stock.on_hand - Stock.reserved >= bindparam("b_qty")))
-            .values(reserved=Stock.reserved + bindparam("b_qty"), updated_at=now)
-        )
-        params = [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in sorted(increments.items())]
-        res = session.connection().execute(stmt, params)
-        if res.rowcount != len(params):
+        if _add_reserved(uow, increments) != len(increments):
             raise RuntimeError("stock changed under a held lock; refusing to reserve")
         session.execute(insert(Reservation), reservations)
         session.execute(update(OrderRow), placed)
+    # Health rows last (after every stock lock), the same order in every transaction. Locked,
+    # they also tell whether a SKU was unfrozen by hand since this batch read it.
+    health_now = record_attempts(
+        session, {sku: "".join(marks) for sku, marks in attempts.items()}, settings, decided,
+        also_lock={s for _, _, stopped in to_hold for s in stopped})
+    outcome.frozen_skus = health_now.froze
+    held_rows, holds = [], []
+    for order_id, state, stopped in to_hold:
+        still = [s for s in stopped if s in health_now.frozen]
+        if not still:  # unfrozen meanwhile: not held, and looked at again shortly
+            outcome.contended.append(order_id)
+            continue
+        reason = hold_reason(still)
+        held_rows.append({"id": order_id, "hold_reason": reason})
+        holds.extend({"order_id": order_id, "sku": s, "held_at": now} for s in still)
+        moves.append(Move(order_id, state, State.ON_HOLD,
+                          {"frozen_skus": still, "hold_reason": reason}))
+        outcome.held.append(order_id)
+    if held_rows:
+        session.execute(update(OrderRow), held_rows)
+        # An order held again (approved by a person while the SKU stayed frozen) keeps its row.
+        insert_ignoring_conflicts(session, SkuHold, holds, ["order_id", "sku"])
     apply_transitions(session, moves, stage="inventory")
+    log.info("inventory batch: %d reserved, %d backordered, %d held",
+             len(outcome.reserved), len(outcome.backordered), len(outcome.held))
     return outcome
 
 
+def _wake_after_commit(uow: UnitOfWork, skus: Iterable[str]) -> None:
+    """Units came back to these SKUs: re-try the backordered orders they can now serve."""
+    wanted = sorted(set(skus))
+    if wanted:
+        uow.after_commit(lambda: wake.delay(wanted))
+
+
 def release_reservations(uow: UnitOfWork, order_ids: list[int], reason: str) -> int:
-    """Give back the stock held by active reservations of these orders. Returns units freed."""
+    """Give back the stock held by active reservations of these orders. Returns units freed.
+
+    Backordered orders that the freed units can serve are re-tried after the commit.
+    """
     session = uow.session
     rows = session.execute(
         select(Reservation.id, Reservation.sku, Reservation.warehouse, Reservation.quantity)
         .where(Reservation.order_id.in_(order_ids), Reservation.status == "active")
-        .order_by(Reservation.sku, Reservation.warehouse)
+        .order_by(Reservation.id)
         .with_for_update()
     ).all()
     if not rows:
@@ -146,8 +302,9 @@ def release_reservations(uow: UnitOfWork, order_ids: list[int], reason: str) -> 
     session.execute(
         update(Reservation)
         .where(Reservation.id.in_([r.id for r in rows]))
-        .values(status="released", closed_at=now, close_reason=reason)
+        .values(status="released", closed_at=now, close_reason=reason[:64])
     )
+    _wake_after_commit(uow, (s for s, _ in dec))
     return sum(dec.values())
 
 
@@ -157,6 +314,8 @@ def consume_reservations(uow: UnitOfWork, order_ids: list[int]) -> int:
     rows = session.execute(
         select(Reservation.id, Reservation.sku, Reservation.warehouse, Reservation.quantity)
         .where(Reservation.order_id.in_(order_ids), Reservation.status == "active")
+        .order_by(Reservation.id)
+        .with_for_update()
     ).all()
     if not rows:
         return 0
@@ -179,19 +338,47 @@ def consume_reservations(uow: UnitOfWork, order_ids: list[int]) -> int:
     return sum(dec.values())
 
 
-def _lock_stock(uow: UnitOfWork, keys: list[tuple[str, str]]) -> None:
-    # Same sorted lock order as reserve_orders, so release/consume never deadlock with it.
-    if keys:
-        uow.session.execute(
-            select(Stock.sku).where(tuple_(Stock.sku, Stock.warehouse).in_(sorted(keys)))
-            .order_by(Stock.sku, Stock.warehouse).with_for_update()
-        ).all()
+def restock_orders(uow: UnitOfWork, order_ids: list[int], reason: str) -> int:
+    """Put the units of these orders' consumed reservations back on the shelf; return units.
+
+    For a label voided before hand-over and for a return. Idempotent: each restocked
+    reservation is marked ``restocked`` in the same transaction, so a second call finds none.
+    Backordered orders that the units can serve are re-tried after the commit.
+    """
+    session = uow.session
+    rows = session.execute(
+        select(Reservation.id, Reservation.sku, Reservation.warehouse, Reservation.quantity)
+        .where(Reservation.order_id.in_(order_ids), Reservation.status == "consumed")
+        .order_by(Reservation.id)
+        .with_for_update()
+    ).all()
+    if not rows:
+        return 0
+    now = utcnow()
+    inc: dict[tuple[str, str], int] = defaultdict(int)
+    for r in rows:
+        inc[(r.sku, r.warehouse)] += r.quantity
+    _lock_stock(uow, list(inc))
+    session.connection().execute(
+        update(Stock)
+        .where(and_(Stock.sku == bindparam("b_sku"), Stock.warehouse == bindparam("b_wh")))
+        .values(on_hand=Stock.on_hand + bindparam("b_qty"), updated_at=now),
+        [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in sorted(inc.items())],
+    )
+    session.execute(
+        update(Reservation).where(Reservation.id.in_([r.id for r in rows]))
+        .values(status="restocked", closed_at=now, close_reason=reason[:64])
+    )
+    _wake_after_commit(uow, (s for s, _ in inc))
+    return sum(inc.values())
 
 
 def expire_stale_reservations(uow: UnitOfWork, settings: Settings, limit: int = 1000) -> list[int]:
     """Release reservations of orders that sat in ``reserved`` past the TTL; return order ids.
 
-    The orders go back to fraud_checked, so the next re-drive reserves them afresh.
+    Only ``reserved`` orders expire: once an order is in a pick wave its units are being
+    picked. The orders go back to fraud_checked (the re-drive sweep reserves them afresh),
+    and the freed units go first to backordered orders that were waiting for them.
     """
     session = uow.session
     now = utcnow()
@@ -205,12 +392,70 @@ def expire_stale_reservations(uow: UnitOfWork, settings: Settings, limit: int = 
     orders = claim(session, stale, [State.RESERVED])
     ids = [o.id for o in orders]
     if ids:
-        release_reservations(uow, ids, "expired")
+        why = (f"reservation expired: the order stayed in reserved for over "
+               f"{settings.reservation_ttl_s}s")
+        units = release_reservations(uow, ids, "expired")
         apply_transitions(session, [Move(i, State.RESERVED, State.FRAUD_CHECKED,
-                                         {"reason": "reservation expired"}) for i in ids],
-                          stage="inventory")
-        log.info("released expired reservations of %d orders", len(ids))
+                                         {"reason": why}) for i in ids], stage="inventory")
+        log.warning("%s; released %d units of %d orders (first ids %s)", why, units, len(ids),
+                    ids[:10])
     return ids
+
+
+def servable_backorders(uow: UnitOfWork, skus: list[str] | None = None,
+                        limit: int = MAX_WAKE_SCAN) -> list[int]:
+    """Backordered orders (with a line of ``skus``, or any) that today's free stock can serve.
+
+    A dry run of the allocation, oldest first and without locks: the reservation stage
+    decides for real. Orders with a frozen SKU are left alone (unfreezing wakes them).
+    """
+    session = uow.session
+    free = select(Stock.sku).where(Stock.on_hand > Stock.reserved)
+    if skus:
+        free = free.where(Stock.sku.in_(sorted(set(skus))))
+    candidates = list(session.execute(
+        select(OrderRow.id, OrderRow.ship_country)
+        .where(OrderRow.state == State.BACKORDERED.value,
+               OrderRow.id.in_(select(OrderLine.order_id).where(OrderLine.sku.in_(free))))
+        .order_by(OrderRow.id).limit(limit)
+    ).all())
+    if not candidates:
+        return []
+    lines: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for part in chunks([c.id for c in candidates], 5000):
+        for order_id, sku, qty in session.execute(
+            select(OrderLine.order_id, OrderLine.sku, OrderLine.quantity)
+            .where(OrderLine.order_id.in_(part))
+        ):
+            lines[order_id].append((sku, qty))
+    all_skus = sorted({s for ls in lines.values() for s, _ in ls})
+    available = {(r.sku, r.warehouse): r.on_hand - r.reserved for r in session.execute(
+        select(Stock.sku, Stock.warehouse, Stock.on_hand, Stock.reserved)
+        .where(Stock.sku.in_(all_skus)))}
+    frozen = {s for s, h in load_health(session, all_skus).items() if h.frozen}
+    warehouses = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
+    out = []
+    for order_id, country in candidates:
+        wanted = lines[order_id]
+        if any(s in frozen for s, _ in wanted):
+            continue
+        wh = choose_warehouse(wanted, available, warehouses, country)
+        if wh is not None:
+            for sku, qty in wanted:
+                available[(sku, wh)] -= qty
+            out.append(order_id)
+    return out
+
+
+def wake_backordered(settings: Settings, skus: list[str] | None = None) -> int:
+    """Re-enqueue backordered orders (for these SKUs) that the stock on hand can now serve."""
+    with unit_of_work(settings) as uow:
+        ids = servable_backorders(uow, skus)
+        for part in chunks(ids, settings.batch_size):
+            uow.after_commit(lambda part=part: reserve.delay(part))
+    if ids:
+        log.info("woke %d backordered orders", len(ids))
+    return len(ids)
 
 
 @stage_task("orderfleet.inventory.reserve")
@@ -226,6 +471,10 @@ def reserve(self, order_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
                 uow.after_commit(lambda: assign.delay(outcome.reserved))
     except TRANSIENT_ERRORS as exc:
         retry_backoff(self, exc)
+    if outcome.contended:
+        # Whoever holds them may roll back (its worker died): look again shortly. Bounded by
+        # max_retries; the re-drive sweep covers anything beyond.
+        raise self.retry(args=[outcome.contended], countdown=CONTENDED_RETRY_S)
 
 
 @stage_task("orderfleet.inventory.expire_reservations")
@@ -235,13 +484,12 @@ def expire_reservations(self) -> None:  # type: ignore[no-untyped-def]
         expire_stale_reservations(uow, settings)
 
 
-def wake_backordered(settings: Settings, skus: list[str] | None = None) -> int:
-    """Re-enqueue backordered orders (for these SKUs) after new stock arrived."""
-    with unit_of_work(settings) as uow:
-        q = select(OrderRow.id).where(OrderRow.state == State.BACKORDERED.value)
-        if skus:
-            q = q.where(OrderRow.id.in_(select(OrderLine.order_id).where(OrderLine.sku.in_(skus))))
-        ids = list(uow.session.execute(q.order_by(OrderRow.id)).scalars())
-        for part in chunks(ids, settings.batch_size):
-            uow.after_commit(lambda part=part: reserve.delay(part))
-    return len(ids)
+@stage_task("orderfleet.inventory.wake_backordered")
+def wake(self, skus: list[str] | None = None) -> None:  # type: ignore[no-untyped-def]
+    if skus is not None and not (isinstance(skus, list)
+                                 and all(isinstance(s, str) for s in skus)):
+        raise ValueError(f"skus must be a list of strings, got {skus!r}")
+    try:
+        wake_backordered(get_settings(), skus)
+    except TRANSIENT_ERRORS as exc:
+        retry_backoff(self, exc)

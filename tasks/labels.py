@@ -1,40 +1,104 @@
-"""Label request: one label per shipment, bought from the carrier in one batch call per wave.
+"""Label purchase: one label per shipment, bought in one batch call per wave and carrier.
 
-Exactly once, even when a call times out after the carrier charged: each shipment gets an
-idempotency key (stored, unique) before any call; the carrier returns the same label for the
-same key, so a retried or redelivered task never buys a second one. The HTTP call happens
-between two short transactions, never while rows are locked.
+Exactly once, even when a call times out after the carrier charged:
+
+* each shipment gets an idempotency key (stored, unique) before any call, and the carrier
+  sees it with every purchase (the sandbox de-duplicates on it; EasyPost finds by it);
+* every purchase call is counted on the shipment first; a shipment with an earlier call
+  whose outcome is unknown is looked up by its key before it is bought again;
+* the HTTP calls happen between two short transactions, never while rows are locked, and
+  whatever was bought is recorded even when a later call of the same run failed.
+
+Rate shopping picks, per order, the cheapest service whose delivery estimate meets the
+order's promise (days per lane); the choice is stored with the shipment and never changes,
+since the carrier ties the idempotency key to the exact request.
+
+A carrier that is down (its circuit breaker open, or calls failing past the retry budget)
+defers the wave: the task is re-sent with a countdown, the orders stay ``batched`` with the
+reason in ``hold_reason``, and only after ``label_give_up_s`` do they go to ``label_failed``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
+import redis
 from sqlalchemy import func, select, update
 
 from config.settings import Settings, get_settings
-from domain.carrier import CarrierClient, CarrierRejected, CarrierUnavailable, Label, LabelRequest
+from domain.alerts import raise_alert, resolve_alert
+from domain.breaker import BreakerPolicy, CircuitBreaker
+from domain.carriers import (
+    CarrierAdapter,
+    CarrierCircuitOpen,
+    CarrierRejected,
+    CarrierUnavailable,
+    Label,
+    LabelRequest,
+    Rate,
+    build_carrier,
+)
 from domain.clock import utcnow
 from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import Batch, OrderRow, Shipment, Warehouse
 from tasks.base import TRANSIENT_ERRORS, parse_ids, retry_backoff, stage_task
 from tasks.inventory import consume_reservations
-from tasks.sharding import carrier_for
+from tasks.sharding import carrier_for, lane_for
 
 log = logging.getLogger(__name__)
 
-_clients: dict[tuple[int, str], CarrierClient] = {}
+# Rates are a pure function of (lane, weight, carrier) at a carrier for hours; ten minutes of
+# reuse turns a wave of 50 similar parcels into a handful of quote calls.
+RATE_CACHE_TTL_S = 600.0
+# A message for a deferred wave that arrives this much before its scheduled attempt is a
+# duplicate (a re-drive copy): the scheduled one is on its way.
+EARLY_TOLERANCE_S = 1.0
+# Quote calls in flight at once for one wave: enough to hide a slow carrier's latency,
+# few enough not to look like an attack to its rate limiter.
+RATE_QUOTE_THREADS = 8
+
+_clients: dict[tuple[Any, ...], CarrierAdapter] = {}
+_breakers: dict[tuple[Any, ...], CircuitBreaker] = {}
+_rate_cache: dict[tuple[Any, ...], tuple[float, list[Rate]]] = {}
 
 
-def carrier_client(settings: Settings) -> CarrierClient:
-    """One HTTP client per process (connection reuse), rebuilt in a forked child."""
-    key = (os.getpid(), settings.carrier_url)
+# --------------------------------------------------------------------------------------------
+# The configured carrier and its shared breaker
+# --------------------------------------------------------------------------------------------
+
+
+def breaker_policy(settings: Settings) -> BreakerPolicy:
+    return BreakerPolicy(
+        window_s=settings.breaker_window_s, min_calls=settings.breaker_min_calls,
+        failure_rate=settings.breaker_failure_rate, open_s=settings.breaker_open_s,
+        max_open_s=settings.breaker_max_open_s, probe_lease_s=settings.breaker_probe_lease_s)
+
+
+def shared_breaker(settings: Settings) -> CircuitBreaker:
+    """The per-carrier breakers every worker shares (state in Redis), one client per process."""
+    key = (os.getpid(), settings.shared_redis, breaker_policy(settings))
+    if key not in _breakers:
+        _breakers[key] = CircuitBreaker(redis.Redis.from_url(settings.shared_redis),
+                                        breaker_policy(settings))
+    return _breakers[key]
+
+
+def carrier_client(settings: Settings) -> CarrierAdapter:
+    """The configured carrier adapter, guarded by the shared breaker; one per process
+    (connection reuse), rebuilt in a forked child."""
+    key = (os.getpid(), settings.carrier_api, settings.carrier_url, settings.shared_redis,
+           breaker_policy(settings))
     if key not in _clients:
-        _clients[key] = CarrierClient(settings.carrier_url, timeout_s=settings.carrier_timeout_s,
-                                      retry_max_s=settings.carrier_retry_max_s)
+        _clients[key] = build_carrier(settings, breaker=shared_breaker(settings))
     return _clients[key]
 
 
@@ -42,31 +106,160 @@ def idempotency_key(order_id: int) -> str:
     return f"orderfleet-shipment-{order_id}"
 
 
+# --------------------------------------------------------------------------------------------
+# Rate shopping
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceChoice:
+    carrier: str
+    service: str
+    rate: Decimal | None
+    est_delivery_days: int | None
+    promise_days: int
+    meets_promise: bool
+
+
+def promise_days_for(settings: Settings, lane: str | None) -> int:
+    """The delivery promise of a lane, in days ("standard" for lanes not configured)."""
+    promises = settings.delivery_promise_days
+    return promises.get(lane or "standard", promises["standard"])
+
+
+def choose_service(rates: list[Rate], promise_days: int,
+                   carriers: set[str] | None = None) -> ServiceChoice | None:
+    """The cheapest rate whose estimate meets the promise; if none can, the fastest (then
+    cheapest) one, marked as missing the promise. None when nothing is quoted."""
+    candidates = [r for r in rates if carriers is None or r.carrier in carriers]
+    if not candidates:
+        return None
+    meeting = [r for r in candidates if r.est_delivery_days <= promise_days]
+    if meeting:
+        best = min(meeting, key=lambda r: (r.rate, r.est_delivery_days, r.carrier, r.service))
+    else:
+        best = min(candidates, key=lambda r: (r.est_delivery_days, r.rate, r.carrier, r.service))
+    return ServiceChoice(best.carrier, best.service, best.rate, best.est_delivery_days,
+                         promise_days, bool(meeting))
+
+
+@dataclass(frozen=True)
+class RateQuery:
+    order_id: int
+    lane: str
+    from_country: str
+    to_country: str
+    weight_g: int
+    wave_carrier: str
+
+
+def _quote(client: CarrierAdapter, q: RateQuery, carrier: str | None) -> list[Rate]:
+    key = (client.name, getattr(client, "base_url", ""), q.from_country, q.to_country,
+           q.weight_g, carrier)
+    hit = _rate_cache.get(key)
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    rates = client.rates(q.from_country, q.to_country, q.weight_g, carrier=carrier)
+    _rate_cache[key] = (now + RATE_CACHE_TTL_S, rates)
+    return rates
+
+
+def rate_shop(client: CarrierAdapter, queries: list[RateQuery],
+              settings: Settings) -> dict[int, ServiceChoice]:
+    """Choose a service per order. Raises CarrierUnavailable when quotes cannot be had (the
+    choice is final once stored, so it is not made blind).
+
+    Distinct parcels are quoted concurrently: a wave's quotes would otherwise wait on each
+    other's retries when the carrier is slow or failing.
+    """
+    def carrier_of(q: RateQuery) -> str | None:
+        return None if settings.rate_shop_across_carriers else q.wave_carrier
+
+    distinct = {(q.from_country, q.to_country, q.weight_g, carrier_of(q)): q for q in queries}
+    with ThreadPoolExecutor(max_workers=min(RATE_QUOTE_THREADS, max(len(distinct), 1))) as pool:
+        quotes = dict(zip(distinct, pool.map(lambda q: _quote(client, q, carrier_of(q)),
+                                             distinct.values()), strict=True))
+    choices: dict[int, ServiceChoice] = {}
+    for q in queries:
+        rates = quotes[(q.from_country, q.to_country, q.weight_g, carrier_of(q))]
+        choice = choose_service(rates, promise_days_for(settings, q.lane))
+        if choice is not None:
+            choices[q.order_id] = choice
+        # No quote (too heavy for every service): the default service is asked for, and the
+        # carrier's refusal, naming the reason, puts the order in label_failed.
+    return choices
+
+
+def rate_queries(uow: UnitOfWork, batch_id: int) -> list[RateQuery]:
+    """The wave's batched orders that have no shipment yet (read only, nothing locked)."""
+    session = uow.session
+    countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
+    wave_carrier = session.execute(
+        select(Batch.carrier).where(Batch.id == batch_id)).scalar_one_or_none()
+    rows = session.execute(
+        select(OrderRow.id, OrderRow.lane, OrderRow.warehouse, OrderRow.ship_country,
+               OrderRow.weight_g, OrderRow.payload)
+        .outerjoin(Shipment, Shipment.order_id == OrderRow.id)
+        .where(OrderRow.batch_id == batch_id, OrderRow.state == State.BATCHED.value,
+               Shipment.id.is_(None))
+        .order_by(OrderRow.id)
+    ).all()
+    out = []
+    for r in rows:
+        from_country = countries[r.warehouse]
+        out.append(RateQuery(
+            order_id=r.id, lane=r.lane or lane_for(r.payload), from_country=from_country,
+            to_country=r.ship_country, weight_g=max(r.weight_g, 1),
+            wave_carrier=wave_carrier or carrier_for(from_country, r.ship_country)[0]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Shipments, purchase, recording
+# --------------------------------------------------------------------------------------------
+
+
 @dataclass
 class LabelOutcome:
     labelled: list[int]
     failed: dict[int, str]
+    recovered: list[int] = field(default_factory=list)  # found by look-up, not bought again
 
 
-def prepare_shipments(uow: UnitOfWork, batch_id: int) -> list[LabelRequest]:
-    """Create (once) a shipment per batched order of the wave; return the requests to send."""
+def prepare_shipments(uow: UnitOfWork, batch_id: int,
+                      choices: dict[int, ServiceChoice] | None = None,
+                      settings: Settings | None = None) -> list[LabelRequest]:
+    """Create (once) a shipment per batched order of the wave; return the requests to send.
+
+    ``choices`` (rate shopping) decides carrier and service of new shipments; without one an
+    order gets its wave's default. An existing shipment keeps what it was created with.
+    """
     session = uow.session
-    orders = [o for o in claim(session, _orders_of(uow, batch_id), [State.BATCHED])]
+    settings = settings or get_settings()
+    choices = choices or {}
+    orders = claim(session, _orders_of(uow, batch_id), [State.BATCHED])
     if not orders:
         return []
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
     rows = []
     for o in orders:
         assert o.warehouse is not None
-        carrier, service = carrier_for(countries[o.warehouse], o.ship_country)
+        choice = choices.get(o.id)
+        carrier, service = ((choice.carrier, choice.service) if choice
+                            else carrier_for(countries[o.warehouse], o.ship_country))
         rows.append({"order_id": o.id, "batch_id": batch_id, "carrier": carrier,
                      "service": service, "idempotency_key": idempotency_key(o.id),
-                     "status": "pending"})
+                     "status": "pending", "rate": choice.rate if choice else None,
+                     "rate_currency": None,
+                     "promise_days": choice.promise_days if choice else None,
+                     "est_delivery_days": choice.est_delivery_days if choice else None})
     insert_ignoring_conflicts(session, Shipment, rows, ["order_id"])
     pending = session.execute(
         select(Shipment, OrderRow)
         .join(OrderRow, OrderRow.id == Shipment.order_id)
-        .where(Shipment.order_id.in_([o.id for o in orders]), Shipment.label_id.is_(None))
+        .where(Shipment.order_id.in_([o.id for o in orders]), Shipment.label_id.is_(None),
+               Shipment.status == "pending")
         .order_by(Shipment.id)
     ).all()
     return [
@@ -75,6 +268,8 @@ def prepare_shipments(uow: UnitOfWork, batch_id: int) -> list[LabelRequest]:
             from_country=countries[o.warehouse], to_country=o.ship_country,
             to_postal_code=o.payload["shipping_address"].get("postal_code", ""),
             weight_g=max(o.weight_g, 1), reference=f"{o.store}/{o.source_order_id}",
+            to_address=o.payload["shipping_address"],
+            from_address=settings.ship_from_addresses.get(o.warehouse or ""),
         )
         for s, o in pending
     ]
@@ -85,51 +280,94 @@ def _orders_of(uow: UnitOfWork, batch_id: int) -> list[int]:
         select(OrderRow.id).where(OrderRow.batch_id == batch_id)).scalars())
 
 
+def count_purchase_attempts(uow: UnitOfWork, keys: list[str]) -> set[str]:
+    """Count one more purchase call for these shipments; return the keys that had one before
+    (its outcome may be unknown: look them up before buying)."""
+    if not keys:
+        return set()
+    rows = uow.session.execute(
+        update(Shipment).where(Shipment.idempotency_key.in_(keys))
+        .values(label_attempts=Shipment.label_attempts + 1)
+        .returning(Shipment.idempotency_key, Shipment.label_attempts)
+    ).all()
+    return {key for key, attempts in rows if attempts > 1}
+
+
 def record_labels(uow: UnitOfWork, labels: list[Label]) -> list[int]:
-    """Store bought labels, ship the stock, move the orders to labelled; return order ids."""
+    """Store bought labels, ship the stock, move the orders to labelled; return order ids.
+
+    A label bought for an order cancelled meanwhile is recorded on its shipment and handed
+    to the cancellation stage to void, so no charged label is ever left behind.
+    """
     session = uow.session
     if not labels:
         return []
     by_key = {lb.idempotency_key: lb for lb in labels}
     shipments = session.execute(
-        select(Shipment.id, Shipment.order_id, Shipment.idempotency_key)
+        select(Shipment.id, Shipment.order_id, Shipment.idempotency_key, Shipment.status,
+               Shipment.label_id)
         .where(Shipment.idempotency_key.in_(by_key))
     ).all()
     order_ids = [s.order_id for s in shipments]
     still_batched = {o.id for o in claim(session, order_ids, [State.BATCHED])}
-    now = utcnow()
-    updates, moves = [], []
+    states = dict(session.execute(
+        select(OrderRow.id, OrderRow.state).where(OrderRow.id.in_(order_ids))).all())
+    updates, moves, to_void = [], [], []
     for s in shipments:
-        if s.order_id not in still_batched:
-            continue  # cancelled meanwhile, or recorded by an earlier run
         lb = by_key[s.idempotency_key]
-        updates.append({"id": s.id, "label_id": lb.label_id, "tracking_number": lb.tracking_number,
-                        "rate": lb.rate, "rate_currency": lb.currency, "status": "labelled",
-                        "label_bought_at": lb.created_at})
-        moves.append(Move(s.order_id, State.BATCHED, State.LABELLED,
-                          {"tracking_number": lb.tracking_number, "carrier": lb.carrier,
-                           "replayed": lb.replayed}))
+        if s.order_id in still_batched:
+            updates.append({"id": s.id, "label_id": lb.label_id,
+                            "tracking_number": lb.tracking_number, "rate": lb.rate,
+                            "rate_currency": lb.currency, "status": "labelled",
+                            "label_bought_at": lb.created_at})
+            moves.append(Move(s.order_id, State.BATCHED, State.LABELLED,
+                              {"tracking_number": lb.tracking_number, "carrier": lb.carrier,
+                               "service": lb.service, "replayed": lb.replayed}))
+        elif states.get(s.order_id) == State.CANCELLED.value and s.label_id is None:
+            # Cancelled while the purchase was in flight: void what was charged.
+            updates.append({"id": s.id, "label_id": lb.label_id,
+                            "tracking_number": lb.tracking_number, "rate": lb.rate,
+                            "rate_currency": lb.currency, "status": "void_pending",
+                            "label_bought_at": lb.created_at})
+            to_void.append(s.order_id)
+        # else: recorded by an earlier run, or another worker is recording it right now
     if updates:
         session.execute(update(Shipment), updates)
+    if moves:
         consume_reservations(uow, [m.order_id for m in moves])
     applied = apply_transitions(session, moves, stage="labels")
-    log.debug("recorded %d labels at %s", len(applied), now)
-    return [m.order_id for m in applied]
+    labelled = [m.order_id for m in applied]
+    if labelled:
+        session.execute(update(OrderRow).where(OrderRow.id.in_(labelled))
+                        .values(hold_reason=None))
+        from tasks.pushback import notify_store
+
+        notify_store(uow, labelled, "label_bought")
+    if to_void:
+        from tasks.cancellation import void_labels
+
+        log.warning("%d labels were bought for orders cancelled meanwhile; voiding them",
+                    len(to_void))
+        uow.after_commit(lambda: void_labels.delay(to_void, True))
+    return labelled
 
 
 def fail_labels(uow: UnitOfWork, failed: dict[int, str]) -> list[int]:
-    """Orders whose parcel the carrier refused (a 4xx: bad address, too heavy) wait for a
-    person in label_failed, with the carrier's words, instead of being retried forever."""
+    """Orders whose label cannot be had (the carrier refused the parcel: bad address, too
+    heavy; or gave no label within label_give_up_s) wait for a person in label_failed, with
+    the reason, instead of being retried forever."""
     session = uow.session
     orders = claim(session, failed, [State.BATCHED])
     if not orders:
         return []
     session.execute(update(OrderRow), [
-        {"id": o.id, "hold_reason": f"carrier refused the label: {failed[o.id]}"[:1000]}
-        for o in orders])
+        {"id": o.id, "hold_reason": f"no label: {failed[o.id]}"[:1000]} for o in orders])
     applied = apply_transitions(session, [
         Move(o.id, State.BATCHED, State.LABEL_FAILED, {"carrier_error": failed[o.id][:500]})
         for o in orders], stage="labels")
+    for m in applied:
+        raise_alert(session, "label_failed", str(m.order_id),
+                    f"order {m.order_id} has no label: {failed[m.order_id][:300]}")
     return [m.order_id for m in applied]
 
 
@@ -142,40 +380,179 @@ def finish_wave(uow: UnitOfWork, batch_id: int) -> None:
     ).scalar_one()
     if waiting == 0:
         session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == "closed")
-                        .values(status="labelled"))
+                        .values(status="labelled", next_label_attempt_at=None, label_error=None))
 
 
-def buy_wave_labels(batch_id: int, settings: Settings, client: CarrierClient) -> LabelOutcome:
-    """The whole stage for one wave: prepare, buy (one batch call), record."""
+def buy_wave_labels(batch_id: int, settings: Settings, client: CarrierAdapter) -> LabelOutcome:
+    """The whole stage for one wave: rate shop, prepare, look up, buy, record.
+
+    Raises CarrierUnavailable (CarrierCircuitOpen included) after recording whatever was
+    bought, when some carrier of the wave could not be reached.
+    """
     with unit_of_work(settings) as uow:
-        requests = prepare_shipments(uow, batch_id)
-    failed: dict[int, str] = {}
+        queries = rate_queries(uow, batch_id)
+    choices = rate_shop(client, queries, settings) if queries else {}
+    with unit_of_work(settings) as uow:
+        requests = prepare_shipments(uow, batch_id, choices, settings)
+        look_up = count_purchase_attempts(uow, [r.idempotency_key for r in requests])
+    order_of = {r.idempotency_key: int(r.idempotency_key.rsplit("-", 1)[1]) for r in requests}
     labels: list[Label] = []
-    if requests:
-        result = client.buy_labels(requests)  # retried inside (tenacity); raises when down
-        labels = result.labels
-        for key, error in result.errors.items():
-            failed[int(key.rsplit("-", 1)[1])] = error
-        if failed:
-            log.warning("carrier refused %d labels in wave %s", len(failed), batch_id)
+    recovered: list[int] = []
+    failed: dict[int, str] = {}
+    error: CarrierUnavailable | None = None
+    by_carrier: dict[str, list[LabelRequest]] = {}
+    for r in requests:
+        by_carrier.setdefault(r.carrier, []).append(r)
+    for carrier, group in sorted(by_carrier.items()):
+        try:
+            keys = [r.idempotency_key for r in group if r.idempotency_key in look_up]
+            found = client.find_labels(keys, carrier=carrier) if keys else {}
+            labels.extend(found.values())
+            recovered.extend(order_of[k] for k in found)
+            to_buy = [r for r in group if r.idempotency_key not in found]
+            if to_buy:
+                result = client.buy_labels(to_buy)  # retried inside (tenacity)
+                labels.extend(result.labels)
+                for key, reason in result.errors.items():
+                    if key in order_of:
+                        failed[order_of[key]] = f"carrier refused the label: {reason}"
+        except CarrierUnavailable as exc:
+            error = error or exc
+        except CarrierRejected as exc:
+            # The whole call was refused (not one item): a person must look at these orders.
+            for r in group:
+                failed[order_of[r.idempotency_key]] = f"carrier refused the label: {exc.error}"
+    if failed:
+        log.warning("no label for %d orders of wave %s", len(failed), batch_id)
     with unit_of_work(settings) as uow:
         labelled = record_labels(uow, labels)
         fail_labels(uow, failed)
         finish_wave(uow, batch_id)
-    return LabelOutcome(labelled, failed)
+    if error is not None:
+        raise error
+    return LabelOutcome(labelled, failed, recovered)
 
 
-@stage_task("orderfleet.labels.buy", max_retries=20)
+# --------------------------------------------------------------------------------------------
+# Deferral and giving up
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WaveAttempt:
+    """What the label task decided for a wave."""
+
+    outcome: str  # done | deferred | gave_up | duplicate | no_wave
+    countdown_s: float = 0.0
+    reason: str = ""
+    labelled: int = 0
+
+
+def _wave(uow: UnitOfWork, batch_id: int) -> Batch | None:
+    return uow.session.execute(
+        select(Batch).where(Batch.id == batch_id).with_for_update()).scalar_one_or_none()
+
+
+def defer_wave(uow: UnitOfWork, batch_id: int, reason: str, retry_at: datetime) -> None:
+    """Note why the wave waits and when it is tried next; show it on its orders."""
+    session = uow.session
+    session.execute(update(Batch).where(Batch.id == batch_id).values(
+        label_attempts=Batch.label_attempts + 1, next_label_attempt_at=retry_at,
+        label_error=reason[:2000]))
+    session.execute(
+        update(OrderRow)
+        .where(OrderRow.batch_id == batch_id, OrderRow.state == State.BATCHED.value)
+        .values(hold_reason=f"label deferred: {reason} (next attempt "
+                            f"{retry_at:%Y-%m-%d %H:%M:%S}Z)"[:1000]))
+
+
+def give_up_wave(uow: UnitOfWork, batch_id: int, reason: str) -> list[int]:
+    """Past label_give_up_s: the wave's waiting orders go to label_failed, for a person."""
+    waiting = list(uow.session.execute(
+        select(OrderRow.id).where(OrderRow.batch_id == batch_id,
+                                  OrderRow.state == State.BATCHED.value)).scalars())
+    failed = fail_labels(uow, dict.fromkeys(waiting, reason))
+    uow.session.execute(update(Batch).where(Batch.id == batch_id).values(
+        next_label_attempt_at=None, label_error=reason[:2000]))
+    finish_wave(uow, batch_id)
+    return failed
+
+
+def retry_failed_labels(uow: UnitOfWork, order_ids: list[int]) -> list[int]:
+    """Ops: send label_failed orders (address fixed, carrier back) through the label stage
+    again. Their waves get a fresh give-up clock; a shipment whose purchase outcome was
+    unknown is looked up by its key first, as always. Returns the order ids moved."""
+    session = uow.session
+    orders = claim(session, order_ids, [State.LABEL_FAILED])
+    applied = apply_transitions(session, [
+        Move(o.id, State.LABEL_FAILED, State.BATCHED, {"reason": "label retried by ops"})
+        for o in orders], stage="labels")
+    moved = [m.order_id for m in applied]
+    if not moved:
+        return []
+    session.execute(update(OrderRow).where(OrderRow.id.in_(moved)).values(hold_reason=None))
+    waves = sorted({o.batch_id for o in orders if o.id in moved and o.batch_id is not None})
+    session.execute(update(Batch).where(Batch.id.in_(waves)).values(
+        status="closed", closed_at=utcnow(), next_label_attempt_at=None, label_error=None))
+    for order_id in moved:
+        resolve_alert(session, "label_failed", str(order_id))
+    for wave in waves:
+        uow.after_commit(lambda wave=wave: buy.delay(wave))
+    return moved
+
+
+def _countdown(exc: CarrierUnavailable, attempts: int, settings: Settings) -> float:
+    cap = settings.label_retry_max_countdown_s
+    if isinstance(exc, CarrierCircuitOpen):
+        # Just after the breaker's pause (+ jitter, so deferred waves do not all pile onto
+        # the half-open probe at once).
+        base = exc.retry_after_s + random.uniform(0.2, 1.5)
+    elif exc.retry_after_s is not None:
+        base = exc.retry_after_s
+    else:
+        base = min(cap, 2.0 ** max(attempts, 0)) * random.uniform(0.75, 1.25)
+    return max(1.0, min(cap, base))
+
+
+def label_wave(batch_id: int, settings: Settings, client: CarrierAdapter) -> WaveAttempt:
+    """One label task run for a wave: buy, or decide to defer or to give up."""
+    now = utcnow()
+    with unit_of_work(settings) as uow:
+        wave = _wave(uow, batch_id)
+        if wave is None:
+            return WaveAttempt("no_wave")
+        due = wave.next_label_attempt_at
+        if due is not None and now < due - timedelta(seconds=EARLY_TOLERANCE_S):
+            return WaveAttempt("duplicate", reason=f"next attempt is due at {due.isoformat()}")
+        closed_at, attempts = wave.closed_at or wave.opened_at, wave.label_attempts
+    try:
+        outcome = buy_wave_labels(batch_id, settings, client)
+    except CarrierUnavailable as exc:
+        reason = str(exc)
+        with unit_of_work(settings) as uow:
+            age_s = (utcnow() - closed_at).total_seconds()
+            if age_s > settings.label_give_up_s:
+                failed = give_up_wave(
+                    uow, batch_id, f"carrier unavailable for {age_s / 60:.0f} min: {reason}")
+                log.error("gave up on the labels of wave %s after %.0f s: %d orders "
+                          "label_failed", batch_id, age_s, len(failed))
+                return WaveAttempt("gave_up", reason=reason)
+            countdown = _countdown(exc, attempts + 1, settings)
+            defer_wave(uow, batch_id, reason, utcnow() + timedelta(seconds=countdown))
+        log.warning("labels of wave %s deferred %.1fs: %s", batch_id, countdown, reason)
+        return WaveAttempt("deferred", countdown_s=countdown, reason=reason)
+    return WaveAttempt("done", labelled=len(outcome.labelled))
+
+
+@stage_task("orderfleet.labels.buy", max_retries=None)
 def buy(self, batch_id: int) -> None:  # type: ignore[no-untyped-def]
     settings = get_settings()
     (wave,) = parse_ids([batch_id])
     try:
-        buy_wave_labels(wave, settings, carrier_client(settings))
-    except CarrierUnavailable as exc:
-        # The carrier is down past the retry budget: try the wave again later; the orders stay
-        # batched (visible) and the re-drive sweep resends it should this message be lost.
+        attempt = label_wave(wave, settings, carrier_client(settings))
+    except (*TRANSIENT_ERRORS, redis.RedisError) as exc:
         retry_backoff(self, exc)
-    except CarrierRejected:
-        log.exception("carrier rejected the label batch of wave %s", wave)
-    except TRANSIENT_ERRORS as exc:
-        retry_backoff(self, exc)
+        return
+    if attempt.outcome == "deferred":
+        # Deferred, not failed: the bound is label_give_up_s, not a retry count.
+        raise self.retry(countdown=attempt.countdown_s, max_retries=None)

@@ -87,7 +87,7 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
         groups[(o.warehouse, carrier, lane_for(o.payload))].append(o)
 
     closed: list[int] = []
-    placed: list[dict[str, Any]] = []
+    placed: dict[tuple[int, str, str], list[int]] = defaultdict(list)
     moves: list[Move] = []
     now = utcnow()
     for key in sorted(groups):  # sorted: waves are locked in one order by every worker
@@ -97,9 +97,8 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
             room = settings.wave_size - wave.size
             take, pending = pending[:room], pending[room:]
             wave.size += len(take)
+            placed[(wave.id, key[1], key[2])].extend(o.id for o in take)
             for o in take:
-                placed.append({"id": o.id, "batch_id": wave.id, "carrier": key[1],
-                               "lane": key[2]})
                 moves.append(Move(o.id, State.RESERVED, State.BATCHED,
                                   {"batch_id": wave.id, "lane": key[2], "carrier": key[1],
                                    "service": services[o.id]}))
@@ -107,7 +106,10 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
                 wave.status, wave.closed_at, wave.close_reason = "closed", now, "size"
                 closed.append(wave.id)
             session.flush()
-    session.execute(update(OrderRow), placed)
+    # One UPDATE per wave, not one per order.
+    for (wave_id, carrier, lane), ids in placed.items():
+        session.execute(update(OrderRow).where(OrderRow.id.in_(ids))
+                        .values(batch_id=wave_id, carrier=carrier, lane=lane))
     apply_transitions(session, moves, stage="sharding")
     return closed
 

@@ -20,6 +20,8 @@ from workers.demo import use_settings, wait_until
 from workers.fleet import Fleet, purge_queues
 
 LABELLED_OR_LATER = (State.LABELLED, State.IN_TRANSIT, State.DELIVERED)
+# The fraud check may hold a few synthetic "normal" orders for review: they are done too.
+DONE = (*LABELLED_OR_LATER, State.ON_HOLD, State.REJECTED, State.BACKORDERED, State.LABEL_FAILED)
 
 
 def reset_database(settings: Settings) -> None:
@@ -64,11 +66,10 @@ def noop_chain_run(n: int, settings: Settings, quiet: bool) -> dict[str, Any]:
 
 
 def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7) -> dict[str, Any]:
-    from domain.synthetic import generate_orders, generate_stock
-
     from domain.db import unit_of_work
     from domain.models import OrderEvent
     from domain.stock import StockLevel, set_stock_levels
+    from domain.synthetic import generate_orders, generate_stock
     from tasks.intake import submit_orders
 
     with unit_of_work(settings) as uow:
@@ -81,18 +82,19 @@ def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7) -> dict
     for i in range(0, n, 1000):
         accepted += len(submit_orders(payloads[i : i + 1000], settings=settings).accepted)
     submitted = time.time() - t0
-    counts = wait_until(settings, lambda c: sum(c.get(s.value, 0) for s in LABELLED_OR_LATER),
-                        accepted, label="pipeline: orders labelled", quiet=quiet,
+    counts = wait_until(settings, lambda c: sum(c.get(s.value, 0) for s in DONE),
+                        accepted, label="pipeline: orders done", quiet=quiet,
                         timeout=max(300.0, n * 0.2))
     with unit_of_work(settings) as uow:
         last = uow.session.execute(select(func.max(OrderEvent.at)).where(
             OrderEvent.to_state == State.LABELLED.value)).scalar_one()
     elapsed = last.timestamp() - t0
+    labelled = sum(counts.get(s.value, 0) for s in LABELLED_OR_LATER)
     Console(stderr=True, quiet=quiet).print(
-        f"pipeline: {accepted} orders paid -> labelled in {elapsed:.2f}s (intake took "
-        f"{submitted:.2f}s): {accepted / elapsed:.0f} orders/s")
-    return {"orders": accepted, "seconds": round(elapsed, 3),
-            "orders_per_s": round(accepted / elapsed, 1), "by_state": counts}
+        f"pipeline: {labelled} of {accepted} orders paid -> labelled in {elapsed:.2f}s "
+        f"(intake took {submitted:.2f}s): {labelled / elapsed:.0f} orders/s")
+    return {"orders": labelled, "seconds": round(elapsed, 3),
+            "orders_per_s": round(labelled / elapsed, 1), "by_state": counts}
 
 
 def run_bench(*, n_orders: int, workers: int, concurrency: int, quiet: bool,

@@ -74,31 +74,109 @@ def main() -> None:
 @click.argument("path")
 @click.option("--store", help="Store name for payloads that do not carry one (Shopify bodies).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def submit(path: str, store: str | None, as_json: bool) -> None:
-    """Submit paid orders from PATH (or - for stdin): JSON object, JSON array or JSONL.
+@click.option("--format", "fmt", type=click.Choice(["auto", "json", "csv"]), default="auto",
+              show_default=True, help="json: object/array/JSONL; csv: the order feed whose "
+              "columns domain/platforms.py documents; auto: by the file extension.")
+def submit(path: str, store: str | None, as_json: bool, fmt: str) -> None:
+    """Submit paid orders from PATH (or - for stdin): JSON object, JSON array, JSONL or CSV.
 
     Exit status 1 when any payload was rejected (its reason is printed and stored).
     """
-    from tasks.intake import submit_orders
+    from domain.platforms import OrderFeedError
+    from tasks.intake import submit_csv_feed, submit_orders
 
     text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    payloads = _read_payloads(text)
-    result = submit_orders(payloads, settings=_settings(), store=store)
+    if fmt == "csv" or (fmt == "auto" and path.lower().endswith(".csv")):
+        try:
+            result, row_errors = submit_csv_feed(text, settings=_settings(), store=store)
+        except OrderFeedError as exc:
+            raise click.ClickException(f"{path}: {exc}") from None
+    else:
+        result, row_errors = submit_orders(_read_payloads(text), settings=_settings(),
+                                           store=store), []
+    for e in row_errors:
+        click.echo(f"  rejected row {e['row']} ({e['order_id'] or 'no id'}): {e['field']}: "
+                   f"{e['message']}", err=True)
     summary = {
         "accepted": len(result.accepted),
         "duplicates": len(result.duplicates),
         "rejected": [{"index": r.index, "order_id": r.source_order_id, "errors": r.errors}
                      for r in result.rejected],
+        "rejected_rows": [{k: v for k, v in e.items() if k != "raw"} for e in row_errors],
     }
     if as_json:
         click.echo(json.dumps(summary))
     else:
         click.echo(f"accepted {summary['accepted']}, duplicates {summary['duplicates']}, "
-                   f"rejected {len(result.rejected)}")
+                   f"rejected {len(result.rejected)}"
+                   + (f" (and {len(row_errors)} CSV rows)" if row_errors else ""))
         for r in result.rejected:
             click.echo(f"  rejected #{r.index} ({r.source_order_id or 'no id'}): {r.reason}",
                        err=True)
-    sys.exit(1 if result.rejected else 0)
+    sys.exit(1 if result.rejected or row_errors else 0)
+
+
+# --- storefront intake, cancellation, returns -------------------------------------------------
+@main.command()
+@click.option("--host", default=None, help="Default: ORDERFLEET_API_HOST (127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Default: ORDERFLEET_API_PORT (8080).")
+@click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
+@click.option("--access-log/--no-access-log", default=False, show_default=True)
+def serve(host: str | None, port: int | None, workers: int, access_log: bool) -> None:
+    """Run the HTTP intake service: Shopify/WooCommerce webhooks and POST /orders."""
+    from workers.api import serve as run
+
+    settings = _settings()
+    run(settings, host or settings.api_host, port or settings.api_port, workers=workers,
+        access_log=access_log)
+
+
+def _order_ids(session: Any, order_ids: tuple[str, ...], store: str | None) -> list[int]:
+    from domain.status import find_order
+
+    ids = []
+    for raw in order_ids:
+        row = find_order(session, raw, store=store)
+        if row is None:
+            raise click.ClickException(f"no order {raw}")
+        ids.append(row.id)
+    return ids
+
+
+@main.command()
+@click.argument("order_ids", nargs=-1, required=True)
+@click.option("--store", help="Disambiguate a store order id used by several stores.")
+@click.option("--reason", default="cancelled by ops", show_default=True)
+def cancel(order_ids: tuple[str, ...], store: str | None, reason: str) -> None:
+    """Cancel orders wherever they are: release stock, void unused labels, never ship.
+
+    An order already handed to the carrier becomes a return (restock it with
+    ``orderfleet receive-return`` when the parcel is back).
+    """
+    from domain.db import unit_of_work
+    from tasks.cancellation import cancel_orders
+
+    with unit_of_work(_settings()) as uow:
+        out = cancel_orders(uow, _order_ids(uow.session, order_ids, store), reason, notify=True)
+    click.echo(f"cancelled {len(out.cancelled)} (labels to void: {len(out.to_void)}), "
+               f"{len(out.returns)} become returns, {len(out.unchanged)} already final")
+    for order_id, state in out.unchanged.items():
+        click.echo(f"  order {order_id} is {state}: nothing to cancel", err=True)
+
+
+@main.command("receive-return")
+@click.argument("order_ids", nargs=-1, required=True)
+@click.option("--store", help="Disambiguate a store order id used by several stores.")
+def receive_return(order_ids: tuple[str, ...], store: str | None) -> None:
+    """A returned parcel is back at the warehouse: restock its units, close the order."""
+    from domain.db import unit_of_work
+    from tasks.cancellation import receive_returns
+
+    with unit_of_work(_settings()) as uow:
+        ids = _order_ids(uow.session, order_ids, store)
+        done = receive_returns(uow, ids)
+    click.echo(f"{len(done)} returns received and restocked")
+    sys.exit(0 if len(done) == len(ids) else 1)
 
 
 # --- ops views --------------------------------------------------------------------------------
@@ -174,6 +252,132 @@ def alerts(kind: str | None, as_json: bool) -> None:
     Console().print(table if rows else "no open alerts")
 
 
+# --- review desk ------------------------------------------------------------------------------
+@main.group()
+def review() -> None:
+    """The manual review desk: orders the fraud check held for a person."""
+
+
+@review.command("list")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--store", default=None, help="Only this store's orders.")
+@click.option("--overdue", is_flag=True, help="Only orders waiting past review_overdue_s.")
+@click.option("--json", "as_json", is_flag=True)
+def review_list(limit: int, store: str | None, overdue: bool, as_json: bool) -> None:
+    """Orders waiting for review, oldest first."""
+    from domain.db import unit_of_work
+    from domain.review import pending_reviews
+
+    settings = _settings()
+    with unit_of_work(settings) as uow:
+        rows = pending_reviews(uow.session, settings, limit=limit, store=store,
+                               overdue_only=overdue)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    table = Table("id", "store / order", "waiting", "value", "score", "why held")
+    for r in rows:
+        waited = f"{r['waiting_s'] // 60} min" + (" [red]overdue[/red]" if r["overdue"] else "")
+        table.add_row(str(r["id"]), f"{r['store']} / {r['source_order_id']}", waited,
+                      f"{r['total']} {r['currency']}", str(r["fraud_score"]),
+                      r["hold_reason"] or "")
+    Console().print(table if rows else "no orders waiting for review")
+
+
+@review.command("show")
+@click.argument("order_id")
+@click.option("--store", default=None, help="Disambiguate a store order id.")
+@click.option("--json", "as_json", is_flag=True)
+def review_show(order_id: str, store: str | None, as_json: bool) -> None:
+    """One order with its verdict, addresses, payment, customer history and decisions."""
+    from domain.db import unit_of_work
+    from domain.review import review_detail
+
+    settings = _settings()
+    with unit_of_work(settings) as uow:
+        info = review_detail(uow.session, settings, order_id, store)
+    if info is None:
+        raise click.ClickException(f"no order {order_id}")
+    if as_json:
+        click.echo(json.dumps(info, default=str))
+        return
+    out = Console()
+    out.print(f"[bold]order {info['store']} / {info['source_order_id']}[/bold] (id {info['id']}):"
+              f" [bold]{info['state']}[/bold], {info['total']} {info['currency']} "
+              f"({info['total_usd']} USD), waiting {info['waiting_s'] // 60} min")
+    out.print(f"held: {info['hold_reason'] or '-'}")
+    out.print(f"fraud score {info['fraud_score']}:")
+    for reason in info["fraud_reasons"]:
+        out.print(f"  - {reason}")
+    cust, hist = info["customer"], info["history"]
+    out.print(f"customer {cust.get('id')} <{cust.get('email', '')}>, store count "
+              f"{cust.get('order_count', 0)}; history: "
+              + ("none" if hist is None else f"{hist['accepted_orders']} accepted orders, "
+                 f"largest {hist['largest_usd']} USD"))
+    for label in ("shipping_address", "billing_address"):
+        a = info[label]
+        if a:
+            out.print(f"{label.replace('_', ' ')}: " + ", ".join(
+                str(a[k]) for k in ("name", "line1", "line2", "city", "region", "postal_code",
+                                    "country", "phone") if a.get(k)))
+    pay, client = info["payment"] or {}, info["client"] or {}
+    out.print(f"payment: {pay.get('gateway', '')} AVS {pay.get('avs_result') or '-'} CVV "
+              f"{pay.get('cvv_result') or '-'} card {pay.get('card_bin', '')}…"
+              f"{pay.get('card_last4', '')} attempts {pay.get('attempts', 1)}; "
+              f"IP {client.get('browser_ip') or '-'}")
+    for ln in info["lines"]:
+        out.print(f"  {ln['quantity']} x {ln['sku']} @ {ln['unit_price']}")
+    for d in info["decisions"]:
+        out.print(f"decision: {d['decision']} by {d['decided_by']} at {d['decided_at']}: "
+                  f"{d['reason']}")
+
+
+def _review_decide(decision: str, order_id: str, by: str | None, reason: str,
+                   store: str | None, as_json: bool) -> None:
+    import getpass
+
+    from domain.db import unit_of_work
+    from domain.review import ReviewError, approve_order, cancel_order
+
+    decide = approve_order if decision == "approve" else cancel_order
+    who = by or getpass.getuser()
+    try:
+        with unit_of_work(_settings()) as uow:
+            result = decide(uow, order_id, by=who, reason=reason, store=store)
+    except ReviewError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    extra = f", {result.released_units} units released" if result.released_units else ""
+    click.echo(f"order {result.order_id}: {result.decision}d by {result.decided_by} "
+               f"-> {result.to_state}{extra}")
+
+
+@review.command("approve")
+@click.argument("order_id")
+@click.option("--by", default=None, help="Who decides (default: the login name).")
+@click.option("--reason", required=True, help="Why: kept with the decision.")
+@click.option("--store", default=None, help="Disambiguate a store order id.")
+@click.option("--json", "as_json", is_flag=True)
+def review_approve(order_id: str, by: str | None, reason: str, store: str | None,
+                   as_json: bool) -> None:
+    """Approve a held order: it resumes at stock reservation."""
+    _review_decide("approve", order_id, by, reason, store, as_json)
+
+
+@review.command("cancel")
+@click.argument("order_id")
+@click.option("--by", default=None, help="Who decides (default: the login name).")
+@click.option("--reason", required=True, help="Why: kept with the decision.")
+@click.option("--store", default=None, help="Disambiguate a store order id.")
+@click.option("--json", "as_json", is_flag=True)
+def review_cancel(order_id: str, by: str | None, reason: str, store: str | None,
+                  as_json: bool) -> None:
+    """Cancel a held order and release any stock it holds."""
+    _review_decide("cancel", order_id, by, reason, store, as_json)
+
+
 # --- stock ------------------------------------------------------------------------------------
 @main.group()
 def stock() -> None:
@@ -194,9 +398,83 @@ def stock_import(file: Path) -> None:
         with unit_of_work(settings) as uow:
             result = set_stock_levels(uow, levels)
     except StockFeedError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{file}: {exc}") from None
     woken = wake_backordered(settings, result.skus)
     click.echo(f"set {result.rows} stock levels for {len(result.skus)} SKUs; "
+               f"{woken} backordered orders retried")
+    for r in result.refused:
+        click.echo(f"  refused {r['sku']} at {r['warehouse']}: feed says {r['on_hand']} on "
+                   f"hand, live orders hold {r['reserved']} (alert raised)", err=True)
+    sys.exit(1 if result.refused else 0)
+
+
+# --- SKUs -------------------------------------------------------------------------------------
+@main.group()
+def sku() -> None:
+    """SKU health: reservation failure rate, freezes and the orders held for them."""
+
+
+@sku.command("list")
+@click.option("--frozen", "frozen_only", is_flag=True, help="Only frozen SKUs.")
+@click.option("--json", "as_json", is_flag=True)
+def sku_list(frozen_only: bool, as_json: bool) -> None:
+    """Stock, recent failure rate, freeze and held orders per SKU."""
+    from domain.db import unit_of_work
+    from domain.sku_health import list_skus
+
+    settings = _settings()
+    with unit_of_work(settings) as uow:
+        rows = list_skus(uow.session, frozen_only=frozen_only, settings=settings)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    table = Table("sku", "on hand", "reserved", "available",
+                  f"failed (last {settings.sku_freeze_window})", "frozen", "held orders")
+    for r in rows:
+        frozen = f"[red]yes[/red] {r['frozen_reason'] or ''}" if r["frozen"] else "no"
+        table.add_row(r["sku"], str(r["on_hand"]), str(r["reserved"]), str(r["available"]),
+                      f"{r['window_failures']} ({r['failure_rate']:.1%})", frozen,
+                      str(r["held_orders"]))
+    Console().print(table if rows else "no SKUs")
+
+
+@sku.command("freeze")
+@click.argument("sku_code", metavar="SKU")
+@click.option("--reason", default="", help="Why (kept with the freeze and in the alert).")
+def sku_freeze(sku_code: str, reason: str) -> None:
+    """Freeze a SKU: its new orders are held until it is unfrozen."""
+    from domain.db import unit_of_work
+    from domain.sku_health import freeze_sku
+
+    try:
+        with unit_of_work(_settings()) as uow:
+            changed = freeze_sku(uow.session, sku_code, reason)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"SKU {sku_code} frozen" if changed else f"SKU {sku_code} was frozen already")
+
+
+@sku.command("unfreeze")
+@click.argument("sku_code", metavar="SKU")
+def sku_unfreeze(sku_code: str) -> None:
+    """Unfreeze a SKU: clear its failure window and resume the orders held for it."""
+    from domain.db import unit_of_work
+    from domain.sku_health import unfreeze_sku
+    from tasks.base import chunks
+    from tasks.inventory import reserve, wake_backordered
+
+    settings = _settings()
+    try:
+        with unit_of_work(settings) as uow:
+            result = unfreeze_sku(uow.session, sku_code)
+            for part in chunks(result.resumed, settings.batch_size):
+                uow.after_commit(lambda part=part: reserve.delay(part))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    woken = wake_backordered(settings, [sku_code])
+    state = "unfrozen" if result.was_frozen else "was not frozen"
+    click.echo(f"SKU {sku_code} {state}; {len(result.resumed)} held orders resumed, "
+               f"{len(result.still_held)} still held for other frozen SKUs, "
                f"{woken} backordered orders retried")
 
 
@@ -250,16 +528,100 @@ def flower(port: int, address: str) -> None:
     _exec_celery(["flower", f"--port={port}", f"--address={address}", "--max_tasks=10000"])
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True)
 @click.option("--time-scale", default=1.0, show_default=True,
               help="Carrier hours that pass per real hour (tracking progresses faster).")
-def carrier(host: str, port: int, time_scale: float) -> None:
-    """Run the sandbox carrier HTTP server."""
-    from workers.sandbox_carrier import serve
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def carrier(host: str, port: int, time_scale: float, options: tuple[str, ...]) -> None:
+    """Run the sandbox carrier HTTP server.
 
-    serve(host, port, time_scale)
+    Fault injection for the run: --latency-ms, --latency-jitter-ms, --error-rate,
+    --rate-limit-rate, --retry-after-s, --timeout-rate, --lost-rate, --hang-s,
+    --fault-carriers, --fault-seed (see `python -m workers.sandbox_carrier --help`);
+    change them live with `orderfleet carrier-faults`.
+    """
+    from workers.sandbox_carrier import main as carrier_main
+
+    carrier_main(["--host", host, "--port", str(port), "--time-scale", str(time_scale),
+                  *options])
+
+
+@main.command()
+@click.argument("order_ids", nargs=-1, required=True)
+@click.option("--store", help="Disambiguate store order ids used by several stores.")
+def relabel(order_ids: tuple[str, ...], store: str | None) -> None:
+    """Send label_failed orders through the label stage again (after fixing the cause)."""
+    from domain.db import unit_of_work
+    from tasks.labels import retry_failed_labels
+
+    with unit_of_work(_settings()) as uow:
+        moved = retry_failed_labels(uow, _order_ids(uow.session, order_ids, store))
+    click.echo(f"{len(moved)} orders sent back to the label stage")
+    if len(moved) < len(order_ids):
+        console.print("[yellow]orders not in label_failed were left as they are[/yellow]")
+
+
+@main.command("carrier-faults")
+@click.option("--set", "settings_", multiple=True, metavar="NAME=VALUE",
+              help="A fault setting, e.g. error_rate=0.3 or carriers=sbx-air (repeatable).")
+@click.option("--clear", is_flag=True, help="Stop injecting faults.")
+@click.option("--url", default=None, help="The sandbox carrier (default: carrier_url).")
+def carrier_faults(settings_: tuple[str, ...], clear: bool, url: str | None) -> None:
+    """Show or change the sandbox carrier's fault injection while it runs."""
+    import httpx
+
+    base = (url or _settings().carrier_url).rstrip("/")
+    if clear:
+        response = httpx.delete(f"{base}/v1/admin/faults", timeout=10)
+    elif settings_:
+        body: dict[str, Any] = {}
+        for item in settings_:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise click.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint="--set")
+            if name == "carriers":
+                body[name] = [c for c in value.split(",") if c]
+            else:
+                try:
+                    body[name] = json.loads(value)
+                except json.JSONDecodeError:
+                    raise click.BadParameter(f"{name}: {value!r} is not a number",
+                                             param_hint="--set") from None
+        response = httpx.put(f"{base}/v1/admin/faults", json=body, timeout=10)
+    else:
+        response = httpx.get(f"{base}/v1/admin/faults", timeout=10)
+    if response.status_code >= 400:
+        raise click.ClickException(f"carrier refused: {response.json().get('error')}")
+    click.echo(json.dumps(response.json()))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--history", default=10, show_default=True, help="State changes shown per carrier.")
+def breakers(as_json: bool, history: int) -> None:
+    """The carriers' circuit breakers (shared by every worker): state and recent changes."""
+    from tasks.labels import shared_breaker
+
+    breaker = shared_breaker(_settings())
+    rows = []
+    for name in breaker.names():
+        st = breaker.status(name)
+        rows.append({"carrier": name, "state": st.state, "opened_at": st.opened_at,
+                     "open_until": st.open_until, "calls": st.calls_total,
+                     "failures": st.failures_total, "opened": st.opened_total,
+                     "history": breaker.transitions(name)[-history:]})
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    table = Table("carrier", "state", "calls", "failures", "opened", "last change")
+    for r in rows:
+        last = r["history"][-1] if r["history"] else None
+        when = time.strftime("%H:%M:%S", time.gmtime(last["at"])) if last else ""
+        table.add_row(r["carrier"], r["state"], str(r["calls"]), str(r["failures"]),
+                      str(r["opened"]), f"{when} {last['reason']}" if last else "")
+    Console().print(table if rows else "no carrier calls recorded yet")
 
 
 @main.command()
@@ -268,14 +630,16 @@ def carrier(host: str, port: int, time_scale: float) -> None:
 @click.option("--flower/--no-flower", default=True, show_default=True)
 @click.option("--flower-port", default=5555, show_default=True)
 @click.option("--carrier-time-scale", default=60.0, show_default=True)
+@click.option("--api/--no-api", default=True, show_default=True,
+              help="Run the HTTP intake service (orderfleet serve) on ORDERFLEET_API_PORT.")
 def up(workers: int, concurrency: int, flower: bool, flower_port: int,
-       carrier_time_scale: float) -> None:
+       carrier_time_scale: float, api: bool) -> None:
     """Run the whole local fleet in the foreground until Ctrl-C or SIGTERM."""
     from workers.fleet import Fleet
 
     settings = _settings()
     fleet = Fleet(settings, workers=workers, concurrency=concurrency, flower=flower,
-                  flower_port=flower_port, carrier_time_scale=carrier_time_scale)
+                  flower_port=flower_port, carrier_time_scale=carrier_time_scale, api=api)
     stop = {"now": False}
 
     def _stop(*_: Any) -> None:
@@ -290,6 +654,9 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
     if fleet.started_redis:
         console.print(f"started Redis ({fleet.started_redis})")
     console.print(f"database: {settings.database_url}")
+    if api:
+        console.print(f"intake API at http://{settings.api_host}:{settings.api_port} "
+                      "(POST /webhooks/shopify/{shop}, /webhooks/woocommerce/{store}, /orders)")
     console.print("submit orders from another shell: orderfleet submit orders.jsonl")
     try:
         while not stop["now"]:
@@ -321,20 +688,106 @@ def demo(n_orders: int, seed: int, workers: int, as_json: bool, flower: bool,
         click.echo(json.dumps(summary))
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--orders", "n_orders", default=5000, show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--concurrency", default=1, show_default=True)
 @click.option("--database-url", default=None,
               help="A database named *bench* (wiped); default var/bench.db (SQLite).")
 @click.option("--json", "as_json", is_flag=True)
-def bench(n_orders: int, workers: int, concurrency: int, database_url: str | None,
-          as_json: bool) -> None:
-    """Orders/s through the pipeline vs a no-op chain of five tasks, on one fleet."""
+@click.pass_context
+def bench(ctx: click.Context, n_orders: int, workers: int, concurrency: int,
+          database_url: str | None, as_json: bool) -> None:
+    """Orders/s through the pipeline vs a no-op chain of five tasks, on one fleet.
+
+    With a subcommand (``orderfleet bench fraud ...``) runs that benchmark instead.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from workers.bench import run_bench
 
     result = run_bench(n_orders=n_orders, workers=workers, concurrency=concurrency,
                        quiet=as_json, database_url=database_url)
+    if as_json:
+        click.echo(json.dumps(result))
+
+
+@bench.command("webhooks")
+@click.option("--orders", "n_orders", default=3000, show_default=True,
+              help="Signed Shopify orders/paid webhooks to send.")
+@click.option("--concurrency", default=32, show_default=True, help="Requests in flight.")
+@click.option("--workers", default=2, show_default=True, help="Celery worker processes.")
+@click.option("--database-url", default=None,
+              help="A database named *bench* (wiped); default var/bench-webhooks.db (SQLite).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_webhooks(n_orders: int, concurrency: int, workers: int, database_url: str | None,
+                   as_json: bool) -> None:
+    """Webhooks/s accepted by `orderfleet serve`, with the fleet draining behind it."""
+    from workers.bench_webhooks import run_webhook_bench
+
+    result = run_webhook_bench(n_orders=n_orders, concurrency=concurrency, workers=workers,
+                               quiet=as_json, database_url=database_url)
+    if as_json:
+        click.echo(json.dumps(result))
+
+
+@bench.command("fraud")
+@click.option("--seed", default=2, show_default=True,
+              help="Stream seed (the rules were tuned on seed 1: report on others).")
+@click.option("--orders", "n_orders", default=5000, show_default=True,
+              help="Orders in the labelled stream (legitimate traffic plus fraud patterns).")
+@click.option("--database-url", default=None,
+              help="A database named *bench* (wiped); default var/bench-fraud.db (SQLite).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_fraud(seed: int, n_orders: int, database_url: str | None, as_json: bool) -> None:
+    """Fraud stage accuracy (precision, recall, FPR per pattern) and CPU time per order."""
+    from workers.bench_fraud import run_fraud_bench
+
+    result = run_fraud_bench(seed=seed, n_orders=n_orders, database_url=database_url,
+                             quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(result))
+
+
+@bench.command("carrier")
+@click.option("--orders", "n_orders", default=300, show_default=True, help="Orders per phase.")
+@click.option("--fault-rate", default=0.3, show_default=True,
+              help="Share of carrier calls that fail in the faulty phase (mixed kinds).")
+@click.option("--outage-s", default=10.0, show_default=True, help="Length of the sbx-air outage.")
+@click.option("--workers", default=2, show_default=True, help="Celery worker processes.")
+@click.option("--database-url", default=None,
+              help="A database named *bench* (wiped); default orderfleet_bench_carrier on the "
+                   "local PostgreSQL.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_carrier(n_orders: int, fault_rate: float, outage_s: float, workers: int,
+                  database_url: str | None, as_json: bool) -> None:
+    """Labels/s through a clean and a faulty carrier, and recovery from an outage."""
+    from workers.bench_carrier import run_carrier_bench
+
+    result = run_carrier_bench(n_orders=n_orders, fault_rate=fault_rate, outage_s=outage_s,
+                               workers=workers, database_url=database_url, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(result))
+
+
+@bench.command("inventory")
+@click.option("--orders", "n_orders", default=5000, show_default=True,
+              help="Orders reserved in each bulk run.")
+@click.option("--single", "n_single", default=1000, show_default=True,
+              help="Orders reserved one per transaction in the single run.")
+@click.option("--processes", default=4, show_default=True,
+              help="Concurrent processes in the concurrent runs.")
+@click.option("--database-url", default=None,
+              help="A database named *bench* (wiped); default orderfleet_bench_inventory "
+                   "on the local PostgreSQL.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: str | None,
+                    as_json: bool) -> None:
+    """Reservations/s: one order per transaction, in bulk, and concurrently on a hot SKU."""
+    from workers.bench_inventory import run_inventory_bench
+
+    result = run_inventory_bench(n_orders=n_orders, n_single=n_single, processes=processes,
+                                 database_url=database_url, quiet=as_json)
     if as_json:
         click.echo(json.dumps(result))
 

@@ -87,12 +87,14 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
     console = Console(stderr=True, quiet=quiet)
 
     # 3,600 carrier hours pass per real hour... times 10: a parcel is delivered in ~15 s.
-    fleet = Fleet(settings, workers=workers, flower=flower, carrier_time_scale=12_000)
+    fleet = Fleet(settings, workers=workers, flower=flower, carrier_time_scale=12_000,
+                  api=True)
     with fleet:
         if fleet.started_redis:
             console.print(f"started Redis: {fleet.started_redis}")
         purge_queues()
-        console.print(f"fleet up: {workers} workers, beat, sandbox carrier"
+        console.print(f"fleet up: {workers} workers, beat, sandbox carrier, intake API at "
+                      f"http://127.0.0.1:{settings.api_port}"
                       + (", Flower at http://127.0.0.1:5555" if flower else "")
                       + f"; database {settings.database_url}")
         stock_rows = generate_stock(seed=seed, units_per_sku=max(40, n_orders // 12))

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import httpx
 import redis
+from pydantic import SecretStr
 
 from config.celery import QUEUES
 from config.settings import Settings
@@ -33,6 +34,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as ORDERFLEET_* variables, so child processes see exactly the same."""
     env = {}
     for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue  # unset stays unset (an env var "None" would be read as a string)
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):  # dumped masked as "**********"
+            value = secret.get_secret_value()
         env[f"ORDERFLEET_{name.upper()}"] = (
             json.dumps(value) if isinstance(value, (dict, list)) else str(value)
         )
@@ -80,6 +86,8 @@ class Fleet:
     flower_port: int = 5555
     carrier: bool = True
     carrier_time_scale: float = 1.0
+    # The HTTP intake service (``orderfleet serve``) on settings.api_port.
+    api: bool = False
     queues: tuple[str, ...] = QUEUES
     log_dir: Path | None = None
     loglevel: str = "warning"
@@ -138,6 +146,22 @@ class Fleet:
 
         self._wait(healthy, "carrier", 20)
 
+    def start_api(self) -> None:
+        port = self.settings.api_port
+        if not port_free("127.0.0.1", port):
+            raise RuntimeError(f"port {port} for the intake API is taken")
+        self._spawn("api", [sys.executable, "-m", "workers.api", "--host",
+                            self.settings.api_host, "--port", str(port)])
+        url = f"http://127.0.0.1:{port}/healthz"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(url, timeout=0.5).is_success
+            except httpx.HTTPError:
+                return False
+
+        self._wait(healthy, "api", 30)
+
     def start_workers(self) -> None:
         for i in range(1, self.workers + 1):
             self._spawn(f"worker{i}", [
@@ -187,6 +211,8 @@ class Fleet:
             upgrade(self.settings)
             if self.carrier:
                 self.start_carrier()
+            if self.api:
+                self.start_api()
             self.start_workers()
             if self.beat:
                 self.start_beat()

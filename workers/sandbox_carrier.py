@@ -17,6 +17,8 @@ State lives in memory (one process, guarded by a lock). Run it with
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
 import json
 import math
 import random
@@ -25,7 +27,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -36,8 +38,10 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from domain.carriers.statuses import to_easypost_status
 
 CARRIERS: tuple[str, ...] = ("sbx-post", "sbx-air")
 TRACKING_STATUSES: tuple[str, ...] = (
@@ -290,6 +294,112 @@ def _milestones(label: _Label) -> list[_Milestone]:
     return plan
 
 
+# --------------------------------------------------------------------------------------------
+# Fault injection
+# --------------------------------------------------------------------------------------------
+
+FAULT_KINDS: tuple[str, ...] = ("error", "rate_limit", "timeout", "lost")
+# What a request does, for faults aimed at one kind of call ("lose label purchases only").
+OPERATIONS: tuple[str, ...] = ("labels", "lookup", "void", "tracking", "rates")
+
+
+@dataclass(frozen=True)
+class FaultProfile:
+    """What goes wrong at this carrier, set per run (CLI flags) or live (``/v1/admin/faults``).
+
+    Each API request draws at most one fault, with these probabilities:
+
+    * ``error_rate``: a 500, 502 or 503 (nothing was done);
+    * ``rate_limit_rate``: a 429 with ``Retry-After: retry_after_s`` (nothing was done);
+    * ``timeout_rate``: no answer for ``hang_s`` seconds, then a 504 (nothing was done);
+    * ``lost_rate``: the request is carried out (a label is charged), then the answer is held
+      for ``hang_s`` seconds, past the client's timeout: "charged, but the response was lost".
+
+    ``latency_ms`` (+ up to ``latency_jitter_ms``) delays every affected request. ``carriers``
+    limits the faults to requests about those carriers, ``operations`` to those operations
+    (``OPERATIONS``; empty: all). ``duration_s`` makes the profile lapse on its own (an outage
+    of a set length). ``seed`` makes the draws repeatable.
+    """
+
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    error_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    retry_after_s: float = 1.0
+    timeout_rate: float = 0.0
+    lost_rate: float = 0.0
+    hang_s: float = 30.0
+    carriers: tuple[str, ...] = ()
+    operations: tuple[str, ...] = ()
+    duration_s: float | None = None
+    seed: int | None = None
+
+    @classmethod
+    def from_json(cls, body: Any) -> FaultProfile:
+        """Validate an admin request; a _BadRequest names the faulty field."""
+        if not isinstance(body, dict):
+            raise _BadRequest("faults: must be a JSON object")
+        known = {f for f in cls.__dataclass_fields__}
+        for name in body:
+            if name not in known:
+                raise _BadRequest(f"{name}: unknown fault setting, expected one of "
+                                  f"{sorted(known)}")
+        values: dict[str, Any] = {}
+        for name in ("latency_ms", "latency_jitter_ms", "error_rate", "rate_limit_rate",
+                     "retry_after_s", "timeout_rate", "lost_rate", "hang_s", "duration_s"):
+            if name in body and body[name] is not None:
+                v = body[name]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise _BadRequest(f"{name}: must be a non-negative number")
+                values[name] = float(v)
+        if "carriers" in body:
+            carriers = body["carriers"]
+            if not isinstance(carriers, list):
+                raise _BadRequest("carriers: must be a list of carrier codes")
+            values["carriers"] = tuple(_require_carrier(c) for c in carriers)
+        if "operations" in body:
+            ops = body["operations"]
+            if not isinstance(ops, list) or any(op not in OPERATIONS for op in ops):
+                raise _BadRequest(f"operations: must be a list of {list(OPERATIONS)}")
+            values["operations"] = tuple(ops)
+        if body.get("seed") is not None:
+            if isinstance(body["seed"], bool) or not isinstance(body["seed"], int):
+                raise _BadRequest("seed: must be an integer")
+            values["seed"] = body["seed"]
+        profile = cls(**values)
+        profile.validate()
+        return profile
+
+    def validate(self) -> None:
+        for name in ("error_rate", "rate_limit_rate", "timeout_rate", "lost_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise _BadRequest(f"{name}: must be within 0..1")
+        total = self.error_rate + self.rate_limit_rate + self.timeout_rate + self.lost_rate
+        if total > 1.0 + 1e-9:
+            raise _BadRequest(f"error_rate + rate_limit_rate + timeout_rate + lost_rate: "
+                              f"{total:.3f} exceeds 1")
+
+    @property
+    def fault_rate(self) -> float:
+        return self.error_rate + self.rate_limit_rate + self.timeout_rate + self.lost_rate
+
+    def draw(self, u: float) -> str | None:
+        """The fault for a uniform draw ``u`` in [0, 1), or None."""
+        edge = 0.0
+        for kind, rate in (("error", self.error_rate), ("rate_limit", self.rate_limit_rate),
+                           ("timeout", self.timeout_rate), ("lost", self.lost_rate)):
+            edge += rate
+            if u < edge:
+                return kind
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(vars(self))
+        out["carriers"] = list(self.carriers)
+        out["operations"] = list(self.operations)
+        return out
+
+
 @dataclass
 class _Stats:
     labels_purchased: int = 0  # unique labels charged
@@ -299,6 +409,13 @@ class _Stats:
     labels_voided: int = 0
     batch_requests: int = 0
     tracking_requests: int = 0
+    lookups: int = 0
+    api_requests: int = 0  # every API request (not health, stats or admin)
+    faults_error: int = 0
+    faults_rate_limit: int = 0
+    faults_timeout: int = 0
+    faults_lost: int = 0
+    lost_labels: int = 0  # labels charged whose answer was lost
 
 
 @dataclass
@@ -314,19 +431,45 @@ class CarrierState:
     by_key: dict[str, _Label] = field(default_factory=dict)
     by_tracking: dict[str, _Label] = field(default_factory=dict)
     stats: _Stats = field(default_factory=_Stats)
+    faults: FaultProfile = field(default_factory=FaultProfile)
+    faults_until: float | None = None  # monotonic deadline of a profile with duration_s
+    # The EasyPost dialect's objects.
+    ep_shipments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ep_by_reference: dict[str, list[str]] = field(default_factory=dict)
+    ep_batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Not reset by reset(): numbers stay unique for the server's whole life, so a client that
     # kept an old tracking number never sees it reused for someone else's parcel.
     rng: random.Random = field(init=False)
+    fault_rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self.fault_rng = random.Random(self.seed)
 
     def reset(self) -> None:
         with self.lock:
             self.by_id.clear()
             self.by_key.clear()
             self.by_tracking.clear()
+            self.ep_shipments.clear()
+            self.ep_by_reference.clear()
+            self.ep_batches.clear()
             self.stats = _Stats()
+            self.faults, self.faults_until = FaultProfile(), None
+
+    def set_faults(self, profile: FaultProfile) -> None:
+        """Caller holds the lock."""
+        self.faults = profile
+        self.faults_until = (time.monotonic() + profile.duration_s
+                             if profile.duration_s is not None else None)
+        if profile.seed is not None:
+            self.fault_rng = random.Random(profile.seed)
+
+    def active_faults(self) -> FaultProfile:
+        """Caller holds the lock. A profile past its duration lapses to no faults."""
+        if self.faults_until is not None and time.monotonic() >= self.faults_until:
+            self.faults, self.faults_until = FaultProfile(), None
+        return self.faults
 
     def _new_tracking_number(self, carrier: str) -> str:
         while True:
@@ -343,6 +486,28 @@ class CarrierState:
             if label_id not in self.by_id:
                 return label_id
 
+    def new_object_id(self, prefix: str) -> str:
+        return f"{prefix}_{self.rng.getrandbits(128):032x}"
+
+    def issue(self, req: _LabelRequest, *, keyed: bool = True) -> _Label:
+        """Charge a new label. Caller holds the lock. ``keyed``: remember it by its key."""
+        tracking_number = self._new_tracking_number(req.carrier)
+        draw = zlib.crc32(f"{self.seed}:{tracking_number}".encode()) % 10_000
+        label = _Label(
+            request=req,
+            label_id=self._new_label_id(),
+            tracking_number=tracking_number,
+            rate=quote(req.carrier, req.service, req.from_country, req.to_country, req.weight_g),
+            created_ts=self.clock(),
+            failed_attempt=draw < self.failed_attempt_rate * 10_000,
+        )
+        self.by_id[label.label_id] = label
+        if keyed:
+            self.by_key[req.idempotency_key] = label
+        self.by_tracking[tracking_number] = label
+        self.stats.labels_purchased += 1
+        return label
+
     def buy(self, req: _LabelRequest) -> tuple[_Label, bool]:
         """Return (label, replayed). Caller holds the lock."""
         self.stats.label_requests += 1
@@ -357,21 +522,13 @@ class CarrierState:
                 )
             self.stats.replays += 1
             return existing, True
-        tracking_number = self._new_tracking_number(req.carrier)
-        draw = zlib.crc32(f"{self.seed}:{tracking_number}".encode()) % 10_000
-        label = _Label(
-            request=req,
-            label_id=self._new_label_id(),
-            tracking_number=tracking_number,
-            rate=quote(req.carrier, req.service, req.from_country, req.to_country, req.weight_g),
-            created_ts=self.clock(),
-            failed_attempt=draw < self.failed_attempt_rate * 10_000,
-        )
-        self.by_id[label.label_id] = label
-        self.by_key[req.idempotency_key] = label
-        self.by_tracking[tracking_number] = label
-        self.stats.labels_purchased += 1
-        return label, False
+        return self.issue(req), False
+
+    def void(self, label: _Label) -> None:
+        """Caller holds the lock. Voiding twice is a no-op."""
+        if label.voided_ts is None:
+            label.voided_ts = self.clock()
+            self.stats.labels_voided += 1
 
     def tracker(self, tracking_number: str, now: float) -> dict[str, Any]:
         """Caller holds the lock."""
@@ -418,19 +575,130 @@ async def _json_body(request: Request) -> Any:
         raise _BadRequest("body is not valid JSON", status=400) from exc
 
 
+_ERROR_STATUSES = (500, 502, 503)
+
+
+async def _inject(state: CarrierState, carriers: set[str],
+                  operation: str) -> tuple[str | None, Response | None]:
+    """Draw this request's fault. Returns (fault, early response): a response to send instead
+    of doing the work (5xx, 429, timeout), or None to go on (a "lost" fault is applied by the
+    caller after the work is done)."""
+    with state.lock:
+        state.stats.api_requests += 1
+        profile = state.active_faults()
+        if profile.carriers and not carriers & set(profile.carriers):
+            return None, None
+        if profile.operations and operation not in profile.operations:
+            return None, None
+        fault = profile.draw(state.fault_rng.random())
+        jitter = state.fault_rng.random() * profile.latency_jitter_ms
+        status = state.fault_rng.choice(_ERROR_STATUSES)
+        if fault is not None:
+            setattr(state.stats, f"faults_{fault}", getattr(state.stats, f"faults_{fault}") + 1)
+    delay_s = (profile.latency_ms + jitter) / 1000.0
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
+    if fault == "error":
+        return fault, _error("injected fault: carrier error", status)
+    if fault == "rate_limit":
+        return fault, JSONResponse({"error": "rate limited, slow down"}, status_code=429,
+                                   headers={"Retry-After": f"{profile.retry_after_s:g}"})
+    if fault == "timeout":
+        await asyncio.sleep(profile.hang_s)
+        return fault, _error("injected fault: gateway timeout", 504)
+    return fault, None
+
+
+async def _deliver(state: CarrierState, fault: str | None, response: Response,
+                   charged: int = 0) -> Response:
+    """Send the response, or hold it past the client's timeout when the answer is "lost".
+
+    ``charged``: labels this request charged, counted as ``lost_labels`` when lost.
+    """
+    if fault == "lost":
+        with state.lock:
+            hang_s = state.faults.hang_s
+            state.stats.lost_labels += charged
+        await asyncio.sleep(hang_s)
+    return response
+
+
+# --------------------------------------------------------------------------------------------
+# EasyPost dialect helpers
+# --------------------------------------------------------------------------------------------
+
+_GRAMS_PER_OUNCE = 28.349523125
+
+
+def _ep_error(code: str, message: str, status: int, field_name: str | None = None) -> JSONResponse:
+    err: dict[str, Any] = {"code": code, "message": message, "errors": []}
+    if field_name:
+        err["errors"] = [{"field": field_name, "message": message}]
+    return JSONResponse({"error": err}, status_code=status)
+
+
+class _EpBadRequest(Exception):
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field_name, self.message = field_name, message
+
+
+def _ep_country(addr: Any, name: str) -> str:
+    country = addr.get("country") if isinstance(addr, dict) else None
+    if not isinstance(country, str) or not _COUNTRY_RE.match(country):
+        raise _EpBadRequest(f"{name}.country", "must be an ISO 3166-1 alpha-2 code")
+    return country
+
+
+def _ep_parse_shipment(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _EpBadRequest("shipment", "must be an object")
+    to_country = _ep_country(body.get("to_address"), "shipment.to_address")
+    from_country = _ep_country(body.get("from_address"), "shipment.from_address")
+    parcel = body.get("parcel")
+    weight = parcel.get("weight") if isinstance(parcel, dict) else None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+        raise _EpBadRequest("shipment.parcel.weight", "must be a positive number of ounces")
+    reference = body.get("reference")
+    if reference is not None and (not isinstance(reference, str) or len(reference) > _MAX_TEXT):
+        raise _EpBadRequest("shipment.reference", "must be a string")
+    carrier, service = body.get("carrier"), body.get("service")
+    if (carrier is None) != (service is None):
+        raise _EpBadRequest("shipment.service", "carrier and service go together")
+    postal = str((body.get("to_address") or {}).get("zip", ""))
+    return {
+        "to_address": body["to_address"], "from_address": body["from_address"],
+        "to_country": to_country, "from_country": from_country,
+        "weight_g": max(1, math.ceil(float(weight) * _GRAMS_PER_OUNCE)),
+        "weight_oz": float(weight), "reference": reference, "carrier": carrier,
+        "service": service, "to_postal_code": postal,
+    }
+
+
+def _ep_location(location: str) -> dict[str, Any]:
+    parts = [p.strip() for p in location.split(",")] if location else []
+    country = parts[-1] if parts and _COUNTRY_RE.match(parts[-1]) else None
+    return {"object": "TrackingLocation", "city": parts[0] if parts else None,
+            "state": parts[1] if len(parts) == 3 else None, "country": country, "zip": None}
+
+
 def create_app(
     time_scale: float = 1.0,
     seed: int = 0,
     *,
     failed_attempt_rate: float = 0.0,
     clock: Callable[[], float] = time.time,
+    faults: FaultProfile | None = None,
+    easypost_api_key: str | None = None,
 ) -> Starlette:
     """Build the sandbox carrier.
 
     ``time_scale`` is carrier seconds per real second (3600: one carrier hour per second).
-    ``seed`` makes tracking numbers and label ids reproducible. ``failed_attempt_rate`` (0..1)
-    is the share of parcels that miss their first delivery round (off by default, so a parcel's
-    timeline is exactly the documented one). ``clock`` (epoch seconds) is injectable for tests.
+    ``seed`` makes tracking numbers, label ids and fault draws reproducible.
+    ``failed_attempt_rate`` (0..1) is the share of parcels that miss their first delivery round
+    (off by default, so a parcel's timeline is exactly the documented one). ``clock`` (epoch
+    seconds) is injectable for tests. ``faults`` is the fault profile to start with.
+    ``easypost_api_key``: the key the EasyPost dialect (``/v2``) accepts (any when None).
     """
     if not time_scale > 0:
         raise ValueError("time_scale must be positive")
@@ -439,12 +707,22 @@ def create_app(
     state = CarrierState(
         time_scale=time_scale, seed=seed, failed_attempt_rate=failed_attempt_rate, clock=clock
     )
+    if faults is not None:
+        faults.validate()
+        state.set_faults(faults)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
-    async def buy_label(request: Request) -> JSONResponse:
+    # -- our own dialect (/v1) -------------------------------------------------------------------
+
+    async def buy_label(request: Request) -> Response:
         body = await _json_body(request)
+        carrier = body.get("carrier") if isinstance(body, dict) else None
+        fault, early = await _inject(state, {carrier} if isinstance(carrier, str) else set(),
+                                     "labels")
+        if early is not None:
+            return early
         with state.lock:
             try:
                 req = _parse_label_request(body)
@@ -453,15 +731,20 @@ def create_app(
                 state.stats.label_errors += 1
                 raise
             label, replayed = state.buy(req)
-            return JSONResponse(label.to_json(replayed=replayed))
+            response = JSONResponse(label.to_json(replayed=replayed))
+        return await _deliver(state, fault, response, charged=0 if replayed else 1)
 
-    async def buy_batch(request: Request) -> JSONResponse:
+    async def buy_batch(request: Request) -> Response:
         body = await _json_body(request)
         items = body.get("labels") if isinstance(body, dict) else None
         if not isinstance(items, list):
             raise _BadRequest("labels: required, must be a list of label requests")
         if len(items) > MAX_BATCH_LABELS:
             raise _BadRequest(f"labels: at most {MAX_BATCH_LABELS} per batch", status=413)
+        carriers = {i.get("carrier") for i in items if isinstance(i, dict)} - {None}
+        fault, early = await _inject(state, {str(c) for c in carriers}, "labels")
+        if early is not None:
+            return early
         labels: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         with state.lock:
@@ -493,29 +776,61 @@ def create_app(
                     )
                     continue
                 labels.append(label.to_json(replayed=replayed))
-        return JSONResponse({"labels": labels, "errors": errors})
+        charged = sum(not label["replayed"] for label in labels)
+        return await _deliver(state, fault, JSONResponse({"labels": labels, "errors": errors}),
+                              charged=charged)
 
-    async def label_by_key(request: Request) -> JSONResponse:
+    async def label_by_key(request: Request) -> Response:
         key = request.path_params["idempotency_key"]
         with state.lock:
             label = state.by_key.get(key)
+        fault, early = await _inject(state, {label.request.carrier} if label else set(),
+                                     "lookup")
+        if early is not None:
+            return early
+        with state.lock:
+            state.stats.lookups += 1
             if label is None:
                 return _error("not found", 404)
             # A look-up is not a purchase: report it as the original, not a replay.
-            return JSONResponse(label.to_json(replayed=False))
+            response = JSONResponse(label.to_json(replayed=False))
+        return await _deliver(state, fault, response)
 
-    async def void_label(request: Request) -> JSONResponse:
+    async def lookup_labels(request: Request) -> Response:
+        body = await _json_body(request)
+        keys = body.get("idempotency_keys") if isinstance(body, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise _BadRequest("idempotency_keys: required, must be a list of strings")
+        if len(keys) > MAX_TRACKING_NUMBERS:
+            raise _BadRequest(f"idempotency_keys: at most {MAX_TRACKING_NUMBERS} per request",
+                              status=413)
+        with state.lock:
+            found = [state.by_key[k] for k in keys if k in state.by_key]
+        fault, early = await _inject(state, {lb.request.carrier for lb in found}, "lookup")
+        if early is not None:
+            return early
+        with state.lock:
+            state.stats.lookups += 1
+            found_keys = {lb.request.idempotency_key for lb in found}
+            response = JSONResponse({"labels": [lb.to_json(replayed=False) for lb in found],
+                                     "missing": [k for k in keys if k not in found_keys]})
+        return await _deliver(state, fault, response)
+
+    async def void_label(request: Request) -> Response:
         label_id = request.path_params["label_id"]
         with state.lock:
             label = state.by_id.get(label_id)
+        fault, early = await _inject(state, {label.request.carrier} if label else set(),
+                                     "void")
+        if early is not None:
+            return early
+        with state.lock:
             if label is None:
                 return _error("not found", 404)
-            if label.voided_ts is None:  # voiding twice is a no-op, not an error
-                label.voided_ts = state.clock()
-                state.stats.labels_voided += 1
-            return JSONResponse({"label_id": label_id, "voided": True})
+            state.void(label)
+        return await _deliver(state, fault, JSONResponse({"label_id": label_id, "voided": True}))
 
-    async def track(request: Request) -> JSONResponse:
+    async def track(request: Request) -> Response:
         body = await _json_body(request)
         numbers = body.get("tracking_numbers") if isinstance(body, dict) else None
         if not isinstance(numbers, list) or not all(isinstance(n, str) for n in numbers):
@@ -524,13 +839,18 @@ def create_app(
             raise _BadRequest(
                 f"tracking_numbers: at most {MAX_TRACKING_NUMBERS} per request", status=413
             )
+        by_prefix = {p: c for c, p in _TRACKING_PREFIX.items()}
+        fault, early = await _inject(state, {by_prefix.get(n[:4], "") for n in numbers},
+                                     "tracking")
+        if early is not None:
+            return early
         with state.lock:
             state.stats.tracking_requests += 1
             now = state.clock()
             trackers = [state.tracker(n, now) for n in numbers]
-        return JSONResponse({"trackers": trackers})
+        return await _deliver(state, fault, JSONResponse({"trackers": trackers}))
 
-    async def rates(request: Request) -> JSONResponse:
+    async def rates(request: Request) -> Response:
         params = request.query_params
         carriers = [_require_carrier(params["carrier"])] if params.get("carrier") else CARRIERS
         from_country = _require_country(params, "from_country")
@@ -541,21 +861,280 @@ def create_app(
             raise _BadRequest("weight_g: must be a positive integer (grams)") from None
         if weight_g < 1:
             raise _BadRequest("weight_g: must be a positive integer (grams)")
-        zone = _zone(from_country, to_country)
-        out = [
-            {
-                "carrier": carrier,
-                "service": service,
-                "rate": str(quote(carrier, service, from_country, to_country, weight_g)),
-                "currency": CURRENCY,
-                "est_delivery_days": _TARIFFS[(carrier, service, zone)].days,
-            }
-            for carrier in carriers
-            if weight_g <= _MAX_WEIGHT_G[carrier]  # a carrier quotes only what it can carry
-            for service in SERVICES[carrier]
+        fault, early = await _inject(state, set(carriers), "rates")
+        if early is not None:
+            return early
+        out = _rates_for(carriers, from_country, to_country, weight_g)
+        return await _deliver(state, fault, JSONResponse({"rates": out}))
+
+    # -- EasyPost dialect (/v2) ----------------------------------------------------------------
+
+    def _ep_authorised(request: Request) -> JSONResponse | None:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return _ep_error("APIKEY.REQUIRED", "an API key is required (HTTP Basic)", 401)
+        try:
+            user = base64.b64decode(header[6:]).decode().split(":", 1)[0]
+        except (ValueError, UnicodeDecodeError):
+            return _ep_error("APIKEY.INVALID", "malformed Authorization header", 401)
+        if not user or (easypost_api_key is not None and user != easypost_api_key):
+            return _ep_error("APIKEY.INVALID", "the API key is not valid", 401)
+        return None
+
+    def _ep_rates(shp_id: str, parsed: dict[str, Any]) -> list[dict[str, Any]]:
+        """Caller holds the lock."""
+        return [
+            {"id": state.new_object_id("rate"), "object": "Rate", "shipment_id": shp_id,
+             "carrier": r["carrier"], "service": r["service"], "rate": r["rate"],
+             "currency": r["currency"], "delivery_days": r["est_delivery_days"],
+             "est_delivery_days": r["est_delivery_days"]}
+            for r in _rates_for(CARRIERS, parsed["from_country"], parsed["to_country"],
+                                parsed["weight_g"])
         ]
-        out.sort(key=lambda r: (Decimal(r["rate"]), r["carrier"], r["service"]))
-        return JSONResponse({"rates": out})
+
+    def _ep_create(parsed: dict[str, Any]) -> dict[str, Any]:
+        """Create (and, with carrier + service, buy) a shipment. Caller holds the lock."""
+        shp_id = state.new_object_id("shp")
+        now = _iso(state.clock())
+        shipment: dict[str, Any] = {
+            "id": shp_id, "object": "Shipment", "mode": "test",
+            "reference": parsed["reference"], "created_at": now, "updated_at": now,
+            "to_address": parsed["to_address"], "from_address": parsed["from_address"],
+            "parcel": {"object": "Parcel", "weight": parsed["weight_oz"]},
+            "rates": _ep_rates(shp_id, parsed), "selected_rate": None, "postage_label": None,
+            "tracking_code": None, "refund_status": None, "status": "unknown",
+            "_parsed": parsed, "_label": None,
+        }
+        state.ep_shipments[shp_id] = shipment
+        if parsed["reference"]:
+            state.ep_by_reference.setdefault(parsed["reference"], []).append(shp_id)
+        if parsed["carrier"] is not None:
+            rate = next((r for r in shipment["rates"] if r["carrier"] == parsed["carrier"]
+                         and r["service"] == parsed["service"]), None)
+            if rate is None:
+                raise _EpBadRequest("shipment.service",
+                                    f"no rate for {parsed['carrier']} {parsed['service']}")
+            _ep_buy(shipment, rate)
+        return shipment
+
+    def _ep_buy(shipment: dict[str, Any], rate: dict[str, Any]) -> None:
+        """Charge a label for the shipment (never de-duplicated, as at EasyPost)."""
+        parsed = shipment["_parsed"]
+        req = _LabelRequest(parsed["reference"] or shipment["id"], rate["carrier"],
+                            rate["service"], parsed["from_country"], parsed["to_country"],
+                            parsed["to_postal_code"], parsed["weight_g"],
+                            parsed["reference"] or "")
+        state.stats.label_requests += 1
+        label = state.issue(req, keyed=False)
+        shipment.update({
+            "selected_rate": rate, "tracking_code": label.tracking_number,
+            "postage_label": {"object": "PostageLabel",
+                              "id": "pl_" + label.label_id.removeprefix("LBL-").lower(),
+                              "label_date": _iso(label.created_ts),
+                              "label_url": f"/v2/labels/{label.label_id}.png"},
+            "updated_at": _iso(state.clock()), "_label": label,
+        })
+
+    def _ep_public(shipment: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in shipment.items() if not k.startswith("_")}
+
+    def _ep_find(id_or_reference: str) -> dict[str, Any] | None:
+        """By id, or by reference (the purchased one first, as EasyPost allows). Locked."""
+        if id_or_reference in state.ep_shipments:
+            return state.ep_shipments[id_or_reference]
+        ids = state.ep_by_reference.get(id_or_reference, [])
+        shipments = [state.ep_shipments[i] for i in ids]
+        bought = [s for s in shipments if s["_label"] is not None]
+        return (bought or shipments or [None])[-1]
+
+    async def ep_create_shipment(request: Request) -> Response:
+        if (denied := _ep_authorised(request)) is not None:
+            return denied
+        body = await _json_body(request)
+        inner = body.get("shipment") if isinstance(body, dict) else None
+        carrier = inner.get("carrier") if isinstance(inner, dict) else None
+        fault, early = await _inject(state, {carrier} if isinstance(carrier, str)
+                                     else set(CARRIERS),
+                                     "labels" if isinstance(carrier, str) else "rates")
+        if early is not None:
+            return early
+        with state.lock:
+            try:
+                parsed = _ep_parse_shipment(inner)
+                if parsed["carrier"] is not None:
+                    _require_carrier(parsed["carrier"])
+                shipment = _ep_create(parsed)
+            except _EpBadRequest as exc:
+                state.stats.label_errors += 1
+                return _ep_error("SHIPMENT.INVALID_PARAMS", exc.message, 422, exc.field_name)
+            except _BadRequest as exc:
+                return _ep_error("SHIPMENT.INVALID_PARAMS", exc.message, 422, "shipment.carrier")
+            response = JSONResponse(_ep_public(shipment), status_code=201)
+        return await _deliver(state, fault, response,
+                              charged=int(shipment["_label"] is not None))
+
+    async def ep_get_shipment(request: Request) -> Response:
+        if (denied := _ep_authorised(request)) is not None:
+            return denied
+        with state.lock:
+            shipment = _ep_find(request.path_params["shipment_id"])
+        carrier = (shipment or {}).get("selected_rate") or {}
+        fault, early = await _inject(state, {carrier["carrier"]} if carrier else set(),
+                                     "lookup")
+        if early is not None:
+            return early
+        with state.lock:
+            state.stats.lookups += 1
+            if shipment is None:
+                return _ep_error("NOT_FOUND", "The requested resource could not be found.", 404)
+            response = JSONResponse(_ep_public(shipment))
+        return await _deliver(state, fault, response)
+
+    async def ep_buy_shipment(request: Request) -> Response:
+        if (denied := _ep_authorised(request)) is not None:
+            return denied
+        body = await _json_body(request)
+        rate_id = ((body or {}).get("rate") or {}).get("id") if isinstance(body, dict) else None
+        with state.lock:
+            shipment = state.ep_shipments.get(request.path_params["shipment_id"])
+        if shipment is None:
+            return _ep_error("NOT_FOUND", "The requested resource could not be found.", 404)
+        rate = next((r for r in shipment["rates"] if r["id"] == rate_id), None)
+        fault, early = await _inject(state, {rate["carrier"]} if rate else set(), "labels")
+        if early is not None:
+            return early
+        with state.lock:
+            if shipment["_label"] is not None:
+                return _ep_error("SHIPMENT.POSTAGE.EXISTS",
+                                 "this shipment already has postage", 422)
+            if rate is None:
+                return _ep_error("SHIPMENT.RATE.INVALID", "rate.id: not a rate of this shipment",
+                                 422, "rate.id")
+            _ep_buy(shipment, rate)
+            response = JSONResponse(_ep_public(shipment))
+        return await _deliver(state, fault, response, charged=1)
+
+    async def ep_refund_shipment(request: Request) -> Response:
+        if (denied := _ep_authorised(request)) is not None:
+            return denied
+        with state.lock:
+            shipment = state.ep_shipments.get(request.path_params["shipment_id"])
+        label = shipment["_label"] if shipment else None
+        fault, early = await _inject(state, {label.request.carrier} if label else set(),
+                                     "void")
+        if early is not None:
+            return early
+        with state.lock:
+            if shipment is None:
+                return _ep_error("NOT_FOUND", "The requested resource could not be found.", 404)
+            if label is None:
+                return _ep_error("SHIPMENT.REFUND.INVALID", "the shipment has no postage", 422)
+            state.void(label)
+            shipment["refund_status"] = "submitted"
+            response = JSONResponse(_ep_public(shipment))
+        return await _deliver(state, fault, response)
+
+    async def ep_create_and_buy_batch(request: Request) -> Response:
+        if (denied := _ep_authorised(request)) is not None:
+            return denied
+        body = await _json_body(request)
+        batch_in = body.get("batch") if isinstance(body, dict) else None
+        defs = batch_in.get("shipments") if isinstance(batch_in, dict) else None
+        if not isinstance(defs, list):
+            return _ep_error("BATCH.INVALID_PARAMS", "batch.shipments: must be a list", 422,
+                             "batch.shipments")
+        carriers = {d.get("carrier") for d in defs if isinstance(d, dict)} - {None}
+        fault, early = await _inject(state, {str(c) for c in carriers}, "labels")
+        if early is not None:
+            return early
+        with state.lock:
+            state.stats.batch_requests += 1
+            batch_id = state.new_object_id("batch")
+            entries = []
+            for d in defs:
+                reference = d.get("reference") if isinstance(d, dict) else None
+                try:
+                    parsed = _ep_parse_shipment(d)
+                    if parsed["carrier"] is None:
+                        raise _EpBadRequest("shipment.carrier", "required in a batch purchase")
+                    _require_carrier(parsed["carrier"])
+                    shipment = _ep_create(parsed)
+                except (_EpBadRequest, _BadRequest) as exc:
+                    state.stats.label_errors += 1
+                    entries.append({"id": None, "reference": reference,
+                                    "batch_status": "postage_purchase_failed",
+                                    "batch_message": str(exc), "tracking_code": None})
+                    continue
+                entries.append({"id": shipment["id"], "reference": reference,
+                                "batch_status": "postage_purchased", "batch_message": None,
+                                "tracking_code": shipment["tracking_code"]})
+            now = _iso(state.clock())
+            counts = {s: sum(e["batch_status"] == s for e in entries)
+                      for s in ("postage_purchased", "postage_purchase_failed")}
+            state.ep_batches[batch_id] = {
+                "id": batch_id, "object": "Batch", "mode": "test", "state": "purchased",
+                "num_shipments": len(entries), "reference": batch_in.get("reference"),
+                "shipments": entries, "status": counts, "created_at": now, "updated_at": now,
+                "label_url": None,
+            }
+            # Like EasyPost, the answer comes before the (asynchronous) purchase is visible.
+            response = JSONResponse({**state.ep_batches[batch_id], "state": "creating",
+                                     "shipments": []})
+        return await _deliver(state, fault, response, charged=counts["postage_purchased"])
+
+    async def ep_get_batch(request: Request) -> Response:
+        if (denied := _ep_authorised(request)) is not None:
+            return denied
+        fault, early = await _inject(state, set(CARRIERS), "lookup")
+        if early is not None:
+            return early
+        with state.lock:
+            batch = state.ep_batches.get(request.path_params["batch_id"])
+            if batch is None:
+                return _ep_error("NOT_FOUND", "The requested resource could not be found.", 404)
+            response = JSONResponse(batch)
+        return await _deliver(state, fault, response)
+
+    async def ep_trackers_batch(request: Request) -> Response:
+        if (denied := _ep_authorised(request)) is not None:
+            return denied
+        body = await _json_body(request)
+        codes = body.get("tracking_codes") if isinstance(body, dict) else None
+        if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
+            return _ep_error("TRACKER.INVALID_PARAMS", "tracking_codes: must be a list of "
+                             "strings", 422, "tracking_codes")
+        by_prefix = {p: c for c, p in _TRACKING_PREFIX.items()}
+        fault, early = await _inject(state, {by_prefix.get(c[:4], "") for c in codes},
+                                     "tracking")
+        if early is not None:
+            return early
+        with state.lock:
+            state.stats.tracking_requests += 1
+            now = state.clock()
+            out = []
+            for code in codes:
+                if code not in state.by_tracking:
+                    continue
+                ours = state.tracker(code, now)
+                status, detail = to_easypost_status(ours["status"])
+                label = state.by_tracking[code]
+                out.append({
+                    "id": "trk_" + code.lower(), "object": "Tracker", "mode": "test",
+                    "tracking_code": code, "status": status, "status_detail": detail,
+                    "carrier": label.request.carrier,
+                    "tracking_details": [
+                        {"object": "TrackingDetail", "message": e["message"],
+                         "status": to_easypost_status(e["status"])[0],
+                         "status_detail": to_easypost_status(e["status"])[1],
+                         "datetime": e["at"], "source": label.request.carrier,
+                         "tracking_location": _ep_location(e["location"])}
+                        for e in ours["events"]
+                    ],
+                })
+            response = JSONResponse({"trackers": out, "has_more": False})
+        return await _deliver(state, fault, response)
+
+    # -- sandbox administration ----------------------------------------------------------------
 
     async def stats(request: Request) -> JSONResponse:
         with state.lock:
@@ -564,6 +1143,21 @@ def create_app(
     async def reset(request: Request) -> JSONResponse:
         state.reset()
         return JSONResponse({"ok": True})
+
+    async def get_faults(request: Request) -> JSONResponse:
+        with state.lock:
+            return JSONResponse(state.active_faults().to_json())
+
+    async def put_faults(request: Request) -> JSONResponse:
+        profile = FaultProfile.from_json(await _json_body(request))
+        with state.lock:
+            state.set_faults(profile)
+        return JSONResponse(profile.to_json())
+
+    async def delete_faults(request: Request) -> JSONResponse:
+        with state.lock:
+            state.set_faults(FaultProfile())
+        return JSONResponse(FaultProfile().to_json())
 
     async def bad_request(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, _BadRequest)
@@ -579,12 +1173,23 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/v1/labels", buy_label, methods=["POST"]),
             Route("/v1/labels/batch", buy_batch, methods=["POST"]),
+            Route("/v1/labels/lookup", lookup_labels, methods=["POST"]),
             Route("/v1/labels/by-key/{idempotency_key:path}", label_by_key, methods=["GET"]),
             Route("/v1/labels/{label_id}/void", void_label, methods=["POST"]),
             Route("/v1/tracking", track, methods=["POST"]),
             Route("/v1/rates", rates, methods=["GET"]),
             Route("/v1/stats", stats, methods=["GET"]),
             Route("/v1/reset", reset, methods=["POST"]),
+            Route("/v1/admin/faults", get_faults, methods=["GET"]),
+            Route("/v1/admin/faults", put_faults, methods=["PUT"]),
+            Route("/v1/admin/faults", delete_faults, methods=["DELETE"]),
+            Route("/v2/shipments", ep_create_shipment, methods=["POST"]),
+            Route("/v2/shipments/{shipment_id}", ep_get_shipment, methods=["GET"]),
+            Route("/v2/shipments/{shipment_id}/buy", ep_buy_shipment, methods=["POST"]),
+            Route("/v2/shipments/{shipment_id}/refund", ep_refund_shipment, methods=["POST"]),
+            Route("/v2/batches/create_and_buy", ep_create_and_buy_batch, methods=["POST"]),
+            Route("/v2/batches/{batch_id}", ep_get_batch, methods=["GET"]),
+            Route("/v2/trackers/batch", ep_trackers_batch, methods=["POST"]),
         ],
         exception_handlers={_BadRequest: bad_request, HTTPException: http_error},
     )
@@ -592,16 +1197,37 @@ def create_app(
     return app
 
 
-def serve(host: str, port: int, time_scale: float, seed: int = 0) -> None:
+def _rates_for(carriers: Sequence[str], from_country: str, to_country: str,
+               weight_g: int) -> list[dict[str, Any]]:
+    zone = _zone(from_country, to_country)
+    out = [
+        {
+            "carrier": carrier,
+            "service": service,
+            "rate": str(quote(carrier, service, from_country, to_country, weight_g)),
+            "currency": CURRENCY,
+            "est_delivery_days": _TARIFFS[(carrier, service, zone)].days,
+        }
+        for carrier in carriers
+        if weight_g <= _MAX_WEIGHT_G[carrier]  # a carrier quotes only what it can carry
+        for service in SERVICES[carrier]
+    ]
+    out.sort(key=lambda r: (Decimal(r["rate"]), r["carrier"], r["service"]))
+    return out
+
+
+def _uvicorn_config(app: Starlette, **kwargs: Any) -> uvicorn.Config:
+    # A held ("lost") response must not delay shutdown for its whole hang.
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                          timeout_graceful_shutdown=1, **kwargs)
+
+
+def serve(host: str, port: int, time_scale: float, seed: int = 0,
+          faults: FaultProfile | None = None, easypost_api_key: str | None = None) -> None:
     """Run the sandbox carrier in the foreground until interrupted."""
-    uvicorn.run(
-        create_app(time_scale=time_scale, seed=seed),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-    )
+    app = create_app(time_scale=time_scale, seed=seed, faults=faults,
+                     easypost_api_key=easypost_api_key)
+    uvicorn.Server(_uvicorn_config(app, host=host, port=port)).run()
 
 
 class SandboxCarrierServer:
@@ -646,8 +1272,7 @@ class SandboxCarrierServer:
         self._socket = sock
         host, port = sock.getsockname()[:2]
         self.url = f"http://[{host}]:{port}" if ipv6 else f"http://{host}:{port}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(_uvicorn_config(self.app))
         self._thread = threading.Thread(
             target=self._server.run,
             kwargs={"sockets": [sock]},
@@ -688,6 +1313,50 @@ class SandboxCarrierServer:
         self.stop()
 
 
+def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fault-injection flags, shared by ``python -m workers.sandbox_carrier`` and tools."""
+    g = parser.add_argument_group("fault injection (all off by default)")
+    g.add_argument("--latency-ms", type=float, default=0.0, help="delay every request")
+    g.add_argument("--latency-jitter-ms", type=float, default=0.0, help="plus up to this much")
+    g.add_argument("--error-rate", type=float, default=0.0, help="share answered 500/502/503")
+    g.add_argument("--rate-limit-rate", type=float, default=0.0,
+                   help="share answered 429 with Retry-After")
+    g.add_argument("--retry-after-s", type=float, default=1.0, help="the 429s' Retry-After")
+    g.add_argument("--timeout-rate", type=float, default=0.0,
+                   help="share that hang for --hang-s, then 504 (not carried out)")
+    g.add_argument("--lost-rate", type=float, default=0.0,
+                   help="share carried out (charged) whose answer then hangs for --hang-s")
+    g.add_argument("--hang-s", type=float, default=30.0,
+                   help="how long timeouts and lost answers hang (above the client timeout)")
+    g.add_argument("--fault-carriers", default="",
+                   help="comma-separated carriers the faults apply to (default: all)")
+    g.add_argument("--fault-operations", default="",
+                   help=f"comma-separated operations the faults apply to, of {OPERATIONS} "
+                        f"(default: all)")
+    g.add_argument("--fault-seed", type=int, default=None, help="repeatable fault draws")
+
+
+def faults_from_args(args: argparse.Namespace) -> FaultProfile:
+    """Build (and validate) the fault profile the flags describe."""
+    carriers = tuple(c.strip() for c in args.fault_carriers.split(",") if c.strip())
+    operations = tuple(o.strip() for o in args.fault_operations.split(",") if o.strip())
+    try:
+        for c in carriers:
+            _require_carrier(c)
+        if any(op not in OPERATIONS for op in operations):
+            raise _BadRequest(f"--fault-operations: must be of {list(OPERATIONS)}")
+        profile = FaultProfile(
+            latency_ms=args.latency_ms, latency_jitter_ms=args.latency_jitter_ms,
+            error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
+            retry_after_s=args.retry_after_s, timeout_rate=args.timeout_rate,
+            lost_rate=args.lost_rate, hang_s=args.hang_s, carriers=carriers,
+            operations=operations, seed=args.fault_seed)
+        profile.validate()
+    except _BadRequest as exc:
+        raise SystemExit(f"invalid fault setting: {exc.message}") from None
+    return profile
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the orderfleet sandbox carrier.")
     parser.add_argument("--host", default="127.0.0.1")
@@ -699,8 +1368,12 @@ def main(argv: list[str] | None = None) -> None:
         help="carrier seconds per real second (3600 = one carrier hour per second)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--easypost-api-key", default=None,
+                        help="the key the EasyPost dialect (/v2) accepts (default: any)")
+    add_fault_arguments(parser)
     args = parser.parse_args(argv)
-    serve(args.host, args.port, args.time_scale, seed=args.seed)
+    serve(args.host, args.port, args.time_scale, seed=args.seed, faults=faults_from_args(args),
+          easypost_api_key=args.easypost_api_key)
 
 
 if __name__ == "__main__":

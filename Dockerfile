@@ -1,0 +1,13 @@
+# One image for every orderfleet process (workers, beat, Flower, sandbox carrier, intake API).
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY config ./config
+COPY domain ./domain
+COPY tasks ./tasks
+COPY workers ./workers
+COPY migrations ./migrations
+RUN pip install . && useradd --create-home orderfleet
+USER orderfleet
+CMD ["orderfleet", "--help"]

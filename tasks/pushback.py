@@ -1,0 +1,326 @@
+"""Push-back: tell the store when a label is bought and when tracking changes.
+
+Stages call :func:`notify_store` inside their own unit of work: it writes one notification per
+(order, event) (unique, so a re-run stage adds nothing) and sends their ids to the ``pushback``
+queue after the commit. The send task claims notifications with a lease (a redelivered message
+cannot send one twice at once), calls the store outside any transaction, and records the
+outcome. A beat sweep re-sends notifications whose message was lost or whose worker died.
+
+Channels: Shopify orders go to the shop's Admin API as fulfilments and fulfilment events;
+other stores with a push-back URL get the generic signed webhook; a store with neither gets
+its notifications marked ``skipped`` (visible, never silently dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from config.settings import Settings, get_settings
+from domain.alerts import raise_alert
+from domain.clock import utcnow
+from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
+from domain.models import OrderRow, Shipment, StoreNotification
+from domain.storefront import (
+    SHOPIFY_EVENT_STATUS,
+    ShopifyAdmin,
+    SignedWebhook,
+    StorefrontRejected,
+    StorefrontUnavailable,
+    TrackingInfo,
+)
+from tasks.base import TRANSIENT_ERRORS, chunks, parse_ids, retry_backoff, stage_task
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("label_bought", "tracking_changed", "cancelled")
+
+
+def channel_for(source: str, store: str, settings: Settings) -> str:
+    """shopify, webhook or none: where this order's news goes."""
+    if source == "shopify" and store in settings.shopify_admin_tokens:
+        return "shopify"
+    if store in settings.store_webhook_urls:
+        return "webhook"
+    return "none"
+
+
+def lease_s(settings: Settings) -> float:
+    """How long a claimed notification belongs to one worker: its longest possible send."""
+    return 3 * (settings.pushback_retry_max_s + 2 * settings.pushback_timeout_s) + 30
+
+
+def notify_store(uow: UnitOfWork, order_ids: list[int], event: str, *,
+                 settings: Settings | None = None) -> list[int]:
+    """Queue news for the stores of these orders, once per (order, event); returns new ids.
+
+    ``event``: ``label_bought``, ``tracking_changed`` (recorded as ``tracking:<status>`` from
+    the shipment's current tracking status, so each status reached is told once) or
+    ``cancelled``.
+    """
+    if event not in EVENTS:
+        raise ValueError(f"event must be one of {EVENTS}, not {event!r}")
+    ids = sorted(set(order_ids))
+    if not ids:
+        return []
+    settings = settings or get_settings()
+    session = uow.session
+    rows = session.execute(
+        select(OrderRow.id, OrderRow.source, OrderRow.store, Shipment.tracking_status)
+        .outerjoin(Shipment, Shipment.order_id == OrderRow.id)
+        .where(OrderRow.id.in_(ids))
+    ).all()
+    now = utcnow()
+    new = []
+    for order_id, source, store, tracking_status in rows:
+        key = event
+        if event == "tracking_changed":
+            if not tracking_status or tracking_status == "unknown":
+                continue
+            key = f"tracking:{tracking_status}"
+        channel = channel_for(source, store, settings)
+        status = "pending"
+        if channel == "none" or (channel == "shopify" and event == "cancelled"):
+            # A Shopify order is cancelled (and refunded) in Shopify by the merchant.
+            status = "skipped"
+        new.append({"order_id": order_id, "event": key, "channel": channel, "status": status,
+                    "attempts": 0, "created_at": now})
+    inserted = insert_ignoring_conflicts(
+        session, StoreNotification, new, ["order_id", "event"],
+        returning=[StoreNotification.id, StoreNotification.status])
+    pending = [r.id for r in inserted if r.status == "pending"]
+    for part in chunks(pending, settings.batch_size):
+        uow.after_commit(lambda part=part: send.delay(part))
+    return pending
+
+
+@dataclass
+class _Job:
+    id: int
+    order_id: int
+    event: str
+    channel: str
+    source: str
+    store: str
+    source_order_id: str
+    carrier: str | None
+    tracking_number: str | None
+    last_event_at: Any
+    remote_id: str | None = None  # the order's Shopify fulfilment id, when one was recorded
+
+
+@dataclass
+class SendOutcome:
+    sent: list[int] = field(default_factory=list)
+    retry: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+def claim_notifications(uow: UnitOfWork, ids: list[int], settings: Settings) -> list[_Job]:
+    """Take the sendable notifications among ``ids`` (pending, or sending past the lease)."""
+    session = uow.session
+    now = utcnow()
+    expired = now - timedelta(seconds=lease_s(settings))
+    claimed = list(session.execute(
+        update(StoreNotification)
+        .where(StoreNotification.id.in_(ids),
+               or_(StoreNotification.status == "pending",
+                   and_(StoreNotification.status == "sending",
+                        StoreNotification.claimed_at < expired)))
+        .values(status="sending", claimed_at=now, attempts=StoreNotification.attempts + 1)
+        .returning(StoreNotification.id)
+    ).scalars())
+    if not claimed:
+        return []
+    rows = session.execute(
+        select(StoreNotification.id, StoreNotification.order_id, StoreNotification.event,
+               StoreNotification.channel, OrderRow.source, OrderRow.store,
+               OrderRow.source_order_id, Shipment.carrier, Shipment.tracking_number,
+               Shipment.last_event_at)
+        .join(OrderRow, OrderRow.id == StoreNotification.order_id)
+        .outerjoin(Shipment, Shipment.order_id == StoreNotification.order_id)
+        .where(StoreNotification.id.in_(claimed))
+        # label_bought before tracking news of the same order.
+        .order_by(StoreNotification.order_id, StoreNotification.id)
+    ).all()
+    jobs = [_Job(*r) for r in rows]
+    remote = dict(session.execute(
+        select(StoreNotification.order_id, StoreNotification.remote_id)
+        .where(StoreNotification.order_id.in_({j.order_id for j in jobs}),
+               StoreNotification.remote_id.is_not(None))
+    ).all())
+    for j in jobs:
+        j.remote_id = remote.get(j.order_id)
+    return jobs
+
+
+class _Clients:
+    """One adapter per store for the duration of a send batch."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    def shopify(self, shop: str) -> ShopifyAdmin:
+        s = self.settings
+        key = ("shopify", shop)
+        if key not in self._cache:
+            self._cache[key] = ShopifyAdmin(
+                s.shopify_admin_url.format(shop=shop), s.shopify_admin_tokens[shop],
+                s.shopify_api_version, timeout_s=s.pushback_timeout_s,
+                retry_max_s=s.pushback_retry_max_s)
+        return self._cache[key]  # type: ignore[no-any-return]
+
+    def webhook(self, store: str) -> SignedWebhook:
+        s = self.settings
+        key = ("webhook", store)
+        if key not in self._cache:
+            self._cache[key] = SignedWebhook(
+                s.store_webhook_urls[store], s.store_secrets[store],
+                timeout_s=s.pushback_timeout_s, retry_max_s=s.pushback_retry_max_s)
+        return self._cache[key]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for c in self._cache.values():
+            c.close()
+
+
+def _tracking(job: _Job) -> TrackingInfo:
+    if not job.tracking_number or not job.carrier:
+        raise StorefrontRejected(0, f"order {job.order_id} has no tracking number yet")
+    return TrackingInfo.for_carrier(job.carrier, job.tracking_number)
+
+
+def _send_one(job: _Job, clients: _Clients) -> tuple[str | None, dict[str, Any]]:
+    """Deliver one notification; return (remote id, what was sent)."""
+    tracking_status = job.event.partition(":")[2] or None
+    if job.channel == "shopify":
+        shop = clients.shopify(job.store)
+        tracking = _tracking(job)
+        fulfillment_id = job.remote_id or shop.ensure_fulfillment(job.source_order_id, tracking)
+        sent: dict[str, Any] = {"tracking_info": tracking.to_json(),
+                                "fulfillment_id": fulfillment_id}
+        if tracking_status:
+            status = SHOPIFY_EVENT_STATUS.get(tracking_status)
+            if status is None:
+                return fulfillment_id, {**sent, "skipped": f"no Shopify status for "
+                                                           f"{tracking_status}"}
+            shop.add_event(job.source_order_id, fulfillment_id, status, job.last_event_at)
+            sent["event_status"] = status
+        return fulfillment_id, sent
+    payload: dict[str, Any] = {
+        "event": job.event.partition(":")[0],
+        "store": job.store,
+        "source": job.source,
+        "order_id": job.source_order_id,
+        "orderfleet_order_id": job.order_id,
+        "occurred_at": utcnow().isoformat(),
+    }
+    if job.event != "cancelled":
+        payload["tracking"] = {**_tracking(job).to_json(), "status": tracking_status}
+    clients.webhook(job.store).send(f"{job.order_id}:{job.event}", payload["event"], payload)
+    return None, payload
+
+
+def send_notifications(ids: list[int], settings: Settings) -> SendOutcome:
+    """Claim, deliver (no transaction open while calling the store), record."""
+    with unit_of_work(settings) as uow:
+        jobs = claim_notifications(uow, ids, settings)
+    out = SendOutcome()
+    results: dict[int, tuple[str | None, dict[str, Any]]] = {}
+    remote_by_order: dict[int, str] = {}
+    clients = _Clients(settings)
+    try:
+        for job in jobs:
+            job.remote_id = job.remote_id or remote_by_order.get(job.order_id)
+            try:
+                results[job.id] = _send_one(job, clients)
+            except StorefrontUnavailable as exc:
+                out.retry[job.id] = str(exc)
+                continue
+            except StorefrontRejected as exc:
+                out.failed[job.id] = str(exc)
+                continue
+            out.sent.append(job.id)
+            if results[job.id][0]:
+                remote_by_order[job.order_id] = results[job.id][0]  # type: ignore[assignment]
+    finally:
+        clients.close()
+    with unit_of_work(settings) as uow:
+        _record(uow, jobs, out, results)
+    return out
+
+
+def _record(uow: UnitOfWork, jobs: list[_Job], out: SendOutcome,
+            results: dict[int, tuple[str | None, dict[str, Any]]]) -> None:
+    session = uow.session
+    now = utcnow()
+    sending = StoreNotification.status == "sending"
+    for nid in out.sent:
+        remote_id, payload = results[nid]
+        session.execute(update(StoreNotification)
+                        .where(StoreNotification.id == nid, sending)
+                        .values(status="sent", sent_at=now, remote_id=remote_id,
+                                payload=payload, last_error=None))
+    for nid, error in out.retry.items():
+        session.execute(update(StoreNotification).where(StoreNotification.id == nid, sending)
+                        .values(status="pending", last_error=error[:2000]))
+    by_id = {j.id: j for j in jobs}
+    failed_stores: dict[str, list[int]] = defaultdict(list)
+    for nid, error in out.failed.items():
+        session.execute(update(StoreNotification).where(StoreNotification.id == nid, sending)
+                        .values(status="failed", last_error=error[:2000]))
+        failed_stores[by_id[nid].store].append(by_id[nid].order_id)
+    for store, order_ids in failed_stores.items():
+        raise_alert(session, "pushback_failed", store,
+                    f"store {store} refused push-back for {len(order_ids)} orders; see "
+                    "store_notifications.last_error", detail={"order_ids": order_ids[:50]})
+    if out.sent or out.failed:
+        log.info("push-back: %d sent, %d to retry, %d failed", len(out.sent), len(out.retry),
+                 len(out.failed))
+
+
+def due_notifications(uow: UnitOfWork, settings: Settings, limit: int = 5000) -> list[int]:
+    """Pending past the stage deadline (message lost) or sending past the lease (worker died)."""
+    now = utcnow()
+    return list(uow.session.execute(
+        select(StoreNotification.id)
+        .where(or_(and_(StoreNotification.status == "pending",
+                        StoreNotification.created_at
+                        < now - timedelta(seconds=settings.stage_deadline_s)),
+                   and_(StoreNotification.status == "sending",
+                        StoreNotification.claimed_at < now - timedelta(seconds=lease_s(settings)))))
+        .order_by(StoreNotification.id).limit(limit)
+    ).scalars())
+
+
+@stage_task("orderfleet.pushback.send", max_retries=25)
+def send(self, notification_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    ids = parse_ids(notification_ids)
+    try:
+        out = send_notifications(ids, settings)
+    except TRANSIENT_ERRORS as exc:
+        retry_backoff(self, exc)
+        return
+    if out.retry:
+        # The store is down past the retry budget: only the ones not delivered go again later.
+        exc = StorefrontUnavailable(next(iter(out.retry.values())))
+        raise self.retry(args=[list(out.retry)], exc=exc,
+                         countdown=min(2 ** self.request.retries, 60))
+
+
+@stage_task("orderfleet.pushback.sweep")
+def sweep(self) -> None:  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    with unit_of_work(settings) as uow:
+        ids = due_notifications(uow, settings)
+        for part in chunks(ids, settings.batch_size):
+            uow.after_commit(lambda part=part: send.delay(part))
+    if ids:
+        log.warning("re-sending %d store notifications", len(ids))

@@ -1,0 +1,425 @@
+"""The HTTP front door: storefront webhooks and a native order endpoint (Starlette + uvicorn).
+
+Routes:
+
+* ``POST /webhooks/shopify/{shop}``: Shopify ``orders/paid``, ``orders/cancelled`` and
+  ``orders/updated`` (topic from ``X-Shopify-Topic``), signed with the shop's secret from
+  ``ORDERFLEET_SHOPIFY_SECRETS``.
+* ``POST /webhooks/woocommerce/{store}``: WooCommerce ``order.*`` webhooks (``X-WC-Webhook-*``).
+* ``POST /orders``: the native schema for custom storefronts; ``Authorization: Bearer <store
+  secret>`` (``ORDERFLEET_STORE_SECRETS``) and an ``Idempotency-Key`` header.
+* ``GET /healthz``; the review desk under ``/review``.
+
+Every request is checked in this order, before anything is parsed: body size (413), signature
+or token (401, unknown shop 404), content type (415); then the JSON (422 naming the field).
+The raw body of every rejected request is kept in ``rejected_orders`` for ops. An accepted
+delivery is persisted (order and inbox row in one transaction) before the answer; webhooks that
+arrive together share that transaction (group commit, :class:`DeliveryWriter`). The pipeline
+runs afterwards: new order ids go to the fraud stage in micro-batches, and an order whose
+message never left (a crash) is re-driven by the beat sweep, because it is in the database.
+
+Measured with ``orderfleet bench webhooks`` (see workers/bench_webhooks.py).
+
+Run it with ``orderfleet serve --port P`` (or ``python -m workers.api``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Mount, Route
+
+from config.settings import Settings, get_settings
+from domain.db import unit_of_work
+from domain.platforms import signature_matches
+from tasks.base import chunks
+from tasks.intake import (
+    Delivery,
+    DeliveryResult,
+    accept_deliveries,
+    parse_timestamp,
+    record_rejection,
+)
+
+log = logging.getLogger("orderfleet.api")
+
+# A rejected body larger than this is kept truncated: enough for ops to see what it was.
+KEPT_BODY_BYTES = 64 * 1024
+
+
+class ApiError(Exception):
+    """A request refused before it became a delivery; the body is kept for ops."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.status, self.field, self.message = status, field, message
+        self.body: bytes | None = None  # what was read of a body refused mid-way
+        self.body_size = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": f"{self.field}: {self.message}",
+                "errors": [{"field": self.field, "message": self.message}]}
+
+
+class FraudStageBatcher:
+    """Collects new order ids and sends them to the fraud stage in micro-batches.
+
+    One message per ``batch_size`` ids (or per ``api_flush_interval_s``) instead of one per
+    webhook: the pipeline's per-message cost is spread over many orders. Ids not yet sent when
+    the process dies are safe: their orders are ``received`` in the database and the beat
+    sweep re-drives them.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pending: list[int] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.sent_messages = 0
+
+    def add(self, order_ids: list[int]) -> None:
+        if order_ids:
+            self._pending.extend(order_ids)
+            if len(self._pending) >= self.settings.batch_size:
+                self._wake.set()
+
+    async def flush(self) -> None:
+        from tasks.fraud import check
+
+        ids, self._pending = self._pending, []
+        for part in chunks(ids, self.settings.batch_size):
+            try:
+                await run_in_threadpool(check.delay, part)
+                self.sent_messages += 1
+            except Exception:  # the broker blinked: the re-drive sweep will send them
+                log.exception("could not enqueue %d orders for the fraud check", len(part))
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.api_flush_interval_s)
+            self._wake.clear()
+            if self._pending:
+                await self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+
+class DeliveryWriter:
+    """Group commit: deliveries that arrive together are written in one transaction.
+
+    Under load, a transaction's fixed cost (BEGIN, COMMIT's WAL flush, a pooled connection)
+    is shared by up to ``MAX_GROUP`` webhooks; a lone webhook is written at once, unbatched.
+    Each delivery still answers only after the transaction holding it committed. Should a
+    group fail, its deliveries are retried one per transaction, so one bad apple fails alone.
+    """
+
+    MAX_GROUP = 64
+    WRITERS = 4  # transactions in flight at once (the engine's pool holds 10 connections)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._queue: asyncio.Queue[tuple[Delivery, asyncio.Future[DeliveryResult]]] = \
+            asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def write(self, delivery: Delivery) -> DeliveryResult:
+        future: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((delivery, future))
+        return await future
+
+    def _write_group(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
+        with unit_of_work(self.settings) as uow:
+            return accept_deliveries(uow, deliveries, self.settings, enqueue=False)
+
+    async def _run(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < self.MAX_GROUP and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            try:
+                results = await run_in_threadpool(self._write_group, [d for d, _ in group])
+            except Exception as exc:
+                if len(group) == 1:
+                    _settle(group[0][1], exc=exc)
+                    continue
+                for delivery, future in group:  # one per transaction: only the bad one fails
+                    try:
+                        (result,) = await run_in_threadpool(self._write_group, [delivery])
+                    except Exception as one_exc:
+                        _settle(future, exc=one_exc)
+                    else:
+                        _settle(future, result)
+                continue
+            for (_, future), result in zip(group, results, strict=True):
+                _settle(future, result)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run()) for _ in range(self.WRITERS)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _settle(future: asyncio.Future[DeliveryResult], result: DeliveryResult | None = None, *,
+            exc: Exception | None = None) -> None:
+    if future.done():  # the client went away; its delivery is written all the same
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body (signatures are over these exact bytes), refused past ``limit``.
+
+    An oversized body is read no further than what ops get to see of it.
+    """
+    declared = request.headers.get("content-length", "")
+    oversized = declared.isdigit() and int(declared) > limit
+    parts, size = [], 0
+    async for chunk in request.stream():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit or (oversized and size >= KEPT_BODY_BYTES):
+            err = ApiError(413, "(body)", f"larger than {limit} bytes")
+            err.body = b"".join(parts)[:KEPT_BODY_BYTES]
+            err.body_size = int(declared) if oversized else size
+            raise err
+    return b"".join(parts)
+
+
+def _require_json(request: Request) -> None:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, "header Content-Type",
+                       f"must be application/json, got {ctype or 'nothing'}")
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "(body)", f"not valid JSON ({exc})") from None
+
+
+def _header(request: Request, *names: str) -> str:
+    for name in names:
+        value = request.headers.get(name, "").strip()
+        if value:
+            return value
+    raise ApiError(422, f"header {names[0]}", "required")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the intake service for these settings (validated, no fallbacks)."""
+    settings = settings or get_settings()
+    batcher = FraudStageBatcher(settings)
+    writer = DeliveryWriter(settings)
+    limit = settings.api_max_body_bytes
+
+    def _keep(source: str, store: str | None, body: bytes, err: ApiError) -> None:
+        size = max(len(body), err.body_size)
+        if err.body is not None:
+            body = err.body
+        kept = body[:KEPT_BODY_BYTES].decode("utf-8", "replace")
+        if size > KEPT_BODY_BYTES:
+            kept += f"\n[truncated: {size} bytes received]"
+        with unit_of_work(settings) as uow:
+            record_rejection(uow, source=source, store=store, raw=kept,
+                             errors=[{"field": err.field, "message": err.message,
+                                      "http_status": str(err.status)}])
+
+    async def _refuse(source: str, store: str | None, body: bytes, err: ApiError) -> JSONResponse:
+        log.info("refused a %s request for store %s: %s %s", source, store, err.status, err.field)
+        await run_in_threadpool(_keep, source, store, body, err)
+        return JSONResponse(err.to_json(), status_code=err.status)
+
+    async def _deliver(delivery: Delivery) -> JSONResponse:
+        result = await writer.write(delivery)
+        batcher.add(result.new_order_ids)
+        log.debug("%s %s for store %s: %s", delivery.source, delivery.topic, delivery.store,
+                  result.status)
+        body = result.to_json()
+        if result.errors:
+            body["error"] = "; ".join(f"{e['field']}: {e['message']}" for e in result.errors)
+        return JSONResponse(body, status_code=result.http_status)
+
+    async def shopify_webhook(request: Request) -> JSONResponse:
+        shop = request.path_params["shop"]
+        body = b""
+        try:
+            body = await _read_body(request, limit)
+            secret = settings.shopify_secrets.get(shop)
+            if secret is None:
+                raise ApiError(404, "shop", f"no webhook secret configured for {shop!r}")
+            if not signature_matches(secret, body, request.headers.get("x-shopify-hmac-sha256")):
+                raise ApiError(401, "header X-Shopify-Hmac-Sha256", "missing or does not match")
+            _require_json(request)
+            topic = _header(request, "x-shopify-topic")
+            event_id = _header(request, "x-shopify-event-id", "x-shopify-webhook-id")
+            payload = _json(body)
+        except ApiError as err:
+            return await _refuse("shopify", shop, body, err)
+        triggered = parse_timestamp(request.headers.get("x-shopify-triggered-at"))
+        if triggered is None and isinstance(payload, dict):
+            triggered = parse_timestamp(payload.get("updated_at"))
+        return await _deliver(Delivery("shopify", shop, event_id, topic, body, payload, triggered))
+
+    async def woocommerce_webhook(request: Request) -> JSONResponse:
+        store = request.path_params["store"]
+        body = b""
+        try:
+            body = await _read_body(request, limit)
+            ctype = request.headers.get("content-type", "")
+            if ctype.startswith("application/x-www-form-urlencoded") and \
+                    body.startswith(b"webhook_id="):
+                # WooCommerce pings a new webhook with its id; it must answer 2xx to be saved.
+                return JSONResponse({"status": "ping"})
+            secret = settings.woocommerce_secrets.get(store)
+            if secret is None:
+                raise ApiError(404, "store", f"no WooCommerce secret configured for {store!r}")
+            if not signature_matches(secret, body, request.headers.get("x-wc-webhook-signature")):
+                raise ApiError(401, "header X-WC-Webhook-Signature", "missing or does not match")
+            _require_json(request)
+            topic = _header(request, "x-wc-webhook-topic")
+            payload = _json(body)
+        except ApiError as err:
+            return await _refuse("woocommerce", store, body, err)
+        # Each delivery has an id; a body re-sent by hand has the same bytes, hence the digest.
+        event_id = request.headers.get("x-wc-webhook-delivery-id", "").strip() or \
+            "sha256:" + hashlib.sha256(body).hexdigest()
+        triggered = parse_timestamp(payload.get("date_modified_gmt")) \
+            if isinstance(payload, dict) else None
+        return await _deliver(Delivery("woocommerce", store, event_id, topic, body, payload,
+                                       triggered))
+
+    def _store_for_token(auth: str) -> str | None:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        found = None
+        for store, secret in settings.store_secrets.items():  # compare all: constant time
+            if hmac.compare_digest(secret.encode(), token.strip().encode()):
+                found = store
+        return found
+
+    async def create_order(request: Request) -> JSONResponse:
+        body = b""
+        store = None
+        try:
+            body = await _read_body(request, limit)
+            store = _store_for_token(request.headers.get("authorization", ""))
+            if store is None:
+                raise ApiError(401, "header Authorization", "missing or unknown store token")
+            _require_json(request)
+            key = _header(request, "idempotency-key")
+            payload = _json(body)
+        except ApiError as err:
+            return await _refuse("native", store, body, err)
+        return await _deliver(Delivery("native", store, key, "orders/create", body, payload))
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        # Not persisted, so not accepted: a 503 makes the store deliver it again later.
+        log.error("database error while accepting a request: %s", type(exc).__name__)
+        return JSONResponse({"error": "temporarily unavailable, retry later"}, status_code=503)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        batcher.start()
+        writer.start()
+        try:
+            yield
+        finally:
+            await writer.stop()
+            await batcher.stop()
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/webhooks/shopify/{shop}", shopify_webhook, methods=["POST"]),
+        Route("/webhooks/woocommerce/{store}", woocommerce_webhook, methods=["POST"]),
+        Route("/orders", create_order, methods=["POST"]),
+    ]
+    from workers.review_api import routes as review_routes  # the review desk (issue 4)
+
+    routes.append(Mount("/review", routes=review_routes))
+    from workers.tracking_api import tracking_routes  # carrier tracking pushes (issue 6)
+
+    routes.extend(tracking_routes)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        OperationalError: database_down, DBAPIError: database_down, HTTPException: http_error})
+    app.state.batcher = batcher
+    app.state.settings = settings
+    return app
+
+
+def app_factory() -> Starlette:
+    """For ``uvicorn --factory`` and multi-process serving: settings from the environment."""
+    return create_app(get_settings())
+
+
+def serve(settings: Settings, host: str, port: int, *, workers: int = 1,
+          access_log: bool = False) -> None:
+    """Run the intake service in the foreground under uvicorn."""
+    # Refusals and errors at info and above; no request bodies, so no personal data.
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if workers > 1:
+        # Each process builds its app from the same environment (settings are validated there).
+        uvicorn.run("workers.api:app_factory", factory=True, host=host, port=port,
+                    workers=workers, log_level="info", access_log=access_log)
+    else:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                    access_log=access_log)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the orderfleet HTTP intake service.")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    serve(settings, args.host or settings.api_host, args.port or settings.api_port,
+          workers=args.workers)
+
+
+if __name__ == "__main__":
+    main()
