@@ -71,7 +71,8 @@ def build_report(session: Session) -> dict[str, Any]:
         "orders": sum(by_state.values()),
         "by_state": by_state,
         "labels": labels,
-        "reservations": {k: reservations.get(k, 0) for k in ("active", "consumed", "released")},
+        "reservations": {k: reservations.get(k, 0)
+                         for k in ("active", "consumed", "released", "restocked")},
         "rejected_at_intake": rejected_total,
         "rejected_by_fraud": fraud_rejected,
         "rejected_reasons": dict(reasons.most_common(10)),

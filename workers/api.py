@@ -390,17 +390,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
+def _configure_logging() -> None:
+    # Refusals and errors at info and above; no request bodies, so no personal data.
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def app_factory() -> Starlette:
     """For ``uvicorn --factory`` and multi-process serving: settings from the environment."""
+    _configure_logging()
     return create_app(get_settings())
 
 
 def serve(settings: Settings, host: str, port: int, *, workers: int = 1,
           access_log: bool = False) -> None:
     """Run the intake service in the foreground under uvicorn."""
-    # Refusals and errors at info and above; no request bodies, so no personal data.
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     if workers > 1:
         # Each process builds its app from the same environment (settings are validated there).
         uvicorn.run("workers.api:app_factory", factory=True, host=host, port=port,

@@ -7,7 +7,11 @@ international), and behaves like a real carrier where it matters to the pipeline
   not charged again), so one label per shipment holds even when a worker retries;
 * tracking progresses with time; ``time_scale`` speeds carrier time up so a demo or a test sees
   a parcel delivered in seconds instead of days;
-* ``/v1/stats`` counts what was charged, so tests can prove exactly-one-label-per-shipment.
+* ``/v1/stats`` counts what was charged, so tests can prove exactly-one-label-per-shipment;
+* faults are injected per run (flags) or live (``/v1/admin/faults``): latency, 5xx, 429 with
+  Retry-After, timeouts, and labels charged whose answer is lost;
+* it also speaks EasyPost's REST dialect (``/v2``: shipments, rates, buy, batches, trackers)
+  and can push tracking changes to a webhook (``--webhook-url``).
 
 State lives in memory (one process, guarded by a lock). Run it with
 ``python -m workers.sandbox_carrier --port 8765 --time-scale 3600``, or in-process with
@@ -19,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import math
 import random
@@ -26,6 +32,7 @@ import re
 import socket
 import threading
 import time
+import unicodedata
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -416,6 +423,8 @@ class _Stats:
     faults_timeout: int = 0
     faults_lost: int = 0
     lost_labels: int = 0  # labels charged whose answer was lost
+    pushes: int = 0  # tracking pushes the webhook accepted
+    push_failures: int = 0
 
 
 @dataclass
@@ -682,6 +691,74 @@ def _ep_location(location: str) -> dict[str, Any]:
             "state": parts[1] if len(parts) == 3 else None, "country": country, "zip": None}
 
 
+class TrackingPusher:
+    """Pushes tracker changes to a webhook, as carriers' tracking webhooks do.
+
+    Every ``interval_s`` it sends the trackers whose status changed since the last successful
+    push, as ``{"trackers": [...]}`` in the carrier's own format, signed like EasyPost's
+    webhooks (``X-Hmac-Signature: hmac-sha256-hex=...``) when a secret is set. A failed push
+    is sent again on the next round.
+    """
+
+    def __init__(self, state: CarrierState, url: str, secret: str | None = None,
+                 interval_s: float = 1.0) -> None:
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError):
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise _BadRequest("url: must be an http(s) URL")
+        if not interval_s > 0:
+            raise _BadRequest("interval_s: must be positive")
+        self.state, self.url, self.secret, self.interval_s = state, url, secret, interval_s
+        self._pushed: dict[str, str] = {}  # tracking number -> status last pushed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sandbox-carrier-push",
+                                        daemon=True)
+
+    def start(self) -> TrackingPusher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def push_once(self) -> int:
+        """Push what changed; returns the number of trackers delivered to the webhook."""
+        with self.state.lock:
+            now = self.state.clock()
+            changed = [t for t in (self.state.tracker(n, now) for n in self.state.by_tracking)
+                       if self._pushed.get(t["tracking_number"]) != t["status"]]
+        sent = 0
+        for start in range(0, len(changed), 500):
+            chunk = changed[start:start + 500]
+            body = json.dumps({"trackers": chunk}).encode()
+            headers = {"Content-Type": "application/json"}
+            if self.secret:
+                digest = hmac.new(unicodedata.normalize("NFKD", self.secret).encode(), body,
+                                  hashlib.sha256).hexdigest()
+                headers["X-Hmac-Signature"] = f"hmac-sha256-hex={digest}"
+            try:
+                ok = httpx.post(self.url, content=body, headers=headers, timeout=10).is_success
+            except (httpx.HTTPError, httpx.InvalidURL):
+                ok = False  # the receiver is down: pushed again next round
+            with self.state.lock:
+                if ok:
+                    self.state.stats.pushes += 1
+                else:
+                    self.state.stats.push_failures += 1
+            if ok:
+                self._pushed.update({t["tracking_number"]: t["status"] for t in chunk})
+                sent += len(chunk)
+        return sent
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.push_once()
+
+
 def create_app(
     time_scale: float = 1.0,
     seed: int = 0,
@@ -690,6 +767,9 @@ def create_app(
     clock: Callable[[], float] = time.time,
     faults: FaultProfile | None = None,
     easypost_api_key: str | None = None,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    webhook_interval_s: float = 1.0,
 ) -> Starlette:
     """Build the sandbox carrier.
 
@@ -699,6 +779,7 @@ def create_app(
     (off by default, so a parcel's timeline is exactly the documented one). ``clock`` (epoch
     seconds) is injectable for tests. ``faults`` is the fault profile to start with.
     ``easypost_api_key``: the key the EasyPost dialect (``/v2``) accepts (any when None).
+    ``webhook_url``: where to push tracking changes (see :class:`TrackingPusher`).
     """
     if not time_scale > 0:
         raise ValueError("time_scale must be positive")
@@ -710,6 +791,17 @@ def create_app(
     if faults is not None:
         faults.validate()
         state.set_faults(faults)
+    pusher: dict[str, TrackingPusher | None] = {"current": None}
+
+    def set_pusher(new: TrackingPusher | None) -> None:
+        old, pusher["current"] = pusher["current"], new
+        if old is not None:
+            old.stop()
+        if new is not None:
+            new.start()
+
+    if webhook_url:
+        set_pusher(TrackingPusher(state, webhook_url, webhook_secret, webhook_interval_s))
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
@@ -1154,6 +1246,30 @@ def create_app(
             state.set_faults(profile)
         return JSONResponse(profile.to_json())
 
+    async def get_webhook(request: Request) -> JSONResponse:
+        current = pusher["current"]
+        return JSONResponse({"url": current.url if current else None,
+                             "signed": bool(current and current.secret),
+                             "interval_s": current.interval_s if current else None})
+
+    async def put_webhook(request: Request) -> JSONResponse:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise _BadRequest("webhook: must be a JSON object")
+        url = body.get("url")
+        if url is None:
+            set_pusher(None)
+        else:
+            secret, interval = body.get("secret"), body.get("interval_s", 1.0)
+            if not isinstance(url, str):
+                raise _BadRequest("url: must be a string")
+            if secret is not None and not isinstance(secret, str):
+                raise _BadRequest("secret: must be a string")
+            if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+                raise _BadRequest("interval_s: must be a number")
+            set_pusher(TrackingPusher(state, url, secret, float(interval)))
+        return await get_webhook(request)
+
     async def delete_faults(request: Request) -> JSONResponse:
         with state.lock:
             state.set_faults(FaultProfile())
@@ -1183,6 +1299,8 @@ def create_app(
             Route("/v1/admin/faults", get_faults, methods=["GET"]),
             Route("/v1/admin/faults", put_faults, methods=["PUT"]),
             Route("/v1/admin/faults", delete_faults, methods=["DELETE"]),
+            Route("/v1/admin/webhook", get_webhook, methods=["GET"]),
+            Route("/v1/admin/webhook", put_webhook, methods=["PUT"]),
             Route("/v2/shipments", ep_create_shipment, methods=["POST"]),
             Route("/v2/shipments/{shipment_id}", ep_get_shipment, methods=["GET"]),
             Route("/v2/shipments/{shipment_id}/buy", ep_buy_shipment, methods=["POST"]),
@@ -1194,6 +1312,7 @@ def create_app(
         exception_handlers={_BadRequest: bad_request, HTTPException: http_error},
     )
     app.state.carrier = state  # for in-process inspection (tests, debugging)
+    app.state.stop_pushing = lambda: set_pusher(None)
     return app
 
 
@@ -1223,11 +1342,15 @@ def _uvicorn_config(app: Starlette, **kwargs: Any) -> uvicorn.Config:
 
 
 def serve(host: str, port: int, time_scale: float, seed: int = 0,
-          faults: FaultProfile | None = None, easypost_api_key: str | None = None) -> None:
+          faults: FaultProfile | None = None, easypost_api_key: str | None = None,
+          **webhook: Any) -> None:
     """Run the sandbox carrier in the foreground until interrupted."""
     app = create_app(time_scale=time_scale, seed=seed, faults=faults,
-                     easypost_api_key=easypost_api_key)
-    uvicorn.Server(_uvicorn_config(app, host=host, port=port)).run()
+                     easypost_api_key=easypost_api_key, **webhook)
+    try:
+        uvicorn.Server(_uvicorn_config(app, host=host, port=port)).run()
+    finally:
+        app.state.stop_pushing()
 
 
 class SandboxCarrierServer:
@@ -1297,6 +1420,7 @@ class SandboxCarrierServer:
             time.sleep(0.02)
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        self.app.state.stop_pushing()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -1370,10 +1494,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--easypost-api-key", default=None,
                         help="the key the EasyPost dialect (/v2) accepts (default: any)")
+    parser.add_argument("--webhook-url", default=None,
+                        help="push tracking changes here, e.g. http://127.0.0.1:8080/webhooks/"
+                             "tracking (orderfleet serve)")
+    parser.add_argument("--webhook-secret", default=None, help="sign the pushes with this")
+    parser.add_argument("--webhook-interval-s", type=float, default=1.0)
     add_fault_arguments(parser)
     args = parser.parse_args(argv)
     serve(args.host, args.port, args.time_scale, seed=args.seed, faults=faults_from_args(args),
-          easypost_api_key=args.easypost_api_key)
+          easypost_api_key=args.easypost_api_key, webhook_url=args.webhook_url,
+          webhook_secret=args.webhook_secret, webhook_interval_s=args.webhook_interval_s)
 
 
 if __name__ == "__main__":

@@ -222,6 +222,27 @@ def test_an_easypost_webhook_must_be_signed_when_a_secret_is_set(
     assert order_state(settings, "EPW-1") == "in_transit"
 
 
+def test_the_carrier_pushes_tracking_until_the_order_is_delivered(
+        labelled, settings, server, push_client) -> None:
+    # Given a labelled order, and the carrier told to push signed tracking to our webhook
+    ship = labelled([native_order("PUSH-1")])
+    signed = settings.model_copy(update={"carrier_webhook_secret": SecretStr("whsec-9")})
+    webhook = push_client(signed)
+    response = httpx.put(f"{server.url}/v1/admin/webhook", json={
+        "url": f"{str(webhook.base_url).rstrip('/')}/webhooks/tracking", "secret": "whsec-9",
+        "interval_s": 0.2})
+    assert response.json()["signed"] is True
+
+    # when carrier time passes (no backfill runs), then its pushes alone deliver the order
+    deadline = time.monotonic() + 20
+    while order_state(settings, "PUSH-1") != "delivered" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert order_state(settings, "PUSH-1") == "delivered"
+    assert event_statuses(settings, ship["PUSH-1"])[-1] == "delivered"
+    assert server.state.stats.pushes > 0 and server.state.stats.push_failures == 0
+    httpx.put(f"{server.url}/v1/admin/webhook", json={"url": None})
+
+
 def test_a_malformed_push_is_refused_naming_the_fields_and_kept(
         labelled, settings, push_client) -> None:
     client = push_client(settings)
