@@ -380,9 +380,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from workers.review_api import routes as review_routes  # the review desk (issue 4)
 
     routes.append(Mount("/review", routes=review_routes))
-    from workers.tracking_api import tracking_routes  # carrier tracking pushes (issue 6)
+    from workers.tracking_api import tracking_routes_for  # carrier tracking pushes (issue 6)
 
-    routes.extend(tracking_routes)
+    routes.extend(tracking_routes_for(settings))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         OperationalError: database_down, DBAPIError: database_down, HTTPException: http_error})
     app.state.batcher = batcher
