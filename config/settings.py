@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     tracking_sweep_interval_s: float = Field(3600.0, gt=0)
     tracking_batch_size: int = Field(200, ge=1, le=1000)
 
-    # --- carriers (issue 6) -------------------------------------------------------------------
+    # --- carriers ----------------------------------------------------------------------------
     # Which carrier API carrier_url speaks: our sandbox carrier, or an EasyPost-shaped API
     # (https://api.easypost.com with a real account's key).
     carrier_api: Literal["sandbox", "easypost"] = "sandbox"

@@ -20,5 +20,5 @@ def alembic_config(settings: Settings | None = None) -> Config:
     return cfg
 
 
-def upgrade(settings: Settings | None = None, revision: str = "heads") -> None:
+def upgrade(settings: Settings | None = None, revision: str = "head") -> None:
     command.upgrade(alembic_config(settings), revision)

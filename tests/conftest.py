@@ -75,7 +75,7 @@ def db(pg_database, settings) -> Iterator[object]:  # type: ignore[no-untyped-de
 
     from domain.models import Base
 
-    # Every table the models declare (other engineers' tables included), never the version.
+    # Every table the models declare, never Alembic's version table.
     tables = ", ".join(Base.metadata.tables)
     with pg_database.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))

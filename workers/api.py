@@ -377,10 +377,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/webhooks/woocommerce/{store}", woocommerce_webhook, methods=["POST"]),
         Route("/orders", create_order, methods=["POST"]),
     ]
-    from workers.review_api import routes as review_routes  # the review desk (issue 4)
+    from workers.review_api import routes as review_routes  # the review desk
 
     routes.append(Mount("/review", routes=review_routes))
-    from workers.tracking_api import tracking_routes_for  # carrier tracking pushes (issue 6)
+    from workers.tracking_api import tracking_routes_for  # carrier tracking pushes
 
     routes.extend(tracking_routes_for(settings))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={

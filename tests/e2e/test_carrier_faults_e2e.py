@@ -1,4 +1,4 @@
-"""Proof (issue 6): a carrier failing 30% of calls, then an outage of one carrier.
+"""Proof: a carrier failing 30% of calls, then an outage of one carrier.
 
 Real worker processes, beat, Redis, PostgreSQL and the sandbox carrier over HTTP, with the
 carrier's own fault injection (mixed 5xx, 429 with Retry-After, timeouts, and labels charged
