@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from domain.clock import utcnow
 from domain.models import OrderEvent, OrderRow
@@ -107,6 +107,9 @@ def apply_transitions(session: Session, moves: Sequence[Move], *, stage: str) ->
             .where(OrderRow.id.in_(by_id), OrderRow.state == src.value)
             .values(state=dst.value, updated_at=now)
             .returning(OrderRow.id)
+            # Callers read the state they claimed, never the row after the move: skip the
+            # ORM's in-Python evaluation of the WHERE over every loaded order.
+            .execution_options(synchronize_session=False)
         ).scalars().all()
         applied.extend(by_id[i] for i in done)
     if applied:
@@ -139,7 +142,8 @@ def transition(
 
 
 def claim(
-    session: Session, order_ids: Iterable[int], states: Iterable[State]
+    session: Session, order_ids: Iterable[int], states: Iterable[State], *,
+    with_payload: bool = True,
 ) -> list[OrderRow]:
     """Lock the orders among ``order_ids`` that are in one of ``states``.
 
@@ -155,4 +159,8 @@ def claim(
         .order_by(OrderRow.id)
         .with_for_update(skip_locked=True, of=OrderRow)
     )
+    if not with_payload:
+        # The order JSON is the widest column; stages that do not read it skip decoding it
+        # (raiseload: reading it anyway is a bug, not a silent query per order).
+        stmt = stmt.options(defer(OrderRow.payload, raiseload=True))
     return list(session.execute(stmt).scalars().all())

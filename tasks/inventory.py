@@ -157,7 +157,8 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
     """
     session = uow.session
     outcome = ReserveOutcome()
-    orders = claim(session, order_ids, [State.FRAUD_CHECKED, State.BACKORDERED])
+    orders = claim(session, order_ids, [State.FRAUD_CHECKED, State.BACKORDERED],
+                   with_payload=False)
     unclaimed = set(order_ids) - {o.id for o in orders}
     if unclaimed:
         # Not in a reservable state, or locked by another transaction (a duplicate delivery,
@@ -389,7 +390,7 @@ def expire_stale_reservations(uow: UnitOfWork, settings: Settings, limit: int = 
                OrderRow.state == State.RESERVED.value)
         .limit(limit)
     ).scalars().all()
-    orders = claim(session, stale, [State.RESERVED])
+    orders = claim(session, stale, [State.RESERVED], with_payload=False)
     ids = [o.id for o in orders]
     if ids:
         why = (f"reservation expired: the order stayed in reserved for over "

@@ -52,7 +52,7 @@ from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import Batch, OrderRow, Shipment, Warehouse
 from tasks.base import TRANSIENT_ERRORS, parse_ids, retry_backoff, stage_task
 from tasks.inventory import consume_reservations
-from tasks.sharding import carrier_for, lane_for
+from tasks.sharding import carrier_for
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,16 @@ def carrier_client(settings: Settings) -> CarrierAdapter:
     if key not in _clients:
         _clients[key] = build_carrier(settings, breaker=shared_breaker(settings))
     return _clients[key]
+
+
+# Carriers price parcels by weight bracket: quoting the bracket's upper bound lets one quote
+# (cached) serve every parcel in it, instead of one HTTP round trip per order. The label itself
+# is bought at the parcel's real weight.
+QUOTE_BRACKET_G = 250
+
+
+def quote_bracket(weight_g: int) -> int:
+    return max(-(-weight_g // QUOTE_BRACKET_G), 1) * QUOTE_BRACKET_G
 
 
 def idempotency_key(order_id: int) -> str:
@@ -199,7 +209,7 @@ def rate_queries(uow: UnitOfWork, batch_id: int) -> list[RateQuery]:
         select(Batch.carrier).where(Batch.id == batch_id)).scalar_one_or_none()
     rows = session.execute(
         select(OrderRow.id, OrderRow.lane, OrderRow.warehouse, OrderRow.ship_country,
-               OrderRow.weight_g, OrderRow.payload)
+               OrderRow.weight_g)
         .outerjoin(Shipment, Shipment.order_id == OrderRow.id)
         .where(OrderRow.batch_id == batch_id, OrderRow.state == State.BATCHED.value,
                Shipment.id.is_(None))
@@ -209,8 +219,8 @@ def rate_queries(uow: UnitOfWork, batch_id: int) -> list[RateQuery]:
     for r in rows:
         from_country = countries[r.warehouse]
         out.append(RateQuery(
-            order_id=r.id, lane=r.lane or lane_for(r.payload), from_country=from_country,
-            to_country=r.ship_country, weight_g=max(r.weight_g, 1),
+            order_id=r.id, lane=r.lane or "standard", from_country=from_country,
+            to_country=r.ship_country, weight_g=quote_bracket(r.weight_g),
             wave_carrier=wave_carrier or carrier_for(from_country, r.ship_country)[0]))
     return out
 
@@ -309,7 +319,8 @@ def record_labels(uow: UnitOfWork, labels: list[Label]) -> list[int]:
         .where(Shipment.idempotency_key.in_(by_key))
     ).all()
     order_ids = [s.order_id for s in shipments]
-    still_batched = {o.id for o in claim(session, order_ids, [State.BATCHED])}
+    still_batched = {o.id for o in claim(session, order_ids, [State.BATCHED],
+                                           with_payload=False)}
     states = dict(session.execute(
         select(OrderRow.id, OrderRow.state).where(OrderRow.id.in_(order_ids))).all())
     updates, moves, to_void = [], [], []
@@ -357,7 +368,7 @@ def fail_labels(uow: UnitOfWork, failed: dict[int, str]) -> list[int]:
     heavy; or gave no label within label_give_up_s) wait for a person in label_failed, with
     the reason, instead of being retried forever."""
     session = uow.session
-    orders = claim(session, failed, [State.BATCHED])
+    orders = claim(session, failed, [State.BATCHED], with_payload=False)
     if not orders:
         return []
     session.execute(update(OrderRow), [
@@ -483,7 +494,7 @@ def retry_failed_labels(uow: UnitOfWork, order_ids: list[int]) -> list[int]:
     again. Their waves get a fresh give-up clock; a shipment whose purchase outcome was
     unknown is looked up by its key first, as always. Returns the order ids moved."""
     session = uow.session
-    orders = claim(session, order_ids, [State.LABEL_FAILED])
+    orders = claim(session, order_ids, [State.LABEL_FAILED], with_payload=False)
     applied = apply_transitions(session, [
         Move(o.id, State.LABEL_FAILED, State.BATCHED, {"reason": "label retried by ops"})
         for o in orders], stage="labels")

@@ -109,7 +109,8 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
     # One UPDATE per wave, not one per order.
     for (wave_id, carrier, lane), ids in placed.items():
         session.execute(update(OrderRow).where(OrderRow.id.in_(ids))
-                        .values(batch_id=wave_id, carrier=carrier, lane=lane))
+                        .values(batch_id=wave_id, carrier=carrier, lane=lane)
+                        .execution_options(synchronize_session=False))
     apply_transitions(session, moves, stage="sharding")
     return closed
 

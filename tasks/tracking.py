@@ -124,7 +124,7 @@ def record_trackers(uow: UnitOfWork, shipment_ids: list[int], trackers: list[Tra
         returning=[TrackingEventRow.shipment_id])
     _clear_silence(uow, {row.shipment_id for row in inserted}, shipments.values())
     orders = {o.id: State(o.state) for o in claim(
-        session, moves_by_order, [State.LABELLED, State.IN_TRANSIT])}
+        session, moves_by_order, [State.LABELLED, State.IN_TRANSIT], with_payload=False)}
     moves = [Move(oid, src, moves_by_order[oid]) for oid, src in orders.items()
              if src != moves_by_order[oid]]
     apply_transitions(session, moves, stage="tracking")

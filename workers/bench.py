@@ -102,9 +102,15 @@ def run_bench(*, n_orders: int, workers: int, concurrency: int, quiet: bool,
     base = Settings()
     url = database_url or (f"sqlite:///{base.var_dir / 'bench.db'}" if base.is_sqlite
                            else base.database_url)
-    settings = use_settings(database_url=url, wave_max_age_s=1.0, sweep_interval_s=30.0,
-                            stage_deadline_s=300.0, tracking_sweep_interval_s=3600.0)
+    settings = use_settings(database_url=url, fraud_velocity_namespace="orderfleet:bench:fraud",
+                            wave_max_age_s=1.0, sweep_interval_s=30.0, stage_deadline_s=300.0,
+                            tracking_sweep_interval_s=3600.0)
     reset_database(settings)
+    from tasks.fraud import velocity_store
+
+    # The fraud check's velocity counters outlive a run: a rerun of the same synthetic
+    # customers would otherwise look like a card-testing burst and be held.
+    velocity_store(settings).clear()
     fleet = Fleet(settings, workers=workers, concurrency=concurrency, beat=True, flower=False,
                   carrier_time_scale=1.0)
     with fleet:
