@@ -275,68 +275,60 @@ def _wake_after_commit(uow: UnitOfWork, skus: Iterable[str]) -> None:
         uow.after_commit(lambda: wake.delay(wanted))
 
 
+def _close_reservations(uow: UnitOfWork, order_ids: list[int], *, status: str, to: str,
+                        reason: str, on_hand: int, reserved: int) -> dict[tuple[str, str], int]:
+    """Move these orders' reservations in ``status`` to ``to`` and apply their units to stock
+    (``on_hand``/``reserved`` are the signs, -1, 0 or +1). Returns units per (sku, warehouse).
+
+    Reservations first, then stock in the sorted order every stock writer uses, so these moves
+    never deadlock with a reserving batch.
+    """
+    session = uow.session
+    rows = session.execute(
+        select(Reservation.id, Reservation.sku, Reservation.warehouse, Reservation.quantity)
+        .where(Reservation.order_id.in_(order_ids), Reservation.status == status)
+        .order_by(Reservation.id)
+        .with_for_update()
+    ).all()
+    units: dict[tuple[str, str], int] = defaultdict(int)
+    for r in rows:
+        units[(r.sku, r.warehouse)] += r.quantity
+    if not rows:
+        return units
+    now = utcnow()
+    _lock_stock(uow, list(units))
+    qty = bindparam("b_qty")
+    session.connection().execute(
+        update(Stock)
+        .where(and_(Stock.sku == bindparam("b_sku"), Stock.warehouse == bindparam("b_wh")))
+        .values(on_hand=Stock.on_hand + on_hand * qty, reserved=Stock.reserved + reserved * qty,
+                updated_at=now),
+        [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in sorted(units.items())],
+    )
+    session.execute(
+        update(Reservation).where(Reservation.id.in_([r.id for r in rows]))
+        .values(status=to, closed_at=now, close_reason=reason[:64])
+    )
+    return units
+
+
 def release_reservations(uow: UnitOfWork, order_ids: list[int], reason: str) -> int:
     """Give back the stock held by active reservations of these orders. Returns units freed.
 
     Backordered orders that the freed units can serve are re-tried after the commit.
     """
-    session = uow.session
-    rows = session.execute(
-        select(Reservation.id, Reservation.sku, Reservation.warehouse, Reservation.quantity)
-        .where(Reservation.order_id.in_(order_ids), Reservation.status == "active")
-        .order_by(Reservation.id)
-        .with_for_update()
-    ).all()
-    if not rows:
-        return 0
-    now = utcnow()
-    dec: dict[tuple[str, str], int] = defaultdict(int)
-    for r in rows:
-        dec[(r.sku, r.warehouse)] += r.quantity
-    _lock_stock(uow, list(dec))
-    session.connection().execute(
-        update(Stock)
-        .where(and_(Stock.sku == bindparam("b_sku"), Stock.warehouse == bindparam("b_wh")))
-        .values(reserved=Stock.reserved - bindparam("b_qty"), updated_at=now),
-        [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in sorted(dec.items())],
-    )
-    session.execute(
-        update(Reservation)
-        .where(Reservation.id.in_([r.id for r in rows]))
-        .values(status="released", closed_at=now, close_reason=reason[:64])
-    )
-    _wake_after_commit(uow, (s for s, _ in dec))
-    return sum(dec.values())
+    units = _close_reservations(uow, order_ids, status="active", to="released", reason=reason,
+                                on_hand=0, reserved=-1)
+    if units:
+        _wake_after_commit(uow, (s for s, _ in units))
+    return sum(units.values())
 
 
 def consume_reservations(uow: UnitOfWork, order_ids: list[int]) -> int:
     """Stock leaves the warehouse: the label is bought. Returns units shipped."""
-    session = uow.session
-    rows = session.execute(
-        select(Reservation.id, Reservation.sku, Reservation.warehouse, Reservation.quantity)
-        .where(Reservation.order_id.in_(order_ids), Reservation.status == "active")
-        .order_by(Reservation.id)
-        .with_for_update()
-    ).all()
-    if not rows:
-        return 0
-    now = utcnow()
-    dec: dict[tuple[str, str], int] = defaultdict(int)
-    for r in rows:
-        dec[(r.sku, r.warehouse)] += r.quantity
-    _lock_stock(uow, list(dec))
-    session.connection().execute(
-        update(Stock)
-        .where(and_(Stock.sku == bindparam("b_sku"), Stock.warehouse == bindparam("b_wh")))
-        .values(on_hand=Stock.on_hand - bindparam("b_qty"),
-                reserved=Stock.reserved - bindparam("b_qty"), updated_at=now),
-        [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in sorted(dec.items())],
-    )
-    session.execute(
-        update(Reservation).where(Reservation.id.in_([r.id for r in rows]))
-        .values(status="consumed", closed_at=now, close_reason="label bought")
-    )
-    return sum(dec.values())
+    units = _close_reservations(uow, order_ids, status="active", to="consumed",
+                                reason="label bought", on_hand=-1, reserved=-1)
+    return sum(units.values())
 
 
 def restock_orders(uow: UnitOfWork, order_ids: list[int], reason: str) -> int:
@@ -346,32 +338,11 @@ def restock_orders(uow: UnitOfWork, order_ids: list[int], reason: str) -> int:
     reservation is marked ``restocked`` in the same transaction, so a second call finds none.
     Backordered orders that the units can serve are re-tried after the commit.
     """
-    session = uow.session
-    rows = session.execute(
-        select(Reservation.id, Reservation.sku, Reservation.warehouse, Reservation.quantity)
-        .where(Reservation.order_id.in_(order_ids), Reservation.status == "consumed")
-        .order_by(Reservation.id)
-        .with_for_update()
-    ).all()
-    if not rows:
-        return 0
-    now = utcnow()
-    inc: dict[tuple[str, str], int] = defaultdict(int)
-    for r in rows:
-        inc[(r.sku, r.warehouse)] += r.quantity
-    _lock_stock(uow, list(inc))
-    session.connection().execute(
-        update(Stock)
-        .where(and_(Stock.sku == bindparam("b_sku"), Stock.warehouse == bindparam("b_wh")))
-        .values(on_hand=Stock.on_hand + bindparam("b_qty"), updated_at=now),
-        [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in sorted(inc.items())],
-    )
-    session.execute(
-        update(Reservation).where(Reservation.id.in_([r.id for r in rows]))
-        .values(status="restocked", closed_at=now, close_reason=reason[:64])
-    )
-    _wake_after_commit(uow, (s for s, _ in inc))
-    return sum(inc.values())
+    units = _close_reservations(uow, order_ids, status="consumed", to="restocked",
+                                reason=reason, on_hand=1, reserved=0)
+    if units:
+        _wake_after_commit(uow, (s for s, _ in units))
+    return sum(units.values())
 
 
 def expire_stale_reservations(uow: UnitOfWork, settings: Settings, limit: int = 1000) -> list[int]:
