@@ -29,7 +29,6 @@ import json
 import math
 import random
 import re
-import socket
 import threading
 import time
 import unicodedata
@@ -49,6 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from domain.carriers.statuses import to_easypost_status
+from workers.threaded_server import ThreadedServer
 
 CARRIERS: tuple[str, ...] = ("sbx-post", "sbx-air")
 TRACKING_STATUSES: tuple[str, ...] = (
@@ -1353,7 +1353,7 @@ def serve(host: str, port: int, time_scale: float, seed: int = 0,
         app.state.stop_pushing()
 
 
-class SandboxCarrierServer:
+class SandboxCarrierServer(ThreadedServer):
     """The sandbox carrier under uvicorn in a background thread, for tests and demos.
 
     ``port=0`` binds a free port; read the address from ``url`` after ``start()``::
@@ -1362,79 +1362,18 @@ class SandboxCarrierServer:
             CarrierClient(carrier.url)...
     """
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        time_scale: float = 1.0,
-        seed: int = 0,
-        **app_options: Any,
-    ) -> None:
-        self.app = create_app(time_scale=time_scale, seed=seed, **app_options)
-        self._host = host
-        self._port = port
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self.url = ""
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, time_scale: float = 1.0,
+                 seed: int = 0, **app_options: Any) -> None:
+        super().__init__(create_app(time_scale=time_scale, seed=seed, **app_options), host,
+                         port, name="sandbox-carrier")
 
     @property
     def state(self) -> CarrierState:
         return self.app.state.carrier
 
-    def start(self, timeout_s: float = 10.0) -> str:
-        # Bind the socket ourselves: with port 0 the OS picks a free port and there is no race
-        # between "find a free port" and "bind it". proto must be IPPROTO_TCP, not 0: asyncio
-        # sets TCP_NODELAY only on sockets that say so, and without it every keep-alive
-        # response waits ~40 ms (Nagle vs delayed ACK).
-        ipv6 = ":" in self._host
-        family = socket.AF_INET6 if ipv6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
-        self._socket = sock
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://[{host}]:{port}" if ipv6 else f"http://{host}:{port}"
-        self._server = uvicorn.Server(_uvicorn_config(self.app))
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [sock]},
-            name=f"sandbox-carrier-{port}",
-            daemon=True,
-        )
-        self._thread.start()
-        self._wait_healthy(timeout_s)
-        return self.url
-
-    def _wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or not (self._thread and self._thread.is_alive()):
-                self.stop()
-                raise RuntimeError(f"sandbox carrier did not become healthy at {self.url}")
-            time.sleep(0.02)
-
     def stop(self, timeout_s: float = 5.0) -> None:
         self.app.state.stop_pushing()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
-
-    def __enter__(self) -> SandboxCarrierServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().stop(timeout_s)
 
 
 def add_fault_arguments(parser: argparse.ArgumentParser) -> None:

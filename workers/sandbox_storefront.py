@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import socket
 import threading
 import time
 import uuid
@@ -29,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -37,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from domain.platforms import sign_body, signature_matches
+from workers.threaded_server import ThreadedServer
 
 SHOPIFY_EVENT_STATUSES = frozenset({
     "attempted_delivery", "carrier_picked_up", "confirmed", "delayed", "delivered", "failure",
@@ -270,61 +269,6 @@ def create_app(tokens: dict[str, str] | None = None,
     ])
     app.state.storefront = state
     return app
-
-
-class ThreadedServer:
-    """A Starlette app under uvicorn in a background thread, on a port it binds itself."""
-
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,
-                 lifespan: str = "off") -> None:
-        self.app, self._host, self._port, self._lifespan = app, host, port, lifespan
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self.url = ""
-
-    def start(self, timeout_s: float = 10.0) -> str:
-        # Bound here, so port 0 means a free port with no race; IPPROTO_TCP so asyncio sets
-        # TCP_NODELAY (keep-alive responses would otherwise wait for delayed ACKs).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
-        self._socket = sock
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://{host}:{port}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                lifespan=self._lifespan)  # type: ignore[arg-type]
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"http-{port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self.url
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                self.stop()
-                raise RuntimeError(f"server did not become healthy at {self.url}")
-            time.sleep(0.02)
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
-
-    def __enter__(self) -> ThreadedServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 class SandboxStorefrontServer(ThreadedServer):
