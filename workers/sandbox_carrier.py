@@ -898,7 +898,13 @@ def create_app(
                               status=413)
         with state.lock:
             found = [state.by_key[k] for k in keys if k in state.by_key]
-        fault, early = await _inject(state, {lb.request.carrier for lb in found}, "lookup")
+        # A look-up of keys never bought is still about the carrier the caller names: during
+        # that carrier's outage it must fail like any other call to it.
+        asked = body.get("carrier")
+        scope = {lb.request.carrier for lb in found}
+        if isinstance(asked, str):
+            scope.add(asked)
+        fault, early = await _inject(state, scope, "lookup")
         if early is not None:
             return early
         with state.lock:

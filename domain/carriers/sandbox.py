@@ -92,7 +92,8 @@ class SandboxCarrier(CarrierAdapter):
         found: dict[str, Label] = {}
         for chunk in chunks(list(idempotency_keys), MAX_LOOKUP_KEYS):
             body = self.transport.call("POST", "/v1/labels/lookup",
-                                       json={"idempotency_keys": list(chunk)},
+                                       json={"idempotency_keys": list(chunk),
+                                             **({"carrier": carrier} if carrier else {})},
                                        circuit=carrier or self.name)
             for data in body["labels"]:
                 label = Label.from_json(data)
