@@ -105,31 +105,10 @@ def broker(redis_client):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def sandbox_carrier() -> Iterator[str]:
     """The sandbox carrier as a real HTTP server process; a carrier hour passes in 0.1 s."""
-    import subprocess
-    import sys
-    import time
+    from tests.integration.helpers import sandbox_carrier_process
 
-    import httpx
-
-    from workers.fleet import free_port
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "workers.sandbox_carrier", "--port", str(port),
-                             "--time-scale", "36000"])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=0.5).is_success:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("sandbox carrier did not start")
+    with sandbox_carrier_process("--time-scale", "36000") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture

@@ -51,15 +51,6 @@ from domain.carriers.statuses import to_easypost_status
 from workers.threaded_server import ThreadedServer
 
 CARRIERS: tuple[str, ...] = ("sbx-post", "sbx-air")
-TRACKING_STATUSES: tuple[str, ...] = (
-    "info_received",
-    "in_transit",
-    "out_for_delivery",
-    "failed_attempt",
-    "delivered",
-    "exception",
-    "expired",
-)
 MAX_BATCH_LABELS = 500
 MAX_TRACKING_NUMBERS = 1000
 CURRENCY = "USD"

@@ -271,6 +271,18 @@ def chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
         yield items[start : start + size]
 
 
+def carrier_chunks(items: Sequence[LabelRequest],
+                   size: int) -> Iterator[tuple[str, Sequence[LabelRequest]]]:
+    """(carrier, up to ``size`` requests): one carrier per call, so each call counts against
+    that carrier's own breaker."""
+    by_carrier: dict[str, list[LabelRequest]] = {}
+    for item in items:
+        by_carrier.setdefault(item.carrier, []).append(item)
+    for carrier, group in by_carrier.items():
+        for chunk in chunks(group, size):
+            yield carrier, chunk
+
+
 # --------------------------------------------------------------------------------------------
 # HTTP transport: retries, Retry-After, breaker
 # --------------------------------------------------------------------------------------------

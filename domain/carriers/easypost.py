@@ -31,6 +31,7 @@ from domain.carriers.base import (
     Rate,
     Tracker,
     TrackingEvent,
+    carrier_chunks,
     chunks,
     parse_time,
 )
@@ -142,12 +143,8 @@ class EasyPostCarrier(CarrierAdapter):
         """``POST /v2/batches/create_and_buy`` per carrier and 500 shipments, then poll."""
         labels: list[Label] = []
         errors: dict[str, str] = {}
-        by_carrier: dict[str, list[LabelRequest]] = {}
-        for item in items:
-            by_carrier.setdefault(item.carrier, []).append(item)
-        for carrier, group in by_carrier.items():
-            for chunk in chunks(group, MAX_BATCH_SHIPMENTS):
-                self._buy_batch(carrier, chunk, labels, errors)
+        for carrier, chunk in carrier_chunks(items, MAX_BATCH_SHIPMENTS):
+            self._buy_batch(carrier, chunk, labels, errors)
         order = {item.idempotency_key: n for n, item in enumerate(items)}
         labels.sort(key=lambda label: order.get(label.idempotency_key, len(order)))
         return BatchResult(labels=labels, errors=errors)

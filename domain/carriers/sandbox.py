@@ -19,6 +19,7 @@ from domain.carriers.base import (
     LabelRequest,
     Rate,
     Tracker,
+    carrier_chunks,
     chunks,
 )
 
@@ -59,19 +60,15 @@ class SandboxCarrier(CarrierAdapter):
         """Buy labels in batches of 500, one carrier per call (each has its own breaker)."""
         labels: list[Label] = []
         errors: dict[str, str] = {}
-        by_carrier: dict[str, list[LabelRequest]] = {}
-        for item in items:
-            by_carrier.setdefault(item.carrier, []).append(item)
-        for carrier, group in by_carrier.items():
-            for chunk in chunks(group, MAX_BATCH_LABELS):
-                body = self.transport.call(
-                    "POST", "/v1/labels/batch", json={"labels": [i.to_json() for i in chunk]},
-                    circuit=carrier)
-                labels.extend(Label.from_json(label) for label in body["labels"])
-                for err in body["errors"]:
-                    # A key is missing only for a malformed item; the index still names it.
-                    key = err.get("idempotency_key") or f"#{err.get('index', '?')}"
-                    errors[key] = err["error"]
+        for carrier, chunk in carrier_chunks(items, MAX_BATCH_LABELS):
+            body = self.transport.call(
+                "POST", "/v1/labels/batch", json={"labels": [i.to_json() for i in chunk]},
+                circuit=carrier)
+            labels.extend(Label.from_json(label) for label in body["labels"])
+            for err in body["errors"]:
+                # A key is missing only for a malformed item; the index still names it.
+                key = err.get("idempotency_key") or f"#{err.get('index', '?')}"
+                errors[key] = err["error"]
         order = {item.idempotency_key: n for n, item in enumerate(items)}
         labels.sort(key=lambda label: order.get(label.idempotency_key, len(order)))
         return BatchResult(labels=labels, errors=errors)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import httpx
 
 from domain.db import unit_of_work
 from domain.stock import StockLevel, set_stock_levels
+from workers.fleet import free_port
 
 
 def native_order(order_id: str, *, sku: str = "TEE-M", quantity: int = 1, price: str = "20.00",
@@ -29,3 +37,28 @@ def put_stock(settings: Any, rows: list[tuple[str, str, str, int]]) -> None:
     with unit_of_work(settings) as uow:
         set_stock_levels(uow, [StockLevel(sku=s, warehouse=w, country=c, on_hand=n)
                                for s, w, c, n in rows])
+
+
+@contextmanager
+def sandbox_carrier_process(*args: str) -> Iterator[str]:
+    """The sandbox carrier as a real process (``python -m workers.sandbox_carrier ARGS``) on a
+    free port; yields its URL once healthy, stops it after."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "workers.sandbox_carrier",
+                             "--port", str(port), *args])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=0.5).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("sandbox carrier did not start")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

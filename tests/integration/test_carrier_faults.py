@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +10,7 @@ import httpx
 import pytest
 
 from domain.carriers import CarrierUnavailable, LabelRequest, SandboxCarrier
-from workers.fleet import free_port
+from tests.integration.helpers import sandbox_carrier_process
 from workers.sandbox_carrier import FaultProfile, SandboxCarrierServer
 
 
@@ -123,17 +121,7 @@ def test_admin_refuses_a_bad_profile_naming_the_field(server: SandboxCarrierServ
 
 def test_faults_are_set_per_run_from_the_command_line() -> None:
     # Given the carrier started as a process with --error-rate 1 for sbx-air only
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "workers.sandbox_carrier", "--port",
-                             str(port), "--error-rate", "1", "--fault-carriers", "sbx-air"])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=0.5).is_success:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with sandbox_carrier_process("--error-rate", "1", "--fault-carriers", "sbx-air") as url:
         # then its profile is the flags', and sbx-air calls fail while sbx-post ones work
         profile = httpx.get(f"{url}/v1/admin/faults").json()
         assert profile["error_rate"] == 1.0 and profile["carriers"] == ["sbx-air"]
@@ -142,6 +130,3 @@ def test_faults_are_set_per_run_from_the_command_line() -> None:
                                                           "carrier": c}).status_code
                  for c in ("sbx-air", "sbx-post")}
         assert rates["sbx-post"] == 200 and rates["sbx-air"] in (500, 502, 503)
-    finally:
-        proc.terminate()
-        proc.wait(10)
