@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, get_settings
 
+T = TypeVar("T")
 _engines: dict[str, Engine] = {}
 _engine_pid: int | None = None
 
@@ -64,35 +65,85 @@ def dispose_engines() -> None:
     _engines.clear()
 
 
-class UnitOfWork:
-    """A transaction plus callbacks that run only once it has committed.
+def chunks(ids: Sequence[T], size: int) -> Iterator[list[T]]:
+    """``ids`` in consecutive lists of at most ``size`` (messages, bulk statements)."""
+    for i in range(0, len(ids), size):
+        yield list(ids[i : i + size])
 
-    Stages enqueue the next stage through ``after_commit`` so that no task is ever sent for
-    a state change that rolled back (pypi/warehouse does the same).
+
+# How a unit of work sends a task: (task name, positional args, options such as countdown).
+# The composition root (``workers.app``) installs Celery's ``send_task``; the domain never
+# imports Celery, so a rule can be imported and tested without a broker.
+TaskSender = Callable[[str, tuple[Any, ...], dict[str, Any]], Any]
+_task_sender: TaskSender | None = None
+
+
+def use_task_sender(sender: TaskSender | None) -> None:
+    """Install how units of work send tasks after commit (``workers.app`` does, at start)."""
+    global _task_sender
+    _task_sender = sender
+
+
+class NoTaskSender(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__("no task sender installed: import workers.app (the Celery app) in this "
+                         "process before enqueueing work")
+
+
+def send_task(task: str, *args: Any, countdown: float | None = None) -> None:
+    """Send a task now, for work whose transaction has already committed (a unit of work
+    sends its outbox through here; the HTTP intake batches ids across transactions)."""
+    if _task_sender is None:
+        raise NoTaskSender()
+    _task_sender(task, args, {} if countdown is None else {"countdown": countdown})
+
+
+class UnitOfWork:
+    """A transaction plus the tasks to send once it has committed.
+
+    ``enqueue`` is the one way work is handed to another stage: nothing is sent for a state
+    change that rolled back (pypi/warehouse does the same), and a message lost after the commit
+    is covered by the re-drive sweep, because the order's state is in the database.
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, settings: Settings) -> None:
         self.session = session
-        self._after: list[Callable[[], Any]] = []
+        self.settings = settings
+        self._outbox: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
-    def after_commit(self, fn: Callable[[], Any]) -> None:
-        self._after.append(fn)
+    def enqueue(self, task: str, *args: Any, countdown: float | None = None) -> None:
+        """Send ``task(*args)`` after the commit (JSON arguments: ids, never objects)."""
+        if _task_sender is None:
+            raise NoTaskSender()  # inside the transaction: it rolls back, nothing is half-done
+        options: dict[str, Any] = {} if countdown is None else {"countdown": countdown}
+        self._outbox.append((task, args, options))
 
-    def run_after_commit(self) -> None:
-        callbacks, self._after = self._after, []
-        for fn in callbacks:
-            fn()
+    def enqueue_chunks(self, task: str, ids: Sequence[int], *args: Any) -> None:
+        """Send ``task`` once per ``batch_size`` ids (the ids first, then ``args``)."""
+        for part in chunks(ids, self.settings.batch_size):
+            self.enqueue(task, part, *args)
+
+    @property
+    def outbox(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """What will be sent after the commit (task name, arguments)."""
+        return [(task, args) for task, args, _ in self._outbox]
+
+    def send_outbox(self) -> None:
+        messages, self._outbox = self._outbox, []
+        for task, args, options in messages:
+            send_task(task, *args, **options)
 
 
 @contextmanager
 def unit_of_work(settings: Settings | None = None) -> Iterator[UnitOfWork]:
+    settings = settings or get_settings()
     engine = get_engine(settings)
     factory = sessionmaker(engine, expire_on_commit=False)
     with factory() as session:
-        uow = UnitOfWork(session)
+        uow = UnitOfWork(session, settings)
         with session.begin():
             yield uow
-        uow.run_after_commit()
+        uow.send_outbox()
 
 
 def insert_ignoring_conflicts(session: Session, table: Any, rows: list[dict[str, Any]],

@@ -30,7 +30,7 @@ class State(StrEnum):
     FRAUD_CHECKED = "fraud_checked"
     BACKORDERED = "backordered"  # not enough stock; retried when stock arrives
     RESERVED = "reserved"
-    BATCHED = "batched"  # in a pick wave
+    IN_WAVE = "in_wave"  # in a pick wave
     LABEL_FAILED = "label_failed"  # the carrier refused the parcel: a person must fix it
     LABELLED = "labelled"
     IN_TRANSIT = "in_transit"
@@ -48,9 +48,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.FRAUD_CHECKED: frozenset({S.RESERVED, S.BACKORDERED, S.ON_HOLD, S.CANCELLED}),
     S.BACKORDERED: frozenset({S.RESERVED, S.ON_HOLD, S.CANCELLED}),
     # reserved -> fraud_checked: the reservation expired; the order will be reserved again.
-    S.RESERVED: frozenset({S.BATCHED, S.FRAUD_CHECKED, S.CANCELLED}),
-    S.BATCHED: frozenset({S.LABELLED, S.LABEL_FAILED, S.CANCELLED}),
-    S.LABEL_FAILED: frozenset({S.BATCHED, S.CANCELLED}),
+    S.RESERVED: frozenset({S.IN_WAVE, S.FRAUD_CHECKED, S.CANCELLED}),
+    S.IN_WAVE: frozenset({S.LABELLED, S.LABEL_FAILED, S.CANCELLED}),
+    S.LABEL_FAILED: frozenset({S.IN_WAVE, S.CANCELLED}),
     S.LABELLED: frozenset({S.IN_TRANSIT, S.DELIVERED, S.CANCELLED}),
     S.IN_TRANSIT: frozenset({S.DELIVERED, S.RETURNED, S.RETURN_REQUESTED}),
     S.DELIVERED: frozenset({S.RETURNED, S.RETURN_REQUESTED}),
@@ -60,11 +60,34 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.RETURNED: frozenset(),
 }
 
+# The state sets every stage, sweep, report and benchmark shares: defined here only.
 TERMINAL: frozenset[State] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
-# States the pipeline moves on its own (the re-drive sweep watches these).
-AUTOMATED: frozenset[State] = frozenset(
-    {S.RECEIVED, S.FRAUD_CHECKED, S.RESERVED, S.BATCHED, S.LABELLED, S.IN_TRANSIT}
-)
+# Closed for the store: nothing of the order may change any more (a return only waits for
+# its parcel).
+FINAL: frozenset[State] = TERMINAL | {S.RETURN_REQUESTED}
+# In flight: the pipeline moves these on its own within minutes (status-lag alerts watch them;
+# labelled and in-transit orders move on carrier time, watched by the tracking-silence alert).
+PROCESSING: frozenset[State] = frozenset({S.RECEIVED, S.FRAUD_CHECKED, S.RESERVED, S.IN_WAVE})
+# States the pipeline moves on its own, carrier time included.
+AUTOMATED: frozenset[State] = PROCESSING | {S.LABELLED, S.IN_TRANSIT}
+# Nothing reserved or shipped yet: the store may still change the address.
+EDITABLE: frozenset[State] = frozenset({S.RECEIVED, S.ON_HOLD, S.FRAUD_CHECKED, S.BACKORDERED})
+# No label yet: a cancel releases the reservation (a purchase in flight is voided).
+BEFORE_LABEL: frozenset[State] = EDITABLE | {S.RESERVED, S.IN_WAVE, S.LABEL_FAILED}
+# Handed to the carrier: a cancel becomes a return.
+AFTER_HANDOVER: frozenset[State] = frozenset({S.IN_TRANSIT, S.DELIVERED})
+# A label was bought and the parcel left (or will leave) with it.
+LABELLED_OR_LATER: frozenset[State] = frozenset({S.LABELLED, S.IN_TRANSIT, S.DELIVERED})
+# Where an order comes to rest without a person, new stock or carrier time: a demo or a
+# benchmark is over when every order is in one of these.
+SETTLED: frozenset[State] = frozenset(
+    {S.DELIVERED, S.ON_HOLD, S.REJECTED, S.BACKORDERED, S.CANCELLED, S.RETURNED,
+     S.LABEL_FAILED})
+
+
+def values(states: Iterable[State]) -> list[str]:
+    """The column values of ``states`` (for ``OrderRow.state.in_(...)``), sorted."""
+    return sorted(s.value for s in states)
 
 
 def is_allowed(src: State | str, dst: State | str) -> bool:

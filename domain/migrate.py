@@ -22,3 +22,21 @@ def alembic_config(settings: Settings | None = None) -> Config:
 
 def upgrade(settings: Settings | None = None, revision: str = "head") -> None:
     command.upgrade(alembic_config(settings), revision)
+
+
+def pending_revisions(settings: Settings | None = None) -> list[str]:
+    """Migrations not yet applied to the configured database (empty: the schema is current)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from domain.db import get_engine
+
+    script = ScriptDirectory.from_config(alembic_config(settings))
+    with get_engine(settings).connect() as conn:
+        applied = set(MigrationContext.configure(conn).get_current_heads())
+    heads = set(script.get_heads())
+    if heads <= applied:
+        return []
+    # Every revision between what the database has and the heads.
+    return [rev.revision for rev in script.iterate_revisions(list(heads), list(applied) or
+                                                             "base")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -55,6 +56,47 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class ReservationStatus(StrEnum):
+    ACTIVE = "active"  # units held for the order
+    CONSUMED = "consumed"  # the label was bought: the units left the shelf
+    RELEASED = "released"  # given back (cancelled, expired)
+    RESTOCKED = "restocked"  # consumed units back on the shelf (voided label, return)
+
+
+# Reservations that hold units (live): at most one per order line.
+LIVE_RESERVATIONS = (ReservationStatus.ACTIVE, ReservationStatus.CONSUMED)
+
+
+class WaveStatus(StrEnum):
+    OPEN = "open"  # taking orders
+    CLOSED = "closed"  # full or old enough: its labels are being bought
+    LABELLED = "labelled"  # none of its orders waits for a label
+
+
+class ShipmentStatus(StrEnum):
+    PENDING = "pending"  # created before the purchase call; the label may or may not exist
+    LABELLED = "labelled"
+    IN_TRANSIT = "in_transit"
+    DELIVERED = "delivered"
+    VOID_PENDING = "void_pending"  # the order was cancelled: the label must be voided
+    VOIDED = "voided"
+    VOID_FAILED = "void_failed"  # the carrier refused the void: a person stops the parcel
+    NO_LABEL = "cancelled"  # cancelled, and no label was ever bought
+    RETURNED = "returned"
+
+
+# Shipments whose parcel the carrier still moves: tracked and watched for silence.
+OPEN_SHIPMENTS = (ShipmentStatus.LABELLED, ShipmentStatus.IN_TRANSIT)
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"  # claimed by a worker under a lease
+    SENT = "sent"
+    FAILED = "failed"  # the store refused it: an alert says so
+    SKIPPED = "skipped"  # the store has no push-back channel (visible, never dropped silently)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -83,7 +125,7 @@ class OrderRow(Base):
     lane: Mapped[str | None] = mapped_column(String(32))
     warehouse: Mapped[str | None] = mapped_column(String(64))
     carrier: Mapped[str | None] = mapped_column(String(64))
-    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    wave_id: Mapped[int | None] = mapped_column(ForeignKey("waves.id"), index=True)
     fraud_score: Mapped[int | None] = mapped_column(Integer)
     fraud_reasons: Mapped[list[str] | None] = mapped_column(Json)
     hold_reason: Mapped[str | None] = mapped_column(Text)
@@ -184,7 +226,7 @@ class Reservation(Base):
     sku: Mapped[str] = mapped_column(String(128))
     warehouse: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # active|consumed|released|restocked
+    status: Mapped[str] = mapped_column(String(16))  # ReservationStatus
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -221,15 +263,15 @@ class SkuHold(Base):
     held_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class Batch(Base):
+class Wave(Base):
     """A pick wave: orders of one warehouse, carrier and lane picked and labelled together."""
 
-    __tablename__ = "batches"
+    __tablename__ = "waves"
     __table_args__ = (
         # At most one open wave per (warehouse, carrier, lane): concurrent sharding tasks
         # cannot each open their own.
         Index(
-            "uq_batches_one_open",
+            "uq_waves_one_open",
             "warehouse",
             "carrier",
             "lane",
@@ -243,7 +285,7 @@ class Batch(Base):
     warehouse: Mapped[str] = mapped_column(String(64))
     carrier: Mapped[str] = mapped_column(String(64))
     lane: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16))  # open | closed | labelled
+    status: Mapped[str] = mapped_column(String(16))  # WaveStatus
     size: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -260,7 +302,7 @@ class Shipment(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), unique=True)
-    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    wave_id: Mapped[int | None] = mapped_column(ForeignKey("waves.id"), index=True)
     carrier: Mapped[str] = mapped_column(String(64))
     service: Mapped[str] = mapped_column(String(64))
     # Sent to the carrier with every label request: a retried purchase returns the same label.
@@ -269,7 +311,7 @@ class Shipment(Base):
     tracking_number: Mapped[str | None] = mapped_column(String(128), unique=True)
     rate: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
     rate_currency: Mapped[str | None] = mapped_column(String(3))
-    status: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)  # ShipmentStatus
     tracking_status: Mapped[str | None] = mapped_column(String(32))
     label_bought_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -371,7 +413,7 @@ class StoreNotification(Base):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(64))  # label_bought | tracking:<status> | cancelled
     channel: Mapped[str] = mapped_column(String(32))  # shopify | webhook | none
-    status: Mapped[str] = mapped_column(String(16))  # pending | sending | sent | failed | skipped
+    status: Mapped[str] = mapped_column(String(16))  # NotificationStatus
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

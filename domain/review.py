@@ -4,7 +4,7 @@
 * :func:`review_detail` shows one with everything a reviewer needs (verdict and reasons,
   addresses, payment results, the customer's history, earlier decisions, the event log);
 * :func:`approve_order` resumes the pipeline at reservation (``on_hold -> fraud_checked``, then
-  ``tasks.inventory.reserve`` after the commit) and adds the order to the customer's history;
+  the reservation stage after the commit) and adds the order to the customer's history;
 * :func:`cancel_order` ends it (``on_hold -> cancelled``) and releases anything reserved;
 * :func:`raise_overdue_alerts` (beat) raises a ``review_overdue`` alert per order waiting past
   ``review_overdue_s``, and resolves the alerts of orders no longer waiting.
@@ -29,6 +29,8 @@ from config.settings import Settings
 from domain.alerts import open_alerts, raise_alert, resolve_alert
 from domain.clock import utcnow
 from domain.db import UnitOfWork
+from domain.fraud.address import address_key
+from domain.fraud.profile import Accepted, card_key, ip_country, record_accepted
 from domain.lifecycle import IllegalTransition, State, transition
 from domain.models import (
     CustomerProfile,
@@ -37,6 +39,9 @@ from domain.models import (
     OrderRow,
     ReviewDecision,
 )
+from domain.pipeline import advance
+from domain.reservations import release_reservations
+from domain.schemas import Address
 from domain.status import find_order
 
 log = logging.getLogger(__name__)
@@ -227,11 +232,6 @@ def _decide(uow: UnitOfWork, ref: str, decision: str, by: Any, reason: Any,
 def approve_order(uow: UnitOfWork, ref: str, *, by: Any, reason: Any,
                   store: str | None = None) -> Decision:
     """Approve a held order: it goes on to reservation once this transaction commits."""
-    from domain.fraud.address import address_key
-    from domain.fraud.profile import Accepted, card_key, ip_country, record_accepted
-    from domain.schemas import Address
-    from tasks.inventory import reserve
-
     row, decision = _decide(uow, ref, "approve", by, reason, store)
     payload = row.payload
     pay = payload.get("payment") or {}
@@ -241,7 +241,7 @@ def approve_order(uow: UnitOfWork, ref: str, *, by: Any, reason: Any,
         card_key(str(pay.get("card_bin", "")), str(pay.get("card_last4", ""))),
         ip_country(str((payload.get("client") or {}).get("browser_ip", ""))) or "")])
     order_id = row.id
-    uow.after_commit(lambda: reserve.delay([order_id]))
+    advance(uow, State.FRAUD_CHECKED, [order_id])
     log.info("review: order %s approved after %ss", order_id, decision.waited_s)
     return decision
 
@@ -249,8 +249,6 @@ def approve_order(uow: UnitOfWork, ref: str, *, by: Any, reason: Any,
 def cancel_order(uow: UnitOfWork, ref: str, *, by: Any, reason: Any,
                  store: str | None = None) -> Decision:
     """Cancel a held order and release any stock it holds."""
-    from tasks.inventory import release_reservations
-
     row, decision = _decide(uow, ref, "cancel", by, reason, store)
     released = release_reservations(uow, [row.id], "cancelled at review")
     log.info("review: order %s cancelled after %ss", row.id, decision.waited_s)

@@ -47,7 +47,7 @@ def order_status(
         "total_usd": str(order.total_usd),
         "lane": order.lane,
         "warehouse": order.warehouse,
-        "batch_id": order.batch_id,
+        "wave_id": order.wave_id,
         "fraud_score": order.fraud_score,
         "fraud_reasons": order.fraud_reasons or [],
         "hold_reason": order.hold_reason,

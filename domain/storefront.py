@@ -9,30 +9,23 @@ idempotent end to end:
 * :class:`SignedWebhook` sends a stable ``X-Orderfleet-Event-Id`` per (order, event): the
   receiver de-duplicates on it, as we do on Shopify's event ids.
 
-Transport errors, 5xx and 429 are retried (tenacity, exponential backoff with full jitter, honouring
-``Retry-After``) within a time budget; then :class:`StorefrontUnavailable` says "try later".
-A 4xx is :class:`StorefrontRejected`: retrying the same request will not help.
+Calls go through the project's one retrying client (``domain.http``): transport errors, 5xx
+and 429 are retried (exponential backoff with jitter, ``Retry-After`` honoured) within a time
+budget; then :class:`StorefrontUnavailable` says "try later". A 4xx is
+:class:`StorefrontRejected`: retrying the same request will not help.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import httpx
-from tenacity import (
-    RetryCallState,
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
+from domain.http import HttpRejected, HttpUnavailable, RetryingClient
 from domain.platforms import sign_body
 
 log = logging.getLogger(__name__)
@@ -87,77 +80,26 @@ class TrackingInfo:
         return {"number": self.number, "company": self.company, "url": self.url}
 
 
-class _Retryable(Exception):
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"HTTP {response.status_code} from {response.request.url}")
-        self.response = response
-
-
-_WaitFn = Callable[[RetryCallState], float]
-
-
-def _wait(base: _WaitFn, cap_s: float) -> _WaitFn:
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable):
-            try:  # Shopify's 429 says when its leaky bucket has room again
-                return min(float(exc.response.headers.get("Retry-After", "")), cap_s)
-            except ValueError:
-                pass
-        return base(state)
-
-    return wait
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500] or response.reason_phrase
-    if isinstance(body, dict):
-        return json.dumps(body.get("errors", body.get("error", body)))[:500]
-    return str(body)[:500]
-
-
 class _Transport:
-    """One httpx client and one retry policy for every push-back call."""
+    """Push-back calls over the project's one retrying client, in push-back's terms."""
 
     def __init__(self, timeout_s: float, retry_max_s: float, headers: dict[str, str]) -> None:
-        self.retry_max_s = retry_max_s
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
-                                  headers={"User-Agent": "orderfleet-pushback/1", **headers})
+        self._client = RetryingClient(name="store", timeout_s=timeout_s,
+                                      retry_max_s=retry_max_s, headers=headers)
 
     def call(self, method: str, url: str, *, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> httpx.Response:
-        retrying = Retrying(
-            retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
-            wait=_wait(wait_random_exponential(multiplier=0.2, max=5.0), 10.0),
-            stop=stop_after_delay(self.retry_max_s),
-            before_sleep=lambda s: log.warning("store call %s %s failed (attempt %d): %s",
-                                               method, url, s.attempt_number,
-                                               s.outcome.exception() if s.outcome else None),
-            reraise=False,
-        )
         try:
-            response = retrying(self._send, method, url, body, headers or {})
-        except RetryError as exc:
-            cause = exc.last_attempt.exception()
-            raise StorefrontUnavailable(f"{method} {url} failed after "
-                                        f"{exc.last_attempt.attempt_number} attempts: {cause}"
-                                        ) from cause
-        if response.status_code >= 400:
-            raise StorefrontRejected(response.status_code, _error_text(response))
-        return response
-
-    def _send(self, method: str, url: str, body: bytes | None,
-              headers: dict[str, str]) -> httpx.Response:
-        response = self._http.request(method, url, content=body, headers=headers)
-        if response.status_code >= 500 or response.status_code == 429:
-            raise _Retryable(response)
+            response = self._client.request(method, url, content=body, headers=headers)
+        except HttpRejected as exc:
+            raise StorefrontRejected(exc.status_code, exc.error) from None
+        except HttpUnavailable as exc:
+            raise StorefrontUnavailable(str(exc)) from exc.cause
+        assert response is not None  # no 404 is allowed through
         return response
 
     def close(self) -> None:
-        self._http.close()
+        self._client.close()
 
 
 class ShopifyAdmin:

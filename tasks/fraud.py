@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
-import redis
+from celery import Task
 from pydantic import ValidationError
 from sqlalchemy import bindparam, select, update
 
@@ -37,9 +37,11 @@ from domain.fraud.profile import (
 from domain.fraud.velocity import VelocityInput, VelocityStore, velocity_redis
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderRow, Warehouse
+from domain.pipeline import FRAUD_CHECK, advance
+from domain.review import raise_overdue_alerts
+from domain.routing import delivering_carrier
 from domain.schemas import Order
-from tasks.base import TRANSIENT_ERRORS, parse_ids, retry_backoff, stage_task
-from tasks.sharding import carrier_for
+from tasks.base import parse_ids, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +57,6 @@ def score_order(order: Order, total_usd: Decimal, settings: Settings,
 def velocity_store(settings: Settings) -> VelocityStore:
     """The shared velocity counters (one Redis client per process)."""
     return VelocityStore(velocity_redis(settings.fraud_redis), settings.fraud_velocity_namespace)
-
-
-def delivering_carrier(ship_country: str, warehouse_countries: set[str]) -> str:
-    """The carrier that would take the parcel: the post from a domestic warehouse, else air."""
-    if ship_country in warehouse_countries:
-        return carrier_for(ship_country, ship_country)[0]
-    return carrier_for("", ship_country)[0]
 
 
 _orders = OrderRow.__table__
@@ -157,27 +152,18 @@ def check_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings,
     return sorted(approved)
 
 
-@stage_task("orderfleet.fraud.check")
-def check(self, order_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
-    from tasks.inventory import reserve
-
+@stage_task(FRAUD_CHECK)
+def check(task: Task, order_ids: list[int]) -> None:
     settings = get_settings()
-    ids = parse_ids(order_ids)
-    try:
-        with unit_of_work(settings) as uow:
-            approved = check_orders(uow, ids, settings)
-            if approved:
-                uow.after_commit(lambda: reserve.delay(approved))
-    except (*TRANSIENT_ERRORS, redis.RedisError) as exc:
-        # The database or the velocity Redis blinked: the check is idempotent, run it again.
-        retry_backoff(self, exc)
+    # The database or the velocity Redis may blink: the check is idempotent, run it again.
+    with retry_on_transient(task), unit_of_work(settings) as uow:
+        approved = check_orders(uow, parse_ids(order_ids), settings)
+        advance(uow, State.FRAUD_CHECKED, approved)
 
 
 @stage_task("orderfleet.fraud.review_overdue")
-def review_overdue(self) -> None:  # type: ignore[no-untyped-def]
+def review_overdue(task: Task) -> None:
     """Beat: raise an alert for every order waiting at the review desk past the deadline."""
-    from domain.review import raise_overdue_alerts
-
     settings = get_settings()
-    with unit_of_work(settings) as uow:
+    with retry_on_transient(task), unit_of_work(settings) as uow:
         raise_overdue_alerts(uow, settings)

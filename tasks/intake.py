@@ -29,10 +29,12 @@ from typing import Any
 from sqlalchemy import delete, insert, select, tuple_, update
 
 from config.settings import Settings, get_settings
+from domain.cancellation import cancel_orders
 from domain.clock import utcnow
-from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
-from domain.lifecycle import State
+from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
+from domain.lifecycle import EDITABLE, FINAL, State
 from domain.models import OrderEvent, OrderLine, OrderRow, RejectedOrder, WebhookDelivery
+from domain.pipeline import advance
 from domain.platforms import (
     WOO_CANCELLED_STATUSES,
     WOO_PAID_STATUSES,
@@ -40,15 +42,9 @@ from domain.platforms import (
     woocommerce_to_native,
 )
 from domain.schemas import Order, OrderValidationError, parse_order
-from tasks.base import chunks
 
 log = logging.getLogger(__name__)
 
-# Orders whose address may still change: nothing has been reserved or shipped for them yet.
-EDITABLE_STATES = frozenset({State.RECEIVED.value, State.ON_HOLD.value,
-                             State.FRAUD_CHECKED.value, State.BACKORDERED.value})
-FINAL_STATES = frozenset({State.CANCELLED.value, State.REJECTED.value, State.RETURNED.value,
-                          State.RETURN_REQUESTED.value})
 # Shopify financial statuses of an order whose payment is captured.
 SHOPIFY_PAID = frozenset({"paid", "partially_refunded"})
 
@@ -232,7 +228,7 @@ def submit_orders(
     settings = settings or get_settings()
     with unit_of_work(settings) as uow:
         result = persist_orders(uow, payloads, settings, source_hint=source_hint, store=store)
-        start_pipeline(uow, result.accepted, settings)
+        start_pipeline(uow, result.accepted)
     return result
 
 
@@ -253,7 +249,7 @@ def submit_csv_feed(text: str, *, settings: Settings | None = None,
                              errors=[{"field": f"row {e['row']}: {e['field']}",
                                       "message": e["message"]}],
                              source_order_id=e["order_id"])
-        start_pipeline(uow, result.accepted, settings)
+        start_pipeline(uow, result.accepted)
     return result, feed.errors
 
 
@@ -261,12 +257,9 @@ def submit_order(payload: Any, *, settings: Settings | None = None) -> SubmitRes
     return submit_orders([payload], settings=settings)
 
 
-def start_pipeline(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> None:
-    """Send new orders to the fraud check, in micro-batches, once the transaction committed."""
-    from tasks.fraud import check  # the next stage
-
-    for part in chunks(order_ids, settings.batch_size):
-        uow.after_commit(lambda part=part: check.delay(part))
+def start_pipeline(uow: UnitOfWork, order_ids: list[int]) -> None:
+    """New orders go on to the fraud check, in micro-batches, once the transaction committed."""
+    advance(uow, State.RECEIVED, order_ids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,7 +396,7 @@ def accept_delivery(uow: UnitOfWork, d: Delivery, settings: Settings, *,
     session.execute(update(WebhookDelivery).where(WebhookDelivery.id == inbox_id)
                     .values(outcome=result.status, order_id=result.order_id))
     if enqueue:
-        start_pipeline(uow, result.new_order_ids, settings)
+        start_pipeline(uow, result.new_order_ids)
     return result
 
 
@@ -437,7 +430,7 @@ def accept_deliveries(uow: UnitOfWork, deliveries: list[Delivery], settings: Set
     out = [r for r in results if r is not None]
     assert len(out) == len(deliveries)
     if enqueue:
-        start_pipeline(uow, [i for r in out for i in r.new_order_ids], settings)
+        start_pipeline(uow, [i for r in out for i in r.new_order_ids])
     session.flush()
     return out
 
@@ -445,8 +438,6 @@ def accept_deliveries(uow: UnitOfWork, deliveries: list[Delivery], settings: Set
 def _accept_paid_group(uow: UnitOfWork, deliveries: list[Delivery],
                        paid: dict[tuple[str, str, str], int],
                        results: list[DeliveryResult | None], settings: Settings) -> None:
-    from tasks.cancellation import cancel_orders
-
     session = uow.session
     now = utcnow()
     inserted = insert_ignoring_conflicts(session, WebhookDelivery, [{
@@ -573,8 +564,6 @@ def _find_order(uow: UnitOfWork, d: Delivery, source_order_id: str) -> OrderRow 
 
 
 def _on_paid(uow: UnitOfWork, d: Delivery, settings: Settings) -> DeliveryResult:
-    from tasks.cancellation import cancel_orders
-
     order = _paid_order(d, settings)
     (accepted, _) = insert_orders(uow, [order], settings, source_updated_at=d.triggered_at)
     if not accepted:
@@ -596,8 +585,6 @@ def _on_paid(uow: UnitOfWork, d: Delivery, settings: Settings) -> DeliveryResult
 
 
 def _on_cancelled(uow: UnitOfWork, d: Delivery, source_order_id: str) -> DeliveryResult:
-    from tasks.cancellation import cancel_orders
-
     row = _find_order(uow, d, source_order_id)
     if row is None:
         return DeliveryResult("awaiting_order")  # the paid webhook will find this one
@@ -623,13 +610,13 @@ def _on_updated(uow: UnitOfWork, d: Delivery, settings: Settings,
         return DeliveryResult("stale", 200, row.id)
     if _is_cancelled(d):
         return _on_cancelled(uow, d, source_order_id)
-    if row.state in FINAL_STATES:  # nothing left to change for a closed order
+    if State(row.state) in FINAL:  # nothing left to change for a closed order
         return DeliveryResult("already_final", 200, row.id)
     order = validate(d.payload, settings, store=d.store,
                      platform="woocommerce" if d.source == "woocommerce" else None)
     if d.triggered_at:
         row.source_updated_at = d.triggered_at
-    if row.state not in EDITABLE_STATES:
+    if State(row.state) not in EDITABLE:
         # Stock is reserved or the parcel labelled: an address change now needs a person.
         log.warning("order %s changed in the store after %s; change not applied", row.id,
                     row.state)

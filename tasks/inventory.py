@@ -32,19 +32,23 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select, text, tuple_, update
+from celery import Task
+from sqlalchemy import and_, bindparam, insert, select, text, update
 
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
+from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderLine, OrderRow, Reservation, SkuHold, Stock, Warehouse
+from domain.models import ReservationStatus as R
+from domain.pipeline import RESERVE, WAKE_BACKORDERED, advance
+from domain.reservations import release_reservations
 from domain.sku_health import FAILED as ATTEMPT_FAILED
 from domain.sku_health import RESERVED as ATTEMPT_RESERVED
 from domain.sku_health import freeze_reason as auto_freeze_reason
 from domain.sku_health import hold_reason, load_health, over_the_line, record_attempts
 from domain.stock import stock_lock_order
-from tasks.base import TRANSIENT_ERRORS, chunks, parse_ids, retry_backoff, stage_task
+from tasks.base import parse_ids, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +111,6 @@ def lock_stock_of_skus(uow: UnitOfWork, skus: list[str]) -> dict[tuple[str, str]
         .with_for_update()
     ).all()
     return {(r.sku, r.warehouse): r.on_hand - r.reserved for r in rows}
-
-
-def _lock_stock(uow: UnitOfWork, keys: list[tuple[str, str]]) -> None:
-    # The same ORDER BY as lock_stock_of_skus and the stock import (one global lock order),
-    # so releases, consumption and imports never deadlock with reservations.
-    if keys:
-        uow.session.execute(
-            select(Stock.sku).where(tuple_(Stock.sku, Stock.warehouse).in_(sorted(set(keys))))
-            .order_by(*stock_lock_order(uow.session)).with_for_update()
-        ).all()
 
 
 # One statement for a whole batch on PostgreSQL (arrays unnested into rows), instead of one
@@ -212,7 +206,7 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
                 increments[(ln.sku, wh)] += ln.quantity
                 reservations.append({"order_line_id": ln.id, "order_id": order.id,
                                      "sku": ln.sku, "warehouse": wh, "quantity": ln.quantity,
-                                     "status": "active", "created_at": now,
+                                     "status": R.ACTIVE, "created_at": now,
                                      "expires_at": expires})
             placed.append({"id": order.id, "warehouse": wh})
             moves.append(Move(order.id, state, State.RESERVED, {"warehouse": wh}))
@@ -268,83 +262,6 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
     return outcome
 
 
-def _wake_after_commit(uow: UnitOfWork, skus: Iterable[str]) -> None:
-    """Units came back to these SKUs: re-try the backordered orders they can now serve."""
-    wanted = sorted(set(skus))
-    if wanted:
-        uow.after_commit(lambda: wake.delay(wanted))
-
-
-def _close_reservations(uow: UnitOfWork, order_ids: list[int], *, status: str, to: str,
-                        reason: str, on_hand: int, reserved: int) -> dict[tuple[str, str], int]:
-    """Move these orders' reservations in ``status`` to ``to`` and apply their units to stock
-    (``on_hand``/``reserved`` are the signs, -1, 0 or +1). Returns units per (sku, warehouse).
-
-    Reservations first, then stock in the sorted order every stock writer uses, so these moves
-    never deadlock with a reserving batch.
-    """
-    session = uow.session
-    rows = session.execute(
-        select(Reservation.id, Reservation.sku, Reservation.warehouse, Reservation.quantity)
-        .where(Reservation.order_id.in_(order_ids), Reservation.status == status)
-        .order_by(Reservation.id)
-        .with_for_update()
-    ).all()
-    units: dict[tuple[str, str], int] = defaultdict(int)
-    for r in rows:
-        units[(r.sku, r.warehouse)] += r.quantity
-    if not rows:
-        return units
-    now = utcnow()
-    _lock_stock(uow, list(units))
-    qty = bindparam("b_qty")
-    session.connection().execute(
-        update(Stock)
-        .where(and_(Stock.sku == bindparam("b_sku"), Stock.warehouse == bindparam("b_wh")))
-        .values(on_hand=Stock.on_hand + on_hand * qty, reserved=Stock.reserved + reserved * qty,
-                updated_at=now),
-        [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in sorted(units.items())],
-    )
-    session.execute(
-        update(Reservation).where(Reservation.id.in_([r.id for r in rows]))
-        .values(status=to, closed_at=now, close_reason=reason[:64])
-    )
-    return units
-
-
-def release_reservations(uow: UnitOfWork, order_ids: list[int], reason: str) -> int:
-    """Give back the stock held by active reservations of these orders. Returns units freed.
-
-    Backordered orders that the freed units can serve are re-tried after the commit.
-    """
-    units = _close_reservations(uow, order_ids, status="active", to="released", reason=reason,
-                                on_hand=0, reserved=-1)
-    if units:
-        _wake_after_commit(uow, (s for s, _ in units))
-    return sum(units.values())
-
-
-def consume_reservations(uow: UnitOfWork, order_ids: list[int]) -> int:
-    """Stock leaves the warehouse: the label is bought. Returns units shipped."""
-    units = _close_reservations(uow, order_ids, status="active", to="consumed",
-                                reason="label bought", on_hand=-1, reserved=-1)
-    return sum(units.values())
-
-
-def restock_orders(uow: UnitOfWork, order_ids: list[int], reason: str) -> int:
-    """Put the units of these orders' consumed reservations back on the shelf; return units.
-
-    For a label voided before hand-over and for a return. Idempotent: each restocked
-    reservation is marked ``restocked`` in the same transaction, so a second call finds none.
-    Backordered orders that the units can serve are re-tried after the commit.
-    """
-    units = _close_reservations(uow, order_ids, status="consumed", to="restocked",
-                                reason=reason, on_hand=1, reserved=0)
-    if units:
-        _wake_after_commit(uow, (s for s, _ in units))
-    return sum(units.values())
-
-
 def expire_stale_reservations(uow: UnitOfWork, settings: Settings, limit: int = 1000) -> list[int]:
     """Release reservations of orders that sat in ``reserved`` past the TTL; return order ids.
 
@@ -357,7 +274,7 @@ def expire_stale_reservations(uow: UnitOfWork, settings: Settings, limit: int = 
     stale = session.execute(
         select(Reservation.order_id).distinct()
         .join(OrderRow, OrderRow.id == Reservation.order_id)
-        .where(Reservation.status == "active", Reservation.expires_at < now,
+        .where(Reservation.status == R.ACTIVE, Reservation.expires_at < now,
                OrderRow.state == State.RESERVED.value)
         .limit(limit)
     ).scalars().all()
@@ -423,45 +340,35 @@ def wake_backordered(settings: Settings, skus: list[str] | None = None) -> int:
     """Re-enqueue backordered orders (for these SKUs) that the stock on hand can now serve."""
     with unit_of_work(settings) as uow:
         ids = servable_backorders(uow, skus)
-        for part in chunks(ids, settings.batch_size):
-            uow.after_commit(lambda part=part: reserve.delay(part))
+        advance(uow, State.FRAUD_CHECKED, ids)  # the reservation stage takes them
     if ids:
         log.info("woke %d backordered orders", len(ids))
     return len(ids)
 
 
-@stage_task("orderfleet.inventory.reserve")
-def reserve(self, order_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
-    from tasks.sharding import assign
-
+@stage_task(RESERVE)
+def reserve(task: Task, order_ids: list[int]) -> None:
     settings = get_settings()
-    ids = parse_ids(order_ids)
-    try:
-        with unit_of_work(settings) as uow:
-            outcome = reserve_orders(uow, ids, settings)
-            if outcome.reserved:
-                uow.after_commit(lambda: assign.delay(outcome.reserved))
-    except TRANSIENT_ERRORS as exc:
-        retry_backoff(self, exc)
+    with retry_on_transient(task), unit_of_work(settings) as uow:
+        outcome = reserve_orders(uow, parse_ids(order_ids), settings)
+        advance(uow, State.RESERVED, outcome.reserved)
     if outcome.contended:
         # Whoever holds them may roll back (its worker died): look again shortly. Bounded by
         # max_retries; the re-drive sweep covers anything beyond.
-        raise self.retry(args=[outcome.contended], countdown=CONTENDED_RETRY_S)
+        raise task.retry(args=[outcome.contended], countdown=CONTENDED_RETRY_S)
 
 
 @stage_task("orderfleet.inventory.expire_reservations")
-def expire_reservations(self) -> None:  # type: ignore[no-untyped-def]
+def expire_reservations(task: Task) -> None:
     settings = get_settings()
-    with unit_of_work(settings) as uow:
+    with retry_on_transient(task), unit_of_work(settings) as uow:
         expire_stale_reservations(uow, settings)
 
 
-@stage_task("orderfleet.inventory.wake_backordered")
-def wake(self, skus: list[str] | None = None) -> None:  # type: ignore[no-untyped-def]
+@stage_task(WAKE_BACKORDERED)
+def wake(task: Task, skus: list[str] | None = None) -> None:
     if skus is not None and not (isinstance(skus, list)
                                  and all(isinstance(s, str) for s in skus)):
         raise ValueError(f"skus must be a list of strings, got {skus!r}")
-    try:
+    with retry_on_transient(task):
         wake_backordered(get_settings(), skus)
-    except TRANSIENT_ERRORS as exc:
-        retry_backoff(self, exc)

@@ -14,14 +14,13 @@ order's promise (days per lane); the choice is stored with the shipment and neve
 since the carrier ties the idempotency key to the exact request.
 
 A carrier that is down (its circuit breaker open, or calls failing past the retry budget)
-defers the wave: the task is re-sent with a countdown, the orders stay ``batched`` with the
+defers the wave: the task is re-sent with a countdown, the orders stay ``in_wave`` with the
 reason in ``hold_reason``, and only after ``label_give_up_s`` do they go to ``label_failed``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,12 +29,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import redis
+from celery import Task
+from domain.notifications import notify_store
 from sqlalchemy import func, select, update
 
 from config.settings import Settings, get_settings
 from domain.alerts import raise_alert, resolve_alert
-from domain.breaker import BreakerPolicy, CircuitBreaker
 from domain.carriers import (
     CarrierAdapter,
     CarrierCircuitOpen,
@@ -44,15 +43,16 @@ from domain.carriers import (
     Label,
     LabelRequest,
     Rate,
-    build_carrier,
 )
+from domain.carriers.shared import carrier_client
 from domain.clock import utcnow
 from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
-from domain.models import Batch, OrderRow, Shipment, Warehouse
-from tasks.base import TRANSIENT_ERRORS, parse_ids, retry_backoff, stage_task
-from tasks.inventory import consume_reservations
-from tasks.sharding import carrier_for
+from domain.models import OrderRow, Shipment, ShipmentStatus, Warehouse, Wave, WaveStatus
+from domain.pipeline import BUY_LABELS, VOID_LABELS, label_waves
+from domain.reservations import consume_reservations
+from domain.routing import carrier_for
+from tasks.base import parse_ids, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
 
@@ -66,40 +66,7 @@ EARLY_TOLERANCE_S = 1.0
 # few enough not to look like an attack to its rate limiter.
 RATE_QUOTE_THREADS = 8
 
-_clients: dict[tuple[Any, ...], CarrierAdapter] = {}
-_breakers: dict[tuple[Any, ...], CircuitBreaker] = {}
 _rate_cache: dict[tuple[Any, ...], tuple[float, list[Rate]]] = {}
-
-
-# --------------------------------------------------------------------------------------------
-# The configured carrier and its shared breaker
-# --------------------------------------------------------------------------------------------
-
-
-def breaker_policy(settings: Settings) -> BreakerPolicy:
-    return BreakerPolicy(
-        window_s=settings.breaker_window_s, min_calls=settings.breaker_min_calls,
-        failure_rate=settings.breaker_failure_rate, open_s=settings.breaker_open_s,
-        max_open_s=settings.breaker_max_open_s, probe_lease_s=settings.breaker_probe_lease_s)
-
-
-def shared_breaker(settings: Settings) -> CircuitBreaker:
-    """The per-carrier breakers every worker shares (state in Redis), one client per process."""
-    key = (os.getpid(), settings.shared_redis, breaker_policy(settings))
-    if key not in _breakers:
-        _breakers[key] = CircuitBreaker(redis.Redis.from_url(settings.shared_redis),
-                                        breaker_policy(settings))
-    return _breakers[key]
-
-
-def carrier_client(settings: Settings) -> CarrierAdapter:
-    """The configured carrier adapter, guarded by the shared breaker; one per process
-    (connection reuse), rebuilt in a forked child."""
-    key = (os.getpid(), settings.carrier_api, settings.carrier_url, settings.shared_redis,
-           breaker_policy(settings))
-    if key not in _clients:
-        _clients[key] = build_carrier(settings, breaker=shared_breaker(settings))
-    return _clients[key]
 
 
 # Carriers price parcels by weight bracket: quoting the bracket's upper bound lets one quote
@@ -201,17 +168,17 @@ def rate_shop(client: CarrierAdapter, queries: list[RateQuery],
     return choices
 
 
-def rate_queries(uow: UnitOfWork, batch_id: int) -> list[RateQuery]:
-    """The wave's batched orders that have no shipment yet (read only, nothing locked)."""
+def rate_queries(uow: UnitOfWork, wave_id: int) -> list[RateQuery]:
+    """The wave's orders (in_wave) that have no shipment yet (read only, nothing locked)."""
     session = uow.session
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
     wave_carrier = session.execute(
-        select(Batch.carrier).where(Batch.id == batch_id)).scalar_one_or_none()
+        select(Wave.carrier).where(Wave.id == wave_id)).scalar_one_or_none()
     rows = session.execute(
         select(OrderRow.id, OrderRow.lane, OrderRow.warehouse, OrderRow.ship_country,
                OrderRow.weight_g)
         .outerjoin(Shipment, Shipment.order_id == OrderRow.id)
-        .where(OrderRow.batch_id == batch_id, OrderRow.state == State.BATCHED.value,
+        .where(OrderRow.wave_id == wave_id, OrderRow.state == State.IN_WAVE.value,
                Shipment.id.is_(None))
         .order_by(OrderRow.id)
     ).all()
@@ -237,10 +204,10 @@ class LabelOutcome:
     recovered: list[int] = field(default_factory=list)  # found by look-up, not bought again
 
 
-def prepare_shipments(uow: UnitOfWork, batch_id: int,
+def prepare_shipments(uow: UnitOfWork, wave_id: int,
                       choices: dict[int, ServiceChoice] | None = None,
                       settings: Settings | None = None) -> list[LabelRequest]:
-    """Create (once) a shipment per batched order of the wave; return the requests to send.
+    """Create (once) a shipment per in_wave order of the wave; return the requests to send.
 
     ``choices`` (rate shopping) decides carrier and service of new shipments; without one an
     order gets its wave's default. An existing shipment keeps what it was created with.
@@ -248,7 +215,7 @@ def prepare_shipments(uow: UnitOfWork, batch_id: int,
     session = uow.session
     settings = settings or get_settings()
     choices = choices or {}
-    orders = claim(session, _orders_of(uow, batch_id), [State.BATCHED])
+    orders = claim(session, _orders_of(uow, wave_id), [State.IN_WAVE])
     if not orders:
         return []
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
@@ -258,9 +225,9 @@ def prepare_shipments(uow: UnitOfWork, batch_id: int,
         choice = choices.get(o.id)
         carrier, service = ((choice.carrier, choice.service) if choice
                             else carrier_for(countries[o.warehouse], o.ship_country))
-        rows.append({"order_id": o.id, "batch_id": batch_id, "carrier": carrier,
+        rows.append({"order_id": o.id, "wave_id": wave_id, "carrier": carrier,
                      "service": service, "idempotency_key": idempotency_key(o.id),
-                     "status": "pending", "rate": choice.rate if choice else None,
+                     "status": ShipmentStatus.PENDING, "rate": choice.rate if choice else None,
                      "rate_currency": None,
                      "promise_days": choice.promise_days if choice else None,
                      "est_delivery_days": choice.est_delivery_days if choice else None})
@@ -269,7 +236,7 @@ def prepare_shipments(uow: UnitOfWork, batch_id: int,
         select(Shipment, OrderRow)
         .join(OrderRow, OrderRow.id == Shipment.order_id)
         .where(Shipment.order_id.in_([o.id for o in orders]), Shipment.label_id.is_(None),
-               Shipment.status == "pending")
+               Shipment.status == ShipmentStatus.PENDING)
         .order_by(Shipment.id)
     ).all()
     return [
@@ -285,9 +252,9 @@ def prepare_shipments(uow: UnitOfWork, batch_id: int,
     ]
 
 
-def _orders_of(uow: UnitOfWork, batch_id: int) -> list[int]:
+def _orders_of(uow: UnitOfWork, wave_id: int) -> list[int]:
     return list(uow.session.execute(
-        select(OrderRow.id).where(OrderRow.batch_id == batch_id)).scalars())
+        select(OrderRow.id).where(OrderRow.wave_id == wave_id)).scalars())
 
 
 def count_purchase_attempts(uow: UnitOfWork, keys: list[str]) -> set[str]:
@@ -319,26 +286,26 @@ def record_labels(uow: UnitOfWork, labels: list[Label]) -> list[int]:
         .where(Shipment.idempotency_key.in_(by_key))
     ).all()
     order_ids = [s.order_id for s in shipments]
-    still_batched = {o.id for o in claim(session, order_ids, [State.BATCHED],
+    still_in_wave = {o.id for o in claim(session, order_ids, [State.IN_WAVE],
                                            with_payload=False)}
     states = dict(session.execute(
         select(OrderRow.id, OrderRow.state).where(OrderRow.id.in_(order_ids))).all())
     updates, moves, to_void = [], [], []
     for s in shipments:
         lb = by_key[s.idempotency_key]
-        if s.order_id in still_batched:
+        if s.order_id in still_in_wave:
             updates.append({"id": s.id, "label_id": lb.label_id,
                             "tracking_number": lb.tracking_number, "rate": lb.rate,
-                            "rate_currency": lb.currency, "status": "labelled",
+                            "rate_currency": lb.currency, "status": ShipmentStatus.LABELLED,
                             "label_bought_at": lb.created_at})
-            moves.append(Move(s.order_id, State.BATCHED, State.LABELLED,
+            moves.append(Move(s.order_id, State.IN_WAVE, State.LABELLED,
                               {"tracking_number": lb.tracking_number, "carrier": lb.carrier,
                                "service": lb.service, "replayed": lb.replayed}))
         elif states.get(s.order_id) == State.CANCELLED.value and s.label_id is None:
             # Cancelled while the purchase was in flight: void what was charged.
             updates.append({"id": s.id, "label_id": lb.label_id,
                             "tracking_number": lb.tracking_number, "rate": lb.rate,
-                            "rate_currency": lb.currency, "status": "void_pending",
+                            "rate_currency": lb.currency, "status": ShipmentStatus.VOID_PENDING,
                             "label_bought_at": lb.created_at})
             to_void.append(s.order_id)
         # else: recorded by an earlier run, or another worker is recording it right now
@@ -351,15 +318,11 @@ def record_labels(uow: UnitOfWork, labels: list[Label]) -> list[int]:
     if labelled:
         session.execute(update(OrderRow).where(OrderRow.id.in_(labelled))
                         .values(hold_reason=None))
-        from tasks.pushback import notify_store
-
         notify_store(uow, labelled, "label_bought")
     if to_void:
-        from tasks.cancellation import void_labels
-
         log.warning("%d labels were bought for orders cancelled meanwhile; voiding them",
                     len(to_void))
-        uow.after_commit(lambda: void_labels.delay(to_void, True))
+        uow.enqueue(VOID_LABELS, to_void, True)
     return labelled
 
 
@@ -368,13 +331,13 @@ def fail_labels(uow: UnitOfWork, failed: dict[int, str]) -> list[int]:
     heavy; or gave no label within label_give_up_s) wait for a person in label_failed, with
     the reason, instead of being retried forever."""
     session = uow.session
-    orders = claim(session, failed, [State.BATCHED], with_payload=False)
+    orders = claim(session, failed, [State.IN_WAVE], with_payload=False)
     if not orders:
         return []
     session.execute(update(OrderRow), [
         {"id": o.id, "hold_reason": f"no label: {failed[o.id]}"[:1000]} for o in orders])
     applied = apply_transitions(session, [
-        Move(o.id, State.BATCHED, State.LABEL_FAILED, {"carrier_error": failed[o.id][:500]})
+        Move(o.id, State.IN_WAVE, State.LABEL_FAILED, {"carrier_error": failed[o.id][:500]})
         for o in orders], stage="labels")
     for m in applied:
         raise_alert(session, "label_failed", str(m.order_id),
@@ -382,29 +345,30 @@ def fail_labels(uow: UnitOfWork, failed: dict[int, str]) -> list[int]:
     return [m.order_id for m in applied]
 
 
-def finish_wave(uow: UnitOfWork, batch_id: int) -> None:
+def finish_wave(uow: UnitOfWork, wave_id: int) -> None:
     """Mark the wave labelled once none of its orders waits for a label."""
     session = uow.session
     waiting = session.execute(
         select(func.count()).select_from(OrderRow)
-        .where(OrderRow.batch_id == batch_id, OrderRow.state == State.BATCHED.value)
+        .where(OrderRow.wave_id == wave_id, OrderRow.state == State.IN_WAVE.value)
     ).scalar_one()
     if waiting == 0:
-        session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == "closed")
-                        .values(status="labelled", next_label_attempt_at=None, label_error=None))
+        session.execute(
+            update(Wave).where(Wave.id == wave_id, Wave.status == WaveStatus.CLOSED)
+            .values(status=WaveStatus.LABELLED, next_label_attempt_at=None, label_error=None))
 
 
-def buy_wave_labels(batch_id: int, settings: Settings, client: CarrierAdapter) -> LabelOutcome:
+def buy_wave_labels(wave_id: int, settings: Settings, client: CarrierAdapter) -> LabelOutcome:
     """The whole stage for one wave: rate shop, prepare, look up, buy, record.
 
     Raises CarrierUnavailable (CarrierCircuitOpen included) after recording whatever was
     bought, when some carrier of the wave could not be reached.
     """
     with unit_of_work(settings) as uow:
-        queries = rate_queries(uow, batch_id)
+        queries = rate_queries(uow, wave_id)
     choices = rate_shop(client, queries, settings) if queries else {}
     with unit_of_work(settings) as uow:
-        requests = prepare_shipments(uow, batch_id, choices, settings)
+        requests = prepare_shipments(uow, wave_id, choices, settings)
         look_up = count_purchase_attempts(uow, [r.idempotency_key for r in requests])
     order_of = {r.idempotency_key: int(r.idempotency_key.rsplit("-", 1)[1]) for r in requests}
     labels: list[Label] = []
@@ -434,11 +398,11 @@ def buy_wave_labels(batch_id: int, settings: Settings, client: CarrierAdapter) -
             for r in group:
                 failed[order_of[r.idempotency_key]] = f"carrier refused the label: {exc.error}"
     if failed:
-        log.warning("no label for %d orders of wave %s", len(failed), batch_id)
+        log.warning("no label for %d orders of wave %s", len(failed), wave_id)
     with unit_of_work(settings) as uow:
         labelled = record_labels(uow, labels)
         fail_labels(uow, failed)
-        finish_wave(uow, batch_id)
+        finish_wave(uow, wave_id)
     if error is not None:
         raise error
     return LabelOutcome(labelled, failed, recovered)
@@ -459,33 +423,33 @@ class WaveAttempt:
     labelled: int = 0
 
 
-def _wave(uow: UnitOfWork, batch_id: int) -> Batch | None:
+def _wave(uow: UnitOfWork, wave_id: int) -> Wave | None:
     return uow.session.execute(
-        select(Batch).where(Batch.id == batch_id).with_for_update()).scalar_one_or_none()
+        select(Wave).where(Wave.id == wave_id).with_for_update()).scalar_one_or_none()
 
 
-def defer_wave(uow: UnitOfWork, batch_id: int, reason: str, retry_at: datetime) -> None:
+def defer_wave(uow: UnitOfWork, wave_id: int, reason: str, retry_at: datetime) -> None:
     """Note why the wave waits and when it is tried next; show it on its orders."""
     session = uow.session
-    session.execute(update(Batch).where(Batch.id == batch_id).values(
-        label_attempts=Batch.label_attempts + 1, next_label_attempt_at=retry_at,
+    session.execute(update(Wave).where(Wave.id == wave_id).values(
+        label_attempts=Wave.label_attempts + 1, next_label_attempt_at=retry_at,
         label_error=reason[:2000]))
     session.execute(
         update(OrderRow)
-        .where(OrderRow.batch_id == batch_id, OrderRow.state == State.BATCHED.value)
+        .where(OrderRow.wave_id == wave_id, OrderRow.state == State.IN_WAVE.value)
         .values(hold_reason=f"label deferred: {reason} (next attempt "
                             f"{retry_at:%Y-%m-%d %H:%M:%S}Z)"[:1000]))
 
 
-def give_up_wave(uow: UnitOfWork, batch_id: int, reason: str) -> list[int]:
+def give_up_wave(uow: UnitOfWork, wave_id: int, reason: str) -> list[int]:
     """Past label_give_up_s: the wave's waiting orders go to label_failed, for a person."""
     waiting = list(uow.session.execute(
-        select(OrderRow.id).where(OrderRow.batch_id == batch_id,
-                                  OrderRow.state == State.BATCHED.value)).scalars())
+        select(OrderRow.id).where(OrderRow.wave_id == wave_id,
+                                  OrderRow.state == State.IN_WAVE.value)).scalars())
     failed = fail_labels(uow, dict.fromkeys(waiting, reason))
-    uow.session.execute(update(Batch).where(Batch.id == batch_id).values(
+    uow.session.execute(update(Wave).where(Wave.id == wave_id).values(
         next_label_attempt_at=None, label_error=reason[:2000]))
-    finish_wave(uow, batch_id)
+    finish_wave(uow, wave_id)
     return failed
 
 
@@ -496,19 +460,19 @@ def retry_failed_labels(uow: UnitOfWork, order_ids: list[int]) -> list[int]:
     session = uow.session
     orders = claim(session, order_ids, [State.LABEL_FAILED], with_payload=False)
     applied = apply_transitions(session, [
-        Move(o.id, State.LABEL_FAILED, State.BATCHED, {"reason": "label retried by ops"})
+        Move(o.id, State.LABEL_FAILED, State.IN_WAVE, {"reason": "label retried by ops"})
         for o in orders], stage="labels")
     moved = [m.order_id for m in applied]
     if not moved:
         return []
     session.execute(update(OrderRow).where(OrderRow.id.in_(moved)).values(hold_reason=None))
-    waves = sorted({o.batch_id for o in orders if o.id in moved and o.batch_id is not None})
-    session.execute(update(Batch).where(Batch.id.in_(waves)).values(
-        status="closed", closed_at=utcnow(), next_label_attempt_at=None, label_error=None))
+    waves = sorted({o.wave_id for o in orders if o.id in moved and o.wave_id is not None})
+    session.execute(update(Wave).where(Wave.id.in_(waves)).values(
+        status=WaveStatus.CLOSED, closed_at=utcnow(), next_label_attempt_at=None,
+        label_error=None))
     for order_id in moved:
         resolve_alert(session, "label_failed", str(order_id))
-    for wave in waves:
-        uow.after_commit(lambda wave=wave: buy.delay(wave))
+    label_waves(uow, waves)
     return moved
 
 
@@ -525,11 +489,11 @@ def _countdown(exc: CarrierUnavailable, attempts: int, settings: Settings) -> fl
     return max(1.0, min(cap, base))
 
 
-def label_wave(batch_id: int, settings: Settings, client: CarrierAdapter) -> WaveAttempt:
+def label_wave(wave_id: int, settings: Settings, client: CarrierAdapter) -> WaveAttempt:
     """One label task run for a wave: buy, or decide to defer or to give up."""
     now = utcnow()
     with unit_of_work(settings) as uow:
-        wave = _wave(uow, batch_id)
+        wave = _wave(uow, wave_id)
         if wave is None:
             return WaveAttempt("no_wave")
         due = wave.next_label_attempt_at
@@ -537,33 +501,30 @@ def label_wave(batch_id: int, settings: Settings, client: CarrierAdapter) -> Wav
             return WaveAttempt("duplicate", reason=f"next attempt is due at {due.isoformat()}")
         closed_at, attempts = wave.closed_at or wave.opened_at, wave.label_attempts
     try:
-        outcome = buy_wave_labels(batch_id, settings, client)
+        outcome = buy_wave_labels(wave_id, settings, client)
     except CarrierUnavailable as exc:
         reason = str(exc)
         with unit_of_work(settings) as uow:
             age_s = (utcnow() - closed_at).total_seconds()
             if age_s > settings.label_give_up_s:
                 failed = give_up_wave(
-                    uow, batch_id, f"carrier unavailable for {age_s / 60:.0f} min: {reason}")
+                    uow, wave_id, f"carrier unavailable for {age_s / 60:.0f} min: {reason}")
                 log.error("gave up on the labels of wave %s after %.0f s: %d orders "
-                          "label_failed", batch_id, age_s, len(failed))
+                          "label_failed", wave_id, age_s, len(failed))
                 return WaveAttempt("gave_up", reason=reason)
             countdown = _countdown(exc, attempts + 1, settings)
-            defer_wave(uow, batch_id, reason, utcnow() + timedelta(seconds=countdown))
-        log.warning("labels of wave %s deferred %.1fs: %s", batch_id, countdown, reason)
+            defer_wave(uow, wave_id, reason, utcnow() + timedelta(seconds=countdown))
+        log.warning("labels of wave %s deferred %.1fs: %s", wave_id, countdown, reason)
         return WaveAttempt("deferred", countdown_s=countdown, reason=reason)
     return WaveAttempt("done", labelled=len(outcome.labelled))
 
 
-@stage_task("orderfleet.labels.buy", max_retries=None)
-def buy(self, batch_id: int) -> None:  # type: ignore[no-untyped-def]
+@stage_task(BUY_LABELS, max_retries=None)
+def buy(task: Task, wave_id: int) -> None:
     settings = get_settings()
-    (wave,) = parse_ids([batch_id])
-    try:
+    (wave,) = parse_ids([wave_id])
+    with retry_on_transient(task):
         attempt = label_wave(wave, settings, carrier_client(settings))
-    except (*TRANSIENT_ERRORS, redis.RedisError) as exc:
-        retry_backoff(self, exc)
-        return
     if attempt.outcome == "deferred":
         # Deferred, not failed: the bound is label_give_up_s, not a retry count.
-        raise self.retry(countdown=attempt.countdown_s, max_retries=None)
+        raise task.retry(countdown=attempt.countdown_s, max_retries=None)

@@ -1,10 +1,11 @@
 """Push-back: tell the store when a label is bought and when tracking changes.
 
-Stages call :func:`notify_store` inside their own unit of work: it writes one notification per
-(order, event) (unique, so a re-run stage adds nothing) and sends their ids to the ``pushback``
-queue after the commit. The send task claims notifications with a lease (a redelivered message
-cannot send one twice at once), calls the store outside any transaction, and records the
-outcome. A beat sweep re-sends notifications whose message was lost or whose worker died.
+Stages call :func:`domain.notifications.notify_store` inside their own unit of work: it
+writes one notification per (order, event) (unique, so a re-run stage adds nothing) and sends
+their ids to the ``pushback`` queue after the commit. The send task claims notifications with
+a lease (a redelivered message cannot send one twice at once), calls the store outside any
+transaction, and records the outcome. A beat sweep re-sends notifications whose message was
+lost or whose worker died.
 
 Channels: Shopify orders go to the shop's Admin API as fulfilments and fulfilment events;
 other stores with a push-back URL get the generic signed webhook; a store with neither gets
@@ -19,13 +20,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from celery import Task
 from sqlalchemy import and_, or_, select, update
 
 from config.settings import Settings, get_settings
 from domain.alerts import raise_alert
 from domain.clock import utcnow
-from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
-from domain.models import OrderRow, Shipment, StoreNotification
+from domain.db import UnitOfWork, unit_of_work
+from domain.models import NotificationStatus, OrderRow, Shipment, StoreNotification
+from domain.pipeline import SEND_NOTIFICATIONS
 from domain.storefront import (
     SHOPIFY_EVENT_STATUS,
     ShopifyAdmin,
@@ -34,69 +37,13 @@ from domain.storefront import (
     StorefrontUnavailable,
     TrackingInfo,
 )
-from tasks.base import TRANSIENT_ERRORS, chunks, parse_ids, retry_backoff, stage_task
+from tasks.base import parse_ids, retry_countdown, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
-
-EVENTS = ("label_bought", "tracking_changed", "cancelled")
-
-
-def channel_for(source: str, store: str, settings: Settings) -> str:
-    """shopify, webhook or none: where this order's news goes."""
-    if source == "shopify" and store in settings.shopify_admin_tokens:
-        return "shopify"
-    if store in settings.store_webhook_urls:
-        return "webhook"
-    return "none"
-
 
 def lease_s(settings: Settings) -> float:
     """How long a claimed notification belongs to one worker: its longest possible send."""
     return 3 * (settings.pushback_retry_max_s + 2 * settings.pushback_timeout_s) + 30
-
-
-def notify_store(uow: UnitOfWork, order_ids: list[int], event: str, *,
-                 settings: Settings | None = None) -> list[int]:
-    """Queue news for the stores of these orders, once per (order, event); returns new ids.
-
-    ``event``: ``label_bought``, ``tracking_changed`` (recorded as ``tracking:<status>`` from
-    the shipment's current tracking status, so each status reached is told once) or
-    ``cancelled``.
-    """
-    if event not in EVENTS:
-        raise ValueError(f"event must be one of {EVENTS}, not {event!r}")
-    ids = sorted(set(order_ids))
-    if not ids:
-        return []
-    settings = settings or get_settings()
-    session = uow.session
-    rows = session.execute(
-        select(OrderRow.id, OrderRow.source, OrderRow.store, Shipment.tracking_status)
-        .outerjoin(Shipment, Shipment.order_id == OrderRow.id)
-        .where(OrderRow.id.in_(ids))
-    ).all()
-    now = utcnow()
-    new = []
-    for order_id, source, store, tracking_status in rows:
-        key = event
-        if event == "tracking_changed":
-            if not tracking_status or tracking_status == "unknown":
-                continue
-            key = f"tracking:{tracking_status}"
-        channel = channel_for(source, store, settings)
-        status = "pending"
-        if channel == "none" or (channel == "shopify" and event == "cancelled"):
-            # A Shopify order is cancelled (and refunded) in Shopify by the merchant.
-            status = "skipped"
-        new.append({"order_id": order_id, "event": key, "channel": channel, "status": status,
-                    "attempts": 0, "created_at": now})
-    inserted = insert_ignoring_conflicts(
-        session, StoreNotification, new, ["order_id", "event"],
-        returning=[StoreNotification.id, StoreNotification.status])
-    pending = [r.id for r in inserted if r.status == "pending"]
-    for part in chunks(pending, settings.batch_size):
-        uow.after_commit(lambda part=part: send.delay(part))
-    return pending
 
 
 @dataclass
@@ -129,10 +76,11 @@ def claim_notifications(uow: UnitOfWork, ids: list[int], settings: Settings) -> 
     claimed = list(session.execute(
         update(StoreNotification)
         .where(StoreNotification.id.in_(ids),
-               or_(StoreNotification.status == "pending",
-                   and_(StoreNotification.status == "sending",
+               or_(StoreNotification.status == NotificationStatus.PENDING,
+                   and_(StoreNotification.status == NotificationStatus.SENDING,
                         StoreNotification.claimed_at < expired)))
-        .values(status="sending", claimed_at=now, attempts=StoreNotification.attempts + 1)
+        .values(status=NotificationStatus.SENDING, claimed_at=now,
+                attempts=StoreNotification.attempts + 1)
         .returning(StoreNotification.id)
     ).scalars())
     if not claimed:
@@ -260,21 +208,21 @@ def _record(uow: UnitOfWork, jobs: list[_Job], out: SendOutcome,
             results: dict[int, tuple[str | None, dict[str, Any]]]) -> None:
     session = uow.session
     now = utcnow()
-    sending = StoreNotification.status == "sending"
+    sending = StoreNotification.status == NotificationStatus.SENDING
     for nid in out.sent:
         remote_id, payload = results[nid]
         session.execute(update(StoreNotification)
                         .where(StoreNotification.id == nid, sending)
-                        .values(status="sent", sent_at=now, remote_id=remote_id,
+                        .values(status=NotificationStatus.SENT, sent_at=now, remote_id=remote_id,
                                 payload=payload, last_error=None))
     for nid, error in out.retry.items():
         session.execute(update(StoreNotification).where(StoreNotification.id == nid, sending)
-                        .values(status="pending", last_error=error[:2000]))
+                        .values(status=NotificationStatus.PENDING, last_error=error[:2000]))
     by_id = {j.id: j for j in jobs}
     failed_stores: dict[str, list[int]] = defaultdict(list)
     for nid, error in out.failed.items():
         session.execute(update(StoreNotification).where(StoreNotification.id == nid, sending)
-                        .values(status="failed", last_error=error[:2000]))
+                        .values(status=NotificationStatus.FAILED, last_error=error[:2000]))
         failed_stores[by_id[nid].store].append(by_id[nid].order_id)
     for store, order_ids in failed_stores.items():
         raise_alert(session, "pushback_failed", store,
@@ -290,37 +238,32 @@ def due_notifications(uow: UnitOfWork, settings: Settings, limit: int = 5000) ->
     now = utcnow()
     return list(uow.session.execute(
         select(StoreNotification.id)
-        .where(or_(and_(StoreNotification.status == "pending",
+        .where(or_(and_(StoreNotification.status == NotificationStatus.PENDING,
                         StoreNotification.created_at
                         < now - timedelta(seconds=settings.stage_deadline_s)),
-                   and_(StoreNotification.status == "sending",
+                   and_(StoreNotification.status == NotificationStatus.SENDING,
                         StoreNotification.claimed_at < now - timedelta(seconds=lease_s(settings)))))
         .order_by(StoreNotification.id).limit(limit)
     ).scalars())
 
 
-@stage_task("orderfleet.pushback.send", max_retries=25)
-def send(self, notification_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
+@stage_task(SEND_NOTIFICATIONS, max_retries=25)
+def send(task: Task, notification_ids: list[int]) -> None:
     settings = get_settings()
-    ids = parse_ids(notification_ids)
-    try:
-        out = send_notifications(ids, settings)
-    except TRANSIENT_ERRORS as exc:
-        retry_backoff(self, exc)
-        return
+    with retry_on_transient(task):
+        out = send_notifications(parse_ids(notification_ids), settings)
     if out.retry:
         # The store is down past the retry budget: only the ones not delivered go again later.
         exc = StorefrontUnavailable(next(iter(out.retry.values())))
-        raise self.retry(args=[list(out.retry)], exc=exc,
-                         countdown=min(2 ** self.request.retries, 60))
+        raise task.retry(args=[list(out.retry)], exc=exc,
+                         countdown=retry_countdown(task.request.retries))
 
 
 @stage_task("orderfleet.pushback.sweep")
-def sweep(self) -> None:  # type: ignore[no-untyped-def]
+def sweep(task: Task) -> None:
     settings = get_settings()
-    with unit_of_work(settings) as uow:
+    with retry_on_transient(task), unit_of_work(settings) as uow:
         ids = due_notifications(uow, settings)
-        for part in chunks(ids, settings.batch_size):
-            uow.after_commit(lambda part=part: send.delay(part))
+        uow.enqueue_chunks(SEND_NOTIFICATIONS, ids)
     if ids:
         log.warning("re-sending %d store notifications", len(ids))

@@ -1,7 +1,7 @@
-"""Batch sharding: reserved orders grouped into pick waves by warehouse, carrier and lane.
+"""Sharding: reserved orders grouped into pick waves by warehouse, carrier and lane.
 
 A wave closes when it reaches ``wave_size`` orders or ``wave_max_age_s`` seconds, whichever
-comes first; a closed wave is labelled as one batch call to its carrier. Lanes keep custom-made
+comes first; a closed wave's labels are bought in one call to its carrier. Lanes keep custom-made
 and VIP orders from queueing behind standard ones.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import timedelta
-from typing import Any
 
+from celery import Task
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -19,43 +19,22 @@ from config.settings import Settings, get_settings
 from domain.clock import utcnow
 from domain.db import UnitOfWork, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
-from domain.models import Batch, OrderRow, Warehouse
-from tasks.base import TRANSIENT_ERRORS, parse_ids, retry_backoff, stage_task
+from domain.models import OrderRow, Warehouse, Wave, WaveStatus
+from domain.pipeline import ASSIGN_WAVES, label_waves
+from domain.routing import carrier_for, lane_for
+from tasks.base import parse_ids, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
 
-CUSTOM_PROPERTY_WORDS = ("engraving", "monogram", "custom", "personalis", "personaliz")
 
-
-def lane_for(payload: dict[str, Any]) -> str:
-    """standard, custom (made to order) or vip, from the order's features."""
-    tags = {t.lower() for t in payload.get("tags", [])}
-    customer_tags = {t.lower() for t in payload.get("customer", {}).get("tags", [])}
-    if "custom" in tags or any(
-        any(w in key.lower() for w in CUSTOM_PROPERTY_WORDS)
-        for line in payload.get("lines", []) for key in line.get("properties", {})
-    ):
-        return "custom"
-    if "vip" in tags or "vip" in customer_tags:
-        return "vip"
-    return "standard"
-
-
-def carrier_for(warehouse_country: str, ship_country: str) -> tuple[str, str]:
-    """(carrier, service): the post for domestic parcels, air express across borders."""
-    if warehouse_country == ship_country:
-        return "sbx-post", "ground"
-    return "sbx-air", "express"
-
-
-def _open_wave(uow: UnitOfWork, key: tuple[str, str, str]) -> Batch:
+def _open_wave(uow: UnitOfWork, key: tuple[str, str, str]) -> Wave:
     """The open wave for (warehouse, carrier, lane), locked; created if there is none."""
     session = uow.session
     warehouse, carrier, lane = key
     query = (
-        select(Batch)
-        .where(Batch.warehouse == warehouse, Batch.carrier == carrier, Batch.lane == lane,
-               Batch.status == "open")
+        select(Wave)
+        .where(Wave.warehouse == warehouse, Wave.carrier == carrier, Wave.lane == lane,
+               Wave.status == WaveStatus.OPEN)
         .with_for_update()
     )
     wave = session.execute(query).scalar_one_or_none()
@@ -63,8 +42,8 @@ def _open_wave(uow: UnitOfWork, key: tuple[str, str, str]) -> Batch:
         return wave
     try:
         with session.begin_nested():
-            session.execute(insert(Batch).values(
-                warehouse=warehouse, carrier=carrier, lane=lane, status="open", size=0,
+            session.execute(insert(Wave).values(
+                warehouse=warehouse, carrier=carrier, lane=lane, status=WaveStatus.OPEN, size=0,
                 opened_at=utcnow()))
     except IntegrityError:
         pass  # another worker opened it first: the unique partial index said so
@@ -99,17 +78,17 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
             wave.size += len(take)
             placed[(wave.id, key[1], key[2])].extend(o.id for o in take)
             for o in take:
-                moves.append(Move(o.id, State.RESERVED, State.BATCHED,
-                                  {"batch_id": wave.id, "lane": key[2], "carrier": key[1],
+                moves.append(Move(o.id, State.RESERVED, State.IN_WAVE,
+                                  {"wave_id": wave.id, "lane": key[2], "carrier": key[1],
                                    "service": services[o.id]}))
             if wave.size >= settings.wave_size:
-                wave.status, wave.closed_at, wave.close_reason = "closed", now, "size"
+                wave.status, wave.closed_at, wave.close_reason = WaveStatus.CLOSED, now, "size"
                 closed.append(wave.id)
             session.flush()
     # One UPDATE per wave, not one per order.
     for (wave_id, carrier, lane), ids in placed.items():
         session.execute(update(OrderRow).where(OrderRow.id.in_(ids))
-                        .values(batch_id=wave_id, carrier=carrier, lane=lane)
+                        .values(wave_id=wave_id, carrier=carrier, lane=lane)
                         .execution_options(synchronize_session=False))
     apply_transitions(session, moves, stage="sharding")
     return closed
@@ -119,33 +98,22 @@ def close_waves_older_than(uow: UnitOfWork, max_age_s: float) -> list[int]:
     """Close open waves older than ``max_age_s``; return their ids."""
     now = utcnow()
     return list(uow.session.execute(
-        update(Batch)
-        .where(Batch.status == "open", Batch.opened_at <= now - timedelta(seconds=max_age_s))
-        .values(status="closed", closed_at=now, close_reason="age")
-        .returning(Batch.id)
+        update(Wave)
+        .where(Wave.status == WaveStatus.OPEN, Wave.opened_at <= now - timedelta(seconds=max_age_s))
+        .values(status=WaveStatus.CLOSED, closed_at=now, close_reason="age")
+        .returning(Wave.id)
     ).scalars())
 
 
-def _send_labels(uow: UnitOfWork, wave_ids: list[int]) -> None:
-    from tasks.labels import buy
-
-    for wave_id in wave_ids:
-        uow.after_commit(lambda wave_id=wave_id: buy.delay(wave_id))
-
-
-@stage_task("orderfleet.sharding.assign")
-def assign(self, order_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
+@stage_task(ASSIGN_WAVES)
+def assign(task: Task, order_ids: list[int]) -> None:
     settings = get_settings()
-    ids = parse_ids(order_ids)
-    try:
-        with unit_of_work(settings) as uow:
-            _send_labels(uow, assign_orders(uow, ids, settings))
-    except TRANSIENT_ERRORS as exc:
-        retry_backoff(self, exc)
+    with retry_on_transient(task), unit_of_work(settings) as uow:
+        label_waves(uow, assign_orders(uow, parse_ids(order_ids), settings))
 
 
 @stage_task("orderfleet.sharding.close_aged_waves")
-def close_aged_waves(self) -> None:  # type: ignore[no-untyped-def]
+def close_aged_waves(task: Task) -> None:
     settings = get_settings()
-    with unit_of_work(settings) as uow:
-        _send_labels(uow, close_waves_older_than(uow, settings.wave_max_age_s))
+    with retry_on_transient(task), unit_of_work(settings) as uow:
+        label_waves(uow, close_waves_older_than(uow, settings.wave_max_age_s))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import redis
+from celery import Task
 from sqlalchemy import or_, select, update
 
 from config.settings import Settings, get_settings
@@ -34,17 +34,18 @@ from domain.carriers import (
 )
 from domain.carriers.base import parse_time
 from domain.carriers.easypost import tracker_from_easypost
+from domain.carriers.shared import carrier_client
 from domain.clock import utcnow
-from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
+from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
-from domain.models import RejectedTrackingPush, Shipment
+from domain.models import OPEN_SHIPMENTS, RejectedTrackingPush, Shipment, ShipmentStatus
 from domain.models import TrackingEvent as TrackingEventRow
-from tasks.base import TRANSIENT_ERRORS, chunks, parse_ids, retry_backoff, stage_task
-from tasks.labels import carrier_client
+from domain.notifications import notify_store
+from domain.pipeline import TRACKING_BACKFILL
+from tasks.base import parse_ids, retry_countdown, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
 
-OPEN_SHIPMENT_STATUSES = ("labelled", "in_transit")
 IN_TRANSIT_STATUSES = frozenset({"in_transit", "out_for_delivery", "failed_attempt"})
 # Statuses a person must look at; the parcel's order stays where it is.
 PROBLEM_STATUSES = frozenset({"exception", "expired"})
@@ -56,7 +57,7 @@ def due_shipments(uow: UnitOfWork, settings: Settings, limit: int = 20_000) -> l
     cutoff = utcnow() - timedelta(seconds=settings.tracking_sweep_interval_s / 2)
     return list(uow.session.execute(
         select(Shipment.id)
-        .where(Shipment.status.in_(OPEN_SHIPMENT_STATUSES),
+        .where(Shipment.status.in_(OPEN_SHIPMENTS),
                or_(Shipment.last_checked_at.is_(None), Shipment.last_checked_at < cutoff))
         .order_by(Shipment.id).limit(limit)
     ).scalars())
@@ -76,7 +77,7 @@ def record_trackers(uow: UnitOfWork, shipment_ids: list[int], trackers: list[Tra
     shipments = {
         s.tracking_number: s for s in session.execute(
             select(Shipment).where(Shipment.id.in_(shipment_ids),
-                                   Shipment.status.in_(OPEN_SHIPMENT_STATUSES))
+                                   Shipment.status.in_(OPEN_SHIPMENTS))
             .with_for_update(skip_locked=True)
         ).scalars()
     }
@@ -109,10 +110,10 @@ def record_trackers(uow: UnitOfWork, shipment_ids: list[int], trackers: list[Tra
             changed.append(s.order_id)
             s.tracking_status = status
         if status == "delivered":
-            s.status, s.delivered_at = "delivered", s.last_event_at or now
+            s.status, s.delivered_at = ShipmentStatus.DELIVERED, s.last_event_at or now
             moves_by_order[s.order_id] = State.DELIVERED
         elif status in IN_TRANSIT_STATUSES:
-            s.status = "in_transit"
+            s.status = ShipmentStatus.IN_TRANSIT
             moves_by_order[s.order_id] = State.IN_TRANSIT
         elif status in PROBLEM_STATUSES and s.flagged_at is None:
             s.flagged_at, s.flag_reason = now, f"carrier reports {status}"
@@ -130,8 +131,6 @@ def record_trackers(uow: UnitOfWork, shipment_ids: list[int], trackers: list[Tra
     apply_transitions(session, moves, stage="tracking")
     session.flush()
     if changed:
-        from tasks.pushback import notify_store
-
         notify_store(uow, changed, "tracking_changed")
     return len(inserted)
 
@@ -161,7 +160,7 @@ def backfill_shipments(shipment_ids: list[int], settings: Settings,
         rows = uow.session.execute(
             select(Shipment.tracking_number, Shipment.carrier)
             .where(Shipment.id.in_(shipment_ids), Shipment.tracking_number.is_not(None),
-                   Shipment.status.in_(OPEN_SHIPMENT_STATUSES))
+                   Shipment.status.in_(OPEN_SHIPMENTS))
         ).all()
     by_carrier: dict[str, list[str]] = defaultdict(list)
     for number, carrier in rows:
@@ -321,35 +320,33 @@ def keep_rejected_push(uow: UnitOfWork, raw: str, reason: str,
 
 
 @stage_task("orderfleet.tracking.sweep")
-def sweep(self) -> None:  # type: ignore[no-untyped-def]
+def sweep(task: Task) -> None:
     settings = get_settings()
-    with unit_of_work(settings) as uow:
+    with retry_on_transient(task), unit_of_work(settings) as uow:
         ids = due_shipments(uow, settings)
         # Stamp them now so an overlapping sweep does not fan the same shipments out twice.
         if ids:
             uow.session.execute(update(Shipment).where(Shipment.id.in_(ids))
                                 .values(last_checked_at=utcnow()))
         for part in chunks(ids, settings.tracking_batch_size):
-            uow.after_commit(lambda part=part: backfill.delay(part))
+            uow.enqueue(TRACKING_BACKFILL, part)
     if ids:
-        log.info("tracking sweep: %d shipments in %d batches", len(ids),
+        log.info("tracking sweep: %d shipments in %d messages", len(ids),
                  -(-len(ids) // settings.tracking_batch_size))
 
 
-@stage_task("orderfleet.tracking.backfill", max_retries=8)
-def backfill(self, shipment_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
+@stage_task(TRACKING_BACKFILL, max_retries=8)
+def backfill(task: Task, shipment_ids: list[int]) -> None:
     settings = get_settings()
     ids = parse_ids(shipment_ids)
     try:
-        backfill_shipments(ids, settings, carrier_client(settings))
+        with retry_on_transient(task):
+            backfill_shipments(ids, settings, carrier_client(settings))
     except CarrierUnavailable as exc:
-        if self.request.retries >= self.max_retries:
+        if task.request.retries >= task.max_retries:
             # The next sweep picks these shipments up again: nothing is lost by stopping.
             log.warning("tracking backfill of %d shipments gave up until the next sweep: %s",
                         len(ids), exc)
             return
-        countdown = exc.retry_after_s if exc.retry_after_s else min(2 ** self.request.retries,
-                                                                     300)
-        raise self.retry(exc=exc, countdown=max(1.0, countdown)) from exc
-    except (*TRANSIENT_ERRORS, redis.RedisError) as exc:
-        retry_backoff(self, exc)
+        countdown = exc.retry_after_s or retry_countdown(task.request.retries, cap_s=300)
+        raise task.retry(exc=exc, countdown=max(1.0, countdown)) from exc

@@ -17,21 +17,19 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from celery import Task
 from sqlalchemy import func, select, update
 
 from config.settings import Settings, get_settings
 from domain.alerts import open_alerts, raise_alert, resolve_alert
 from domain.clock import utcnow
 from domain.db import UnitOfWork, unit_of_work
-from domain.lifecycle import State
-from domain.models import OrderRow, Shipment
-from tasks.base import stage_task
+from domain.lifecycle import PROCESSING, values
+from domain.models import OPEN_SHIPMENTS, OrderRow, Shipment
+from tasks.base import retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
 
-# States the pipeline moves on its own within minutes. Labelled and in-transit orders move on
-# carrier time (days): the tracking-silence alert watches those.
-PROCESSING_STATES = (State.RECEIVED, State.FRAUD_CHECKED, State.RESERVED, State.BATCHED)
 # Bounds one sweep's work (and its alert writes) during a large outage; the rest follow on the
 # next sweep.
 MAX_ALERTS_PER_SWEEP = 500
@@ -54,7 +52,7 @@ def flag_silent_tracking(uow: UnitOfWork, settings: Settings,
     rows = session.execute(
         select(Shipment.id, Shipment.order_id, Shipment.carrier, Shipment.tracking_number,
                last_news.label("last_news"))
-        .where(Shipment.status.in_(("labelled", "in_transit")), Shipment.flagged_at.is_(None),
+        .where(Shipment.status.in_(OPEN_SHIPMENTS), Shipment.flagged_at.is_(None),
                last_news < cutoff)
         .order_by(Shipment.id).limit(MAX_ALERTS_PER_SWEEP)
         .with_for_update(skip_locked=True, of=Shipment)
@@ -82,7 +80,7 @@ def raise_status_lag(uow: UnitOfWork, settings: Settings,
     rows = session.execute(
         select(OrderRow.id, OrderRow.store, OrderRow.state, OrderRow.updated_at,
                OrderRow.hold_reason)
-        .where(OrderRow.state.in_([s.value for s in PROCESSING_STATES]),
+        .where(OrderRow.state.in_(values(PROCESSING)),
                OrderRow.updated_at < cutoff)
         .order_by(OrderRow.updated_at, OrderRow.id).limit(MAX_ALERTS_PER_SWEEP + len(already))
     ).all()
@@ -113,7 +111,7 @@ def resolve_cleared(uow: UnitOfWork, settings: Settings, now: datetime | None = 
     if lag:
         still = set(session.execute(
             select(OrderRow.id).where(OrderRow.id.in_(lag),
-                                      OrderRow.state.in_([s.value for s in PROCESSING_STATES]),
+                                      OrderRow.state.in_(values(PROCESSING)),
                                       OrderRow.updated_at < cutoff)).scalars())
         for order_id in lag.keys() - still:
             resolved += resolve_alert(session, "status_lag", str(order_id))
@@ -122,7 +120,7 @@ def resolve_cleared(uow: UnitOfWork, settings: Settings, now: datetime | None = 
         open_numbers = set(session.execute(
             select(Shipment.tracking_number).where(
                 Shipment.tracking_number.in_(silent),
-                Shipment.status.in_(("labelled", "in_transit")),
+                Shipment.status.in_(OPEN_SHIPMENTS),
                 Shipment.flagged_at.is_not(None))).scalars())
         for number in silent - open_numbers:
             resolved += resolve_alert(session, "tracking_silent", number)
@@ -142,5 +140,6 @@ def run_watchdog(settings: Settings, now: datetime | None = None) -> WatchdogOut
 
 
 @stage_task("orderfleet.watchdog.sweep")
-def sweep(self) -> None:  # type: ignore[no-untyped-def]
-    run_watchdog(get_settings())
+def sweep(task: Task) -> None:
+    with retry_on_transient(task):
+        run_watchdog(get_settings())

@@ -44,6 +44,8 @@ def settings():  # type: ignore[no-untyped-def]
     from config.settings import get_settings
 
     get_settings.cache_clear()
+    import workers.app  # noqa: F401 - the composition root: installs how tasks are sent
+
     return get_settings()
 
 
@@ -114,7 +116,7 @@ def sandbox_carrier() -> Iterator[str]:
 @pytest.fixture
 def carrier(sandbox_carrier):  # type: ignore[no-untyped-def]
     """A client of the sandbox carrier, reset for each test."""
-    from domain.carrier import CarrierClient
+    from domain.carriers import CarrierClient
 
     with CarrierClient(sandbox_carrier, timeout_s=5, retry_max_s=5) as client:
         client.reset()

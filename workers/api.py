@@ -11,7 +11,8 @@ Routes:
 * ``GET /healthz``; the review desk under ``/review``.
 
 Every request is checked in this order, before anything is parsed: body size (413), signature
-or token (401, unknown shop 404), content type (415); then the JSON (422 naming the field).
+or token (401; an unknown shop gets the same 401), content type (415); then the JSON (422
+naming the field).
 The raw body of every rejected request is kept in ``rejected_orders`` for ops. An accepted
 delivery is persisted (order and inbox row in one transaction) before the answer; webhooks that
 arrive together share that transaction (group commit, :class:`DeliveryWriter`). The pipeline
@@ -45,9 +46,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from config.settings import Settings, get_settings
-from domain.db import unit_of_work
+from domain.db import chunks, unit_of_work
+from domain.lifecycle import State
+from domain.migrate import pending_revisions
+from domain.pipeline import advance_committed
 from domain.platforms import signature_matches
-from tasks.base import chunks
 from tasks.intake import (
     Delivery,
     DeliveryResult,
@@ -55,6 +58,7 @@ from tasks.intake import (
     parse_timestamp,
     record_rejection,
 )
+from workers import app as _celery_app  # noqa: F401 - installs how tasks are sent
 
 log = logging.getLogger("orderfleet.api")
 
@@ -99,13 +103,12 @@ class FraudStageBatcher:
                 self._wake.set()
 
     async def flush(self) -> None:
-        from tasks.fraud import check
-
         ids, self._pending = self._pending, []
-        for part in chunks(ids, self.settings.batch_size):
+        size = self.settings.batch_size
+        for part in chunks(ids, size):
             try:
-                await run_in_threadpool(check.delay, part)
-                self.sent_messages += 1
+                self.sent_messages += await run_in_threadpool(
+                    advance_committed, State.RECEIVED, part, size)
             except Exception:  # the broker blinked: the re-drive sweep will send them
                 log.exception("could not enqueue %d orders for the fraud check", len(part))
 
@@ -279,10 +282,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         body = b""
         try:
             body = await _read_body(request, limit)
+            # An unknown shop gets the same 401 as a bad signature: shops cannot be enumerated.
             secret = settings.shopify_secrets.get(shop)
-            if secret is None:
-                raise ApiError(404, "shop", f"no webhook secret configured for {shop!r}")
-            if not signature_matches(secret, body, request.headers.get("x-shopify-hmac-sha256")):
+            if secret is None or not signature_matches(
+                    secret, body, request.headers.get("x-shopify-hmac-sha256")):
                 raise ApiError(401, "header X-Shopify-Hmac-Sha256", "missing or does not match")
             _require_json(request)
             topic = _header(request, "x-shopify-topic")
@@ -306,9 +309,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 # WooCommerce pings a new webhook with its id; it must answer 2xx to be saved.
                 return JSONResponse({"status": "ping"})
             secret = settings.woocommerce_secrets.get(store)
-            if secret is None:
-                raise ApiError(404, "store", f"no WooCommerce secret configured for {store!r}")
-            if not signature_matches(secret, body, request.headers.get("x-wc-webhook-signature")):
+            if secret is None or not signature_matches(
+                    secret, body, request.headers.get("x-wc-webhook-signature")):
                 raise ApiError(401, "header X-WC-Webhook-Signature", "missing or does not match")
             _require_json(request)
             topic = _header(request, "x-wc-webhook-topic")
@@ -396,6 +398,36 @@ def _configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class NotReadyToServe(SystemExit):
+    """The service must not start: the message says what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"orderfleet serve: {message}")
+
+
+def check_ready_to_serve(settings: Settings, host: str) -> None:
+    """Refuse to start on a database without the current schema, or beyond loopback without
+    the secrets that guard the endpoints which change orders or show customer data."""
+    missing = []
+    if host not in LOOPBACK_HOSTS:
+        if settings.review_api_token is None:
+            missing.append("ORDERFLEET_REVIEW_API_TOKEN (the review desk shows customer data "
+                           "and approves or cancels orders)")
+        if settings.carrier_webhook_secret is None:
+            missing.append("ORDERFLEET_CARRIER_WEBHOOK_SECRET (carrier tracking pushes move "
+                           "orders)")
+    if missing:
+        raise NotReadyToServe(f"listening on {host} (beyond loopback) needs "
+                              + " and ".join(missing))
+    pending = pending_revisions(settings)
+    if pending:
+        raise NotReadyToServe(f"the database lacks {len(pending)} schema migration(s): run "
+                              "`orderfleet db upgrade` first")
+
+
 def app_factory() -> Starlette:
     """For ``uvicorn --factory`` and multi-process serving: settings from the environment."""
     _configure_logging()
@@ -405,6 +437,7 @@ def app_factory() -> Starlette:
 def serve(settings: Settings, host: str, port: int, *, workers: int = 1,
           access_log: bool = False) -> None:
     """Run the intake service in the foreground under uvicorn."""
+    check_ready_to_serve(settings, host)
     _configure_logging()
     if workers > 1:
         # Each process builds its app from the same environment (settings are validated there).

@@ -1,20 +1,33 @@
-"""The Celery app. Workers start it with ``celery -A workers.app worker``."""
+"""The Celery app. Workers start it with ``celery -A workers.app worker``.
+
+This is the fleet's composition root: it validates the settings, binds the stage tasks
+(``config.celery.TASK_MODULES``) and installs Celery's ``send_task`` as the way every unit of
+work sends its tasks after commit. Any process that enqueues work imports this module first.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
 
 from config.celery import TASK_MODULES, celery_config
 from config.settings import get_settings
+from domain.db import dispose_engines, use_task_sender
 
 
 def create_app() -> Celery:
     settings = get_settings()  # validated here: a bad setting stops the worker at start
-    app = Celery("orderfleet", include=list(TASK_MODULES))
+    app = Celery("orderfleet", include=list(TASK_MODULES), set_as_current=True)
     app.conf.update(celery_config(settings))
+
+    def send(task: str, args: tuple[Any, ...], options: dict[str, Any]) -> None:
+        # By name: routed to the stage's queue by config.celery, no stage module imported.
+        app.send_task(task, args=args, **options)
+
+    use_task_sender(send)
     return app
 
 
@@ -24,7 +37,5 @@ app = create_app()
 @worker_process_init.connect
 def _fresh_connections(**_: object) -> None:
     # A prefork child must not share the parent's database connections.
-    from domain.db import dispose_engines
-
     dispose_engines()
     logging.getLogger("orderfleet").setLevel(logging.INFO)

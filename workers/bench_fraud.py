@@ -43,11 +43,10 @@ def _ratio(a: int, b: int) -> float | None:
 def run_fraud_bench(*, seed: int, n_orders: int, database_url: str | None = None,
                     quiet: bool = False, fraud_rate: float = 0.05) -> dict[str, Any]:
     """Generate, store and check a labelled stream; return the figures."""
-    from domain.db import dispose_engines, unit_of_work
+    from domain.db import chunks, dispose_engines, unit_of_work
     from domain.models import OrderRow
     from domain.stock import StockLevel, set_stock_levels
     from domain.synthetic import generate_stock
-    from tasks.base import chunks
     from tasks.fraud import check_orders, velocity_store
     from tasks.intake import persist_orders
     from workers.bench import reset_database

@@ -123,7 +123,7 @@ def run_inventory_bench(*, n_orders: int = 5000, n_single: int = 1000, processes
                         database_url: str | None = None, quiet: bool = False,
                         seed: int = 5) -> dict[str, Any]:
     """Run the four measurements on a wiped benchmark database; return the figures."""
-    from tasks.base import chunks
+    from domain.db import chunks
     from tasks.inventory import reserve_orders
     from workers.bench import reset_database
 

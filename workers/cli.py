@@ -8,24 +8,32 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from config.settings import Settings
+
 console = Console(stderr=True)
 
 
-def _settings() -> Any:
+def _settings() -> Settings:
+    """The validated settings; also loads the Celery app, which installs how this process
+    sends tasks (a command that cancels, approves or imports stock enqueues work)."""
     from config.settings import get_settings
 
     try:
-        return get_settings()
+        settings = get_settings()
     except ValidationError as exc:
         console.print(f"[red]invalid configuration:[/red]\n{exc}")
         sys.exit(2)
+    import workers.app  # noqa: F401
+
+    return settings
 
 
 def _read_payloads(text: str) -> list[Any]:
@@ -153,8 +161,8 @@ def cancel(order_ids: tuple[str, ...], store: str | None, reason: str) -> None:
     An order already handed to the carrier becomes a return (restock it with
     ``orderfleet receive-return`` when the parcel is back).
     """
+    from domain.cancellation import cancel_orders
     from domain.db import unit_of_work
-    from tasks.cancellation import cancel_orders
 
     with unit_of_work(_settings()) as uow:
         out = cancel_orders(uow, _order_ids(uow.session, order_ids, store), reason, notify=True)
@@ -169,8 +177,8 @@ def cancel(order_ids: tuple[str, ...], store: str | None, reason: str) -> None:
 @click.option("--store", help="Disambiguate a store order id used by several stores.")
 def receive_return(order_ids: tuple[str, ...], store: str | None) -> None:
     """A returned parcel is back at the warehouse: restock its units, close the order."""
+    from domain.cancellation import receive_returns
     from domain.db import unit_of_work
-    from tasks.cancellation import receive_returns
 
     with unit_of_work(_settings()) as uow:
         ids = _order_ids(uow.session, order_ids, store)
@@ -459,16 +467,16 @@ def sku_freeze(sku_code: str, reason: str) -> None:
 def sku_unfreeze(sku_code: str) -> None:
     """Unfreeze a SKU: clear its failure window and resume the orders held for it."""
     from domain.db import unit_of_work
+    from domain.lifecycle import State
+    from domain.pipeline import advance
     from domain.sku_health import unfreeze_sku
-    from tasks.base import chunks
-    from tasks.inventory import reserve, wake_backordered
+    from tasks.inventory import wake_backordered
 
     settings = _settings()
     try:
         with unit_of_work(settings) as uow:
             result = unfreeze_sku(uow.session, sku_code)
-            for part in chunks(result.resumed, settings.batch_size):
-                uow.after_commit(lambda part=part: reserve.delay(part))
+            advance(uow, State.FRAUD_CHECKED, result.resumed)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     woken = wake_backordered(settings, [sku_code])
@@ -602,7 +610,7 @@ def carrier_faults(settings_: tuple[str, ...], clear: bool, url: str | None) -> 
 @click.option("--history", default=10, show_default=True, help="State changes shown per carrier.")
 def breakers(as_json: bool, history: int) -> None:
     """The carriers' circuit breakers (shared by every worker): state and recent changes."""
-    from tasks.labels import shared_breaker
+    from domain.carriers.shared import shared_breaker
 
     breaker = shared_breaker(_settings())
     rows = []

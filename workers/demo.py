@@ -12,12 +12,8 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from config.settings import Settings, get_settings
-from domain.lifecycle import State
+from domain.lifecycle import SETTLED, State
 from workers.fleet import Fleet, purge_queues, settings_env
-
-# Where an order rests at the end of a demo: delivered, or waiting for a person or for stock.
-SETTLED = (State.DELIVERED, State.ON_HOLD, State.REJECTED, State.BACKORDERED, State.CANCELLED,
-           State.RETURNED, State.LABEL_FAILED)
 
 
 def use_settings(**overrides: Any) -> Settings:

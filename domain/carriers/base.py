@@ -1,9 +1,9 @@
-"""What every carrier adapter shares: the data it exchanges, its errors, and one HTTP transport.
+"""What every carrier adapter shares: the data it exchanges, its errors, and its transport.
 
-The transport is the one place that talks HTTP to a carrier. It retries with tenacity
-(exponential backoff with jitter, ``Retry-After`` honoured, a time budget per call), asks the
-shared circuit breaker before every attempt and reports every attempt's outcome to it. It turns
-each outcome into one of three things the pipeline can act on:
+The transport (``HttpTransport``) is the project's one retrying HTTP client
+(``domain.http``: tenacity, exponential backoff with jitter, ``Retry-After`` honoured, a time
+budget per call) plus the carrier's shared circuit breaker, asked before every attempt and told
+every attempt's outcome. It turns each outcome into one of three things the pipeline can act on:
 
 * a decoded JSON body;
 * :class:`CarrierRejected`: the carrier refused the request (4xx); retrying will not help;
@@ -20,20 +20,20 @@ carrier provably did not act: a refused connection or a 429.
 from __future__ import annotations
 
 import logging
-import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception
+
+from domain.db import chunks
+from domain.http import HttpRejected, HttpUnavailable, RetryingClient
 
 if TYPE_CHECKING:
-    from domain.breaker import CircuitBreaker
+    from domain.breaker import CircuitBreaker, Permit
 
 log = logging.getLogger(__name__)
 
@@ -263,14 +263,6 @@ def parse_time(value: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-_T = TypeVar("_T")
-
-
-def chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def carrier_chunks(items: Sequence[LabelRequest],
                    size: int) -> Iterator[tuple[str, Sequence[LabelRequest]]]:
     """(carrier, up to ``size`` requests): one carrier per call, so each call counts against
@@ -284,215 +276,69 @@ def carrier_chunks(items: Sequence[LabelRequest],
 
 
 # --------------------------------------------------------------------------------------------
-# HTTP transport: retries, Retry-After, breaker
+# HTTP transport: the project's one retrying client, plus the shared breaker
 # --------------------------------------------------------------------------------------------
 
 
-class _RetryableResponse(Exception):
-    """A 5xx or 429 answer, raised inside the retry loop so tenacity can retry it."""
+class _BreakerGuard:
+    """Asks the carrier's shared breaker before each attempt and reports the outcome."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"HTTP {response.status_code} from {response.request.url}")
-        self.response = response
-        self.retry_after_s = retry_after_s(response)
+    def __init__(self, breaker: CircuitBreaker, circuit: str) -> None:
+        self.breaker, self.circuit = breaker, circuit
 
+    def before(self) -> Permit:
+        permit = self.breaker.acquire(self.circuit)
+        if not permit.allowed:
+            raise CarrierCircuitOpen(permit.name, permit.state, permit.retry_after_s)
+        return permit
 
-def retry_after_s(response: httpx.Response) -> float | None:
-    """The response's ``Retry-After`` in seconds (delta or HTTP date), or None."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:  # the other form the header may take: an HTTP date
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500] or response.reason_phrase
-    if isinstance(body, dict) and "error" in body:
-        err = body["error"]
-        if isinstance(err, dict):  # EasyPost: {"error": {"code", "message", "errors": [...]}}
-            parts = [str(err.get("message") or err.get("code") or err)]
-            for item in err.get("errors") or []:
-                if isinstance(item, dict) and item.get("field"):
-                    parts.append(f"{item['field']}: {item.get('message', '')}")
-            return "; ".join(parts)[:500]
-        return str(err)
-    return str(body)[:500]
-
-
-class Backoff:
-    """Decides the pause before each retry, and whether the budget allows one more.
-
-    Both tenacity's ``wait`` and ``stop`` consult it (memoised per attempt), so the decision to
-    give up is made on the actual next pause, whichever order tenacity asks in.
-    """
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
-        self._pauses: dict[int, float] = {}
-
-    def pause(self, state: RetryCallState) -> float:
-        n = state.attempt_number
-        if n not in self._pauses:
-            exc = state.outcome.exception() if state.outcome else None
-            remaining = max(0.0, self.budget_s - (state.seconds_since_start or 0.0))
-            if isinstance(exc, _RetryableResponse) and exc.retry_after_s is not None:
-                # The server said when; retrying earlier would only be refused again, so this
-                # pause is not shortened (stop() gives up if it does not fit the budget).
-                pause = exc.retry_after_s
-            else:
-                # Exponential from 0.2 s, capped at 5 s, +-25 % jitter so that many workers
-                # failing together do not retry in lockstep; the last pause is cut to fit the
-                # budget so the final attempt happens at the deadline rather than not at all.
-                base = min(_BACKOFF_CAP_S, _BACKOFF_START_S * 2 ** (n - 1))
-                pause = min(_BACKOFF_CAP_S, base * random.uniform(0.75, 1.25), remaining)
-            self._pauses[n] = pause
-        return self._pauses[n]
-
-    def stop(self, state: RetryCallState) -> bool:
-        remaining = self.budget_s - (state.seconds_since_start or 0.0)
-        return remaining <= 0.0 or self.pause(state) > remaining
-
-    def log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "carrier call failed (attempt %d: %s); retrying in %.2fs",
-            state.attempt_number,
-            exc,
-            self.pause(state),
-        )
-
-
-def _safe_to_repeat(exc: BaseException) -> bool:
-    """For non-idempotent requests: errors that prove the carrier did not act."""
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return True
-    return isinstance(exc, _RetryableResponse) and exc.response.status_code == 429
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, (httpx.TransportError, _RetryableResponse))
+    def after(self, token: Permit, ok: bool) -> None:
+        self.breaker.record(token, ok=ok)
 
 
 class HttpTransport:
-    """A synchronous HTTP client of one carrier API (one connection pool).
+    """A carrier API over :class:`domain.http.RetryingClient`, in the carriers' terms.
 
-    ``timeout_s`` bounds each request; ``retry_max_s`` bounds the retries of one call;
-    ``breaker`` (shared by all workers) is asked before, and told after, every attempt.
+    ``breaker`` (shared by all workers) is asked before, and told after, every attempt of a
+    call that names its ``circuit`` (a carrier code); its errors become
+    :class:`CarrierRejected` and :class:`CarrierUnavailable`.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout_s: float = 10.0,
-        retry_max_s: float = 30.0,
-        headers: Mapping[str, str] | None = None,
-        auth: httpx.Auth | tuple[str, str] | None = None,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.retry_max_s = retry_max_s
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0, retry_max_s: float = 30.0,
+                 headers: Mapping[str, str] | None = None,
+                 auth: httpx.Auth | tuple[str, str] | None = None,
+                 breaker: CircuitBreaker | None = None) -> None:
+        self.client = RetryingClient(base_url, name="carrier", timeout_s=timeout_s,
+                                     retry_max_s=retry_max_s, headers=headers, auth=auth)
+        self.base_url = self.client.base_url
         self.breaker = breaker
-        self.attempts = 0  # HTTP requests sent by this transport (figures for benchmarks)
-        self.retries = 0
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
-            headers={"User-Agent": "orderfleet-carrier-client/1", "Accept": "application/json",
-                     **(headers or {})},
-            auth=auth,
-        )
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        not_found_ok: bool = False,
-        circuit: str | None = None,
-        idempotent: bool = True,
-    ) -> Any:
+    @property
+    def attempts(self) -> int:
+        return self.client.attempts
+
+    @property
+    def retries(self) -> int:
+        return self.client.retries
+
+    def call(self, method: str, path: str, *, json: Any = None,
+             params: Mapping[str, Any] | None = None, not_found_ok: bool = False,
+             circuit: str | None = None, idempotent: bool = True) -> Any:
         """Send one request with retries; return the decoded JSON body (None for an allowed 404).
 
         ``circuit`` names the breaker consulted (a carrier code); None skips the breaker.
         """
-        backoff = Backoff(self.retry_max_s)
-
-        def before_sleep(state: RetryCallState) -> None:
-            self.retries += 1
-            backoff.log_retry(state)
-
-        retrying = Retrying(
-            retry=retry_if_exception(_transient if idempotent else _safe_to_repeat),
-            wait=backoff.pause,
-            stop=backoff.stop,
-            before_sleep=before_sleep,
-            reraise=False,
-        )
+        guard = _BreakerGuard(self.breaker, circuit) if self.breaker and circuit else None
         try:
-            response = retrying(self._attempt, method, path, json, params, circuit)
-        except RetryError as exc:
-            cause = exc.last_attempt.exception()
-            raise CarrierUnavailable(
-                f"carrier {method} {path} failed after "
-                f"{exc.last_attempt.attempt_number} attempts: {cause}",
-                cause,
-                cause.retry_after_s if isinstance(cause, _RetryableResponse) else None,
-                outcome_unknown=not idempotent and not _safe_to_repeat(cause or Exception()),
-            ) from cause
-        except (httpx.TransportError, _RetryableResponse) as exc:
-            # Not retried (a non-idempotent request): the carrier may have acted.
-            raise CarrierUnavailable(
-                f"carrier {method} {path} failed, outcome unknown: {exc}",
-                exc,
-                exc.retry_after_s if isinstance(exc, _RetryableResponse) else None,
-                outcome_unknown=True,
-            ) from exc
-        if response.status_code == 404 and not_found_ok:
-            return None
-        if response.status_code >= 400:
-            raise CarrierRejected(response.status_code, error_text(response))
-        return response.json()
-
-    def _attempt(
-        self,
-        method: str,
-        path: str,
-        json: Any,
-        params: Mapping[str, Any] | None,
-        circuit: str | None,
-    ) -> httpx.Response:
-        permit = self.breaker.acquire(circuit) if self.breaker and circuit else None
-        if permit is not None and not permit.allowed:
-            raise CarrierCircuitOpen(permit.name, permit.state, permit.retry_after_s)
-        self.attempts += 1
-        try:
-            response = self._http.request(method, path, json=json, params=params)
-        except httpx.TransportError:
-            if permit is not None:
-                self.breaker.record(permit, ok=False)  # type: ignore[union-attr]
-            raise
-        failed = response.status_code >= 500 or response.status_code == 429
-        if permit is not None:
-            self.breaker.record(permit, ok=not failed)  # type: ignore[union-attr]
-        if failed:
-            raise _RetryableResponse(response)
-        return response
+            response = self.client.request(method, path, json=json, params=params,
+                                           not_found_ok=not_found_ok, idempotent=idempotent,
+                                           guard=guard)
+        except HttpRejected as exc:
+            raise CarrierRejected(exc.status_code, exc.error) from None
+        except HttpUnavailable as exc:
+            raise CarrierUnavailable(str(exc), exc.cause, exc.retry_after_s,
+                                     outcome_unknown=exc.outcome_unknown) from exc.cause
+        return None if response is None else response.json()
 
     def close(self) -> None:
-        self._http.close()
+        self.client.close()

@@ -20,8 +20,8 @@ from domain.carriers.base import (
     Rate,
     Tracker,
     carrier_chunks,
-    chunks,
 )
+from domain.db import chunks
 
 if TYPE_CHECKING:
     from domain.breaker import CircuitBreaker

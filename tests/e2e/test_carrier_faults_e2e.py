@@ -16,12 +16,12 @@ from sqlalchemy import func, select
 
 from domain.breaker import CircuitBreaker
 from domain.carriers import SandboxCarrier
+from domain.carriers.shared import breaker_policy
 from domain.db import unit_of_work
-from domain.models import Batch, OrderRow, Shipment
+from domain.models import OrderRow, Shipment, Wave
 from domain.stock import StockLevel, set_stock_levels
 from domain.synthetic import generate_labelled_orders, generate_stock
 from tasks.intake import submit_orders
-from tasks.labels import breaker_policy
 from tests.e2e.conftest import state_counts, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -149,7 +149,7 @@ def test_every_order_gets_exactly_one_label_through_faults_and_an_outage(
     stats = carrier.stats()
     assert labels == shipments == stats["labels_purchased"] == 160 and doubles == []
     with unit_of_work(settings) as uow:
-        deferrals = uow.session.execute(select(func.sum(Batch.label_attempts))).scalar() or 0
+        deferrals = uow.session.execute(select(func.sum(Wave.label_attempts))).scalar() or 0
         held = uow.session.execute(select(func.count()).select_from(OrderRow)
                                    .where(OrderRow.hold_reason.is_not(None))).scalar()
     assert held == 0  # the reasons cleared once the labels were bought

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from domain.carrier import CarrierClient
+from domain.carriers import CarrierClient
 from domain.db import unit_of_work
 from domain.models import OrderLine, OrderRow, RejectedOrder, Reservation, Shipment, Stock
 from domain.stock import StockLevel, set_stock_levels

@@ -6,9 +6,10 @@ import time
 
 from sqlalchemy import select
 
+from domain.cancellation import cancel_orders, receive_returns
 from domain.db import unit_of_work
 from domain.models import OrderRow, Reservation, Shipment, Stock
-from tasks.cancellation import cancel_orders, receive_returns, void_cancelled_labels
+from tasks.cancellation import void_cancelled_labels
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders

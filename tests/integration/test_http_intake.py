@@ -247,7 +247,10 @@ def test_limits_and_bad_input_are_refused_with_the_failing_field(api, settings) 
     assert invalid.status_code == 422
     assert [e["field"] for e in invalid.json()["errors"]] == ["lines.0.sku"]
     unknown_shop = post_shopify(url, "orders/paid", shopify_order(), shop="nobody")
-    assert unknown_shop.status_code == 404
+    # An unknown shop is answered like a bad signature: shops cannot be enumerated.
+    assert unknown_shop.status_code == 401
+    assert unknown_shop.json()["errors"] == [{"field": "header X-Shopify-Hmac-Sha256",
+                                              "message": "missing or does not match"}]
     # Nothing became an order; every refused body was kept (the huge one truncated).
     assert orders(settings) == []
     kept = rejected(settings)

@@ -66,12 +66,12 @@ def test_invalid_payload_is_kept_with_its_reason_and_never_enqueued(db, broker, 
 
 def test_nothing_is_sent_when_the_transaction_rolls_back(db, broker, settings) -> None:
     from domain.db import unit_of_work as uow_factory
-    from tasks.intake import persist_orders
+    from tasks.intake import persist_orders, start_pipeline
 
     try:
         with uow_factory(settings) as uow:
             result = persist_orders(uow, [native_order("D-1")], settings)
-            uow.after_commit(lambda: broker.rpush("fraud", b"should-not-arrive"))
+            start_pipeline(uow, result.accepted)  # would send to the fraud queue on commit
             raise RuntimeError("database write failed after insert")
     except RuntimeError:
         pass

@@ -20,15 +20,9 @@ from domain.alerts import open_alerts
 from domain.db import unit_of_work
 from domain.lifecycle import State, transition
 from domain.models import OrderEvent, OrderRow, Reservation, SkuHealth, SkuHold, Stock
+from domain.reservations import consume_reservations, release_reservations, restock_orders
 from domain.sku_health import freeze_sku, unfreeze_sku
-from tasks.inventory import (
-    consume_reservations,
-    expire_stale_reservations,
-    release_reservations,
-    reserve_orders,
-    restock_orders,
-    wake_backordered,
-)
+from tasks.inventory import expire_stale_reservations, reserve_orders, wake_backordered
 from tests.integration.helpers import put_stock
 from workers.bench_inventory import place_orders
 from workers.cli import main as cli
@@ -349,7 +343,7 @@ def test_an_order_that_progressed_does_not_expire(db, broker, settings) -> None:
     run(settings, reserve_orders, [oid], settings.model_copy(update={"reservation_ttl_s": -1}))
     with unit_of_work(settings) as uow:
         uow.session.execute(update(OrderRow).where(OrderRow.id == oid)
-                            .values(state=State.BATCHED.value))
+                            .values(state=State.IN_WAVE.value))
     assert run(settings, expire_stale_reservations, settings) == []
     assert stock(settings, "A") == (3, 1)
 

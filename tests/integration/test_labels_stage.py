@@ -15,14 +15,14 @@ from config.settings import Settings
 from domain.alerts import open_alerts
 from domain.breaker import CircuitBreaker
 from domain.carriers import EasyPostCarrier, SandboxCarrier
+from domain.carriers.shared import breaker_policy
 from domain.clock import utcnow
 from domain.db import unit_of_work
-from domain.models import Batch, OrderRow, Shipment
+from domain.models import OrderRow, Shipment, Wave
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders
 from tasks.labels import (
-    breaker_policy,
     buy_wave_labels,
     label_wave,
     record_labels,
@@ -119,14 +119,14 @@ def test_a_charged_label_whose_answer_was_lost_is_found_not_bought_again(
     charged = server.state.stats.labels_purchased
     assert charged == 2 and server.state.stats.lost_labels == 2
     o = orders(settings)
-    assert {x.state for x in o.values()} == {"batched"}
+    assert {x.state for x in o.values()} == {"in_wave"}
     assert o["LOST-1"].hold_reason.startswith("label deferred:")
     assert {s.label_attempts for s in shipments(settings).values()} == {1}
 
     # and when it runs again once the carrier answers (the scheduled retry)
     server.state.set_faults(FaultProfile())
     with unit_of_work(settings) as uow:
-        uow.session.execute(update(Batch).values(next_label_attempt_at=utcnow()))
+        uow.session.execute(update(Wave).values(next_label_attempt_at=utcnow()))
     assert label_wave(wave, settings, client).outcome == "done"
 
     # then it looked the labels up by key and recorded them: nothing was charged twice
@@ -156,10 +156,10 @@ def test_an_open_breaker_defers_the_wave_without_calling_the_carrier(
     assert settings.breaker_open_s <= attempt.countdown_s <= settings.breaker_open_s + 2
     assert server.state.stats.api_requests == 0
     order = orders(settings)["BRK-1"]
-    assert order.state == "batched"
+    assert order.state == "in_wave"
     assert "sbx-post circuit is open" in order.hold_reason
     with unit_of_work(settings) as uow:
-        batch = uow.session.get(Batch, wave)
+        batch = uow.session.get(Wave, wave)
         assert batch.label_attempts == 1 and batch.next_label_attempt_at > utcnow()
     # and a copy of the message arriving early (a re-drive) is dropped as a duplicate
     assert label_wave(wave, settings, client).outcome == "duplicate"
@@ -168,7 +168,7 @@ def test_an_open_breaker_defers_the_wave_without_calling_the_carrier(
 def test_past_the_bound_the_wave_gives_up_into_label_failed(waves, settings, server) -> None:
     (wave,) = waves([native_order("GIVE-1")])
     with unit_of_work(settings) as uow:
-        uow.session.execute(update(Batch).where(Batch.id == wave).values(
+        uow.session.execute(update(Wave).where(Wave.id == wave).values(
             closed_at=utcnow() - timedelta(hours=7)))
     server.state.set_faults(FaultProfile(error_rate=1.0))
     client = SandboxCarrier(server.url, retry_max_s=0.3)
@@ -181,7 +181,7 @@ def test_past_the_bound_the_wave_gives_up_into_label_failed(waves, settings, ser
     assert order.hold_reason.startswith("no label: carrier unavailable for 420 min")
     with unit_of_work(settings) as uow:
         assert [a.key for a in open_alerts(uow.session, "label_failed")] == [str(order.id)]
-        assert uow.session.get(Batch, wave).status == "labelled"
+        assert uow.session.get(Wave, wave).status == "labelled"
 
     # and once the carrier is back, ops send it through again: one label, alert resolved
     server.state.set_faults(FaultProfile())
@@ -207,7 +207,8 @@ def test_a_refused_parcel_goes_to_label_failed_with_the_carriers_words(
 
 def test_a_label_bought_for_an_order_cancelled_meanwhile_is_voided(
         waves, settings, server) -> None:
-    from tasks.cancellation import cancel_orders, void_cancelled_labels
+    from domain.cancellation import cancel_orders
+    from tasks.cancellation import void_cancelled_labels
     from tasks.labels import prepare_shipments
 
     # Given a purchase in flight (shipment prepared, label charged, not yet recorded)

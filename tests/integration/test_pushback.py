@@ -14,11 +14,12 @@ from sqlalchemy import select, update
 from domain.alerts import open_alerts
 from domain.db import unit_of_work
 from domain.models import OrderRow, Shipment, StoreNotification
+from domain.notifications import notify_store
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders
 from tasks.labels import buy_wave_labels
-from tasks.pushback import notify_store, send_notifications
+from tasks.pushback import send_notifications
 from tasks.sharding import assign_orders, close_waves_older_than
 from tasks.tracking import backfill_shipments
 from tests.integration.helpers import native_order, put_stock
@@ -251,7 +252,7 @@ def test_news_whose_message_was_lost_is_found_by_the_sweep(shop_settings, storef
 
 
 def test_an_ops_cancellation_is_told_to_a_custom_store(shop_settings, storefront) -> None:
-    from tasks.cancellation import cancel_orders
+    from domain.cancellation import cancel_orders
 
     settings = shop_settings
     (order_id,) = submit_orders([native_order("WEB-9", store="custom")],

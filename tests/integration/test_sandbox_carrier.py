@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from domain.carrier import (
+from domain.carriers import (
     TRACKING_STATUSES,
     CarrierClient,
     CarrierRejected,

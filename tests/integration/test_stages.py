@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from domain.db import unit_of_work
 from domain.lifecycle import IllegalTransition, State, transition
-from domain.models import Batch, OrderEvent, OrderRow, Reservation, Shipment, Stock, TrackingEvent
+from domain.models import OrderEvent, OrderRow, Reservation, Shipment, Stock, TrackingEvent, Wave
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import expire_stale_reservations, reserve_orders
@@ -67,7 +67,7 @@ def test_an_order_goes_from_paid_to_delivered_through_every_stage(db, broker, se
         path = list(uow.session.execute(select(OrderEvent.to_state).where(
             OrderEvent.order_id == ids[0]).order_by(OrderEvent.id)).scalars())
     assert events >= 10
-    assert path == ["received", "fraud_checked", "reserved", "batched", "labelled",
+    assert path == ["received", "fraud_checked", "reserved", "in_wave", "labelled",
                     "in_transit", "delivered"]
     # A re-run of the tracking backfill adds nothing.
     assert backfill_shipments(shipment_ids, settings, carrier) == 0
@@ -94,7 +94,7 @@ def test_every_stage_is_safe_to_run_twice(db, broker, settings, carrier) -> None
 
 def test_a_label_charged_but_lost_is_recovered_not_bought_again(db, broker, settings,
                                                                 carrier) -> None:
-    from domain.carrier import LabelRequest
+    from domain.carriers import LabelRequest
     from tasks.labels import idempotency_key, prepare_shipments
 
     put_stock(settings, [("TEE-M", "US-EAST", "US", 10)])
@@ -145,7 +145,7 @@ def test_wave_closes_at_size(db, broker, settings) -> None:
     run(reserve_orders, settings, ids, small)
     closed = run(assign_orders, settings, ids, small)
     with unit_of_work(settings) as uow:
-        waves = uow.session.execute(select(Batch).order_by(Batch.id)).scalars().all()
+        waves = uow.session.execute(select(Wave).order_by(Wave.id)).scalars().all()
     assert [(w.size, w.status) for w in waves] == [(5, "closed"), (5, "closed"), (2, "open")]
     assert closed == [waves[0].id, waves[1].id]
 

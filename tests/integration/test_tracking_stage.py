@@ -22,13 +22,14 @@ from config.settings import Settings
 from domain.alerts import open_alerts
 from domain.breaker import CircuitBreaker
 from domain.carriers import CarrierCircuitOpen, EasyPostCarrier, SandboxCarrier
+from domain.carriers.shared import breaker_policy
 from domain.clock import utcnow
 from domain.db import unit_of_work
 from domain.models import OrderRow, RejectedTrackingPush, Shipment, TrackingEvent
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders
-from tasks.labels import breaker_policy, buy_wave_labels
+from tasks.labels import buy_wave_labels
 from tasks.sharding import assign_orders, close_waves_older_than
 from tasks.tracking import backfill_shipments
 from tasks.watchdog import run_watchdog
@@ -299,7 +300,7 @@ def test_an_order_stuck_in_processing_for_15_min_raises_status_lag(
                         settings=settings).accepted
     with unit_of_work(settings) as uow:
         uow.session.execute(update(OrderRow).where(OrderRow.id == ids[0]).values(
-            updated_at=utcnow() - timedelta(minutes=16), state="batched",
+            updated_at=utcnow() - timedelta(minutes=16), state="in_wave",
             hold_reason="label deferred: carrier sbx-air circuit is open"))
 
     out = run_watchdog(settings)
@@ -308,7 +309,7 @@ def test_an_order_stuck_in_processing_for_15_min_raises_status_lag(
     with unit_of_work(settings) as uow:
         (alert,) = open_alerts(uow.session, "status_lag")
         assert alert.key == str(ids[0])
-        assert "has been batched for 16 min; label deferred: carrier sbx-air circuit" \
+        assert "has been in_wave for 16 min; label deferred: carrier sbx-air circuit" \
             in alert.message
     assert run_watchdog(settings).lagging == []  # once while open
 

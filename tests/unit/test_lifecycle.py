@@ -26,7 +26,7 @@ def test_every_state_reaches_a_terminal_state() -> None:
 
 
 def test_happy_path_is_allowed_and_shortcuts_are_not() -> None:
-    path = [State.RECEIVED, State.FRAUD_CHECKED, State.RESERVED, State.BATCHED,
+    path = [State.RECEIVED, State.FRAUD_CHECKED, State.RESERVED, State.IN_WAVE,
             State.LABELLED, State.IN_TRANSIT, State.DELIVERED]
     for a, b in zip(path, path[1:], strict=False):
         assert is_allowed(a, b)

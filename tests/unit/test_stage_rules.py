@@ -3,9 +3,9 @@
 import pytest
 
 from config.settings import Settings
+from domain.routing import carrier_for, lane_for
 from domain.stock import StockFeedError, parse_stock_feed
 from tasks.inventory import choose_warehouse
-from tasks.sharding import carrier_for, lane_for
 
 WAREHOUSES = {"EU-DE": "DE", "US-EAST": "US"}
 

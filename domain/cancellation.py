@@ -1,0 +1,121 @@
+"""Cancellation: stop an order wherever it is in the pipeline, and never ship it.
+
+Where the order is decides what cancelling means:
+
+* before a label (received ... in_wave, label_failed): its reservation is released and it
+  becomes ``cancelled``. An order in a wave may have a label purchase in flight: its shipment
+  is marked ``void_pending`` and the void task (``tasks.cancellation``) looks the label up by
+  its idempotency key, now and once more after the longest purchase could still be running,
+  and voids what it finds.
+* labelled (label bought, parcel not handed over): ``cancelled``; the void task voids the label
+  at the carrier and puts the units, which left stock when the label was bought, back.
+* in transit or delivered: too late to stop; it becomes ``return_requested`` and is restocked
+  by :func:`receive_returns` when the parcel comes back.
+* final states: nothing to do.
+
+The state change and the reservation release share one transaction; the carrier is called
+only after it committed. Used by the intake (a store's cancellation), the CLI and the desk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+
+from domain.db import UnitOfWork
+from domain.lifecycle import (
+    AFTER_HANDOVER,
+    BEFORE_LABEL,
+    Move,
+    State,
+    apply_transitions,
+    values,
+)
+from domain.models import OrderRow, Shipment, ShipmentStatus
+from domain.notifications import notify_store
+from domain.pipeline import VOID_LABELS
+from domain.reservations import release_reservations, restock_orders
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CancelOutcome:
+    cancelled: list[int] = field(default_factory=list)
+    returns: list[int] = field(default_factory=list)  # shipped already: a return is expected
+    unchanged: dict[int, str] = field(default_factory=dict)  # order id -> its final state
+    to_void: list[int] = field(default_factory=list)  # orders whose label must be voided
+
+
+def cancel_orders(uow: UnitOfWork, order_ids: list[int], reason: str, *,
+                  notify: bool = False) -> CancelOutcome:
+    """Cancel orders wherever they are; enqueue label voids after the commit.
+
+    ``notify`` tells the store (generic webhook) too: for a cancel that did not come from it.
+    """
+    session = uow.session
+    outcome = CancelOutcome()
+    ids = sorted(set(order_ids))
+    if not ids:
+        return outcome
+    # A plain FOR UPDATE, not claim()'s SKIP LOCKED: a cancel must wait for a stage that holds
+    # the order rather than be dropped.
+    rows = session.execute(
+        select(OrderRow.id, OrderRow.state).where(OrderRow.id.in_(ids))
+        .order_by(OrderRow.id).with_for_update(of=OrderRow)
+    ).all()
+    detail = {"reason": reason[:500]}
+    moves: list[Move] = []
+    release: list[int] = []
+    for order_id, raw_state in rows:
+        state = State(raw_state)
+        if state in BEFORE_LABEL:
+            release.append(order_id)
+            moves.append(Move(order_id, state, State.CANCELLED, detail))
+        elif state == State.LABELLED:
+            moves.append(Move(order_id, state, State.CANCELLED, detail))
+        elif state in AFTER_HANDOVER:
+            moves.append(Move(order_id, state, State.RETURN_REQUESTED, detail))
+        else:
+            outcome.unchanged[order_id] = state.value
+    if release:
+        release_reservations(uow, release, "cancelled")
+    applied = apply_transitions(session, moves, stage="cancellation")
+    outcome.cancelled = [m.order_id for m in applied if m.dst == State.CANCELLED]
+    outcome.returns = [m.order_id for m in applied if m.dst == State.RETURN_REQUESTED]
+    if outcome.cancelled:
+        # A bought label (labelled) or possibly one being bought (in_wave): void it. A shipment
+        # the carrier refused (label_failed) has no label.
+        outcome.to_void = list(session.execute(
+            update(Shipment)
+            .where(Shipment.order_id.in_(outcome.cancelled),
+                   Shipment.status.in_((ShipmentStatus.PENDING, ShipmentStatus.LABELLED)))
+            .values(status=ShipmentStatus.VOID_PENDING)
+            .returning(Shipment.order_id)
+        ).scalars())
+        uow.enqueue_chunks(VOID_LABELS, sorted(outcome.to_void))
+    if notify and (outcome.cancelled or outcome.returns):
+        notify_store(uow, outcome.cancelled + outcome.returns, "cancelled")
+    log.info("cancelled %d orders, %d become returns, %d already final",
+             len(outcome.cancelled), len(outcome.returns), len(outcome.unchanged))
+    return outcome
+
+
+def receive_returns(uow: UnitOfWork, order_ids: list[int]) -> list[int]:
+    """A returned parcel arrived at the warehouse: restock it and close the order."""
+    session = uow.session
+    rows = session.execute(
+        select(OrderRow.id, OrderRow.state)
+        .where(OrderRow.id.in_(sorted(set(order_ids))),
+               OrderRow.state.in_(values({State.RETURN_REQUESTED, *AFTER_HANDOVER})))
+        .order_by(OrderRow.id).with_for_update(of=OrderRow)
+    ).all()
+    moves = [Move(i, State(s), State.RETURNED, {"reason": "return received"}) for i, s in rows]
+    applied = [m.order_id for m in apply_transitions(session, moves, stage="cancellation")]
+    if applied:
+        restock_orders(uow, applied, "returned")
+        session.execute(update(Shipment).where(Shipment.order_id.in_(applied))
+                        .values(status=ShipmentStatus.RETURNED))
+    return applied
