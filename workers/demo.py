@@ -13,7 +13,15 @@ from sqlalchemy import func, select
 
 from config.settings import Settings, get_settings
 from domain.lifecycle import SETTLED, State
-from workers.fleet import Fleet, purge_queues, settings_env
+from workers.fleet import (
+    DEMO_REDIS_DB,
+    Fleet,
+    ForeignData,
+    database_is_owned,
+    own_redis_url,
+    reset_run_database,
+    settings_env,
+)
 
 
 def use_settings(**overrides: Any) -> Settings:
@@ -22,6 +30,22 @@ def use_settings(**overrides: Any) -> Settings:
     os.environ.update(settings_env(settings))
     get_settings.cache_clear()
     return get_settings()
+
+
+def run_settings(owner: str, redis_db: int, database_url: str, **overrides: Any) -> Settings:
+    """Settings of a run that keeps to its own data: the Redis db ``redis_db`` on the
+    configured Redis server (queues, counters, breakers, the beat lock) and a database whose
+    name carries ``owner``. Whatever the environment says, a user's broker db and database
+    are never used. Raises ForeignData for a database not named for the run."""
+    if not database_url.startswith("sqlite") and not database_is_owned(database_url, owner):
+        raise ForeignData(f"refusing to use {database_url.split('@')[-1]} for the {owner}: its "
+                          f"name must contain {owner!r}")
+    broker = own_redis_url(Settings().broker_url, redis_db)
+    # Shared state follows the run's broker, never a configured shared/fraud Redis.
+    for name in ("ORDERFLEET_SHARED_REDIS_URL", "ORDERFLEET_FRAUD_REDIS_URL"):
+        os.environ.pop(name, None)
+    return use_settings(broker_url=broker, database_url=database_url, shared_redis_url=None,
+                        fraud_redis_url=None, **overrides)
 
 
 def state_counts(settings: Settings) -> dict[str, int]:
@@ -55,31 +79,30 @@ def wait_until(settings: Settings, done: Any, total: int, *, label: str, quiet: 
 
 
 def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: bool,
-             quiet: bool) -> dict[str, Any]:
+             quiet: bool, database_url: str | None = None) -> dict[str, Any]:
     from domain.db import dispose_engines, unit_of_work
     from domain.report import build_report
     from domain.stock import StockLevel, set_stock_levels
     from domain.synthetic import generate_labelled_orders, generate_stock
     from tasks.intake import submit_orders
 
-    base = Settings()
-    overrides: dict[str, Any] = {
-        # Short waves and frequent tracking sweeps so a few thousand orders finish in minutes.
-        "wave_max_age_s": 2.0,
-        "tracking_sweep_interval_s": 3.0,
-        "sweep_interval_s": 10.0,
-        "stage_deadline_s": 60.0,
-    }
-    if base.is_sqlite:
-        db_path = base.var_dir / "demo.db"
+    if database_url is None:
+        db_path = Settings().var_dir / "demo.db"
+        database_url = f"sqlite:///{db_path}"
         if fresh_db:
             for suffix in ("", "-wal", "-shm"):
                 p = db_path.with_name(db_path.name + suffix)
                 if p.exists():
                     p.unlink()
-        overrides["database_url"] = f"sqlite:///{db_path}"
-    settings = use_settings(**overrides)
+    # The demo's own Redis db and database, whatever ORDERFLEET_* points at.
+    settings = run_settings(
+        "demo", DEMO_REDIS_DB, database_url,
+        # Short waves and frequent tracking sweeps so a few thousand orders finish in minutes.
+        wave_max_age_s=2.0, tracking_sweep_interval_s=3.0, sweep_interval_s=10.0,
+        stage_deadline_s=60.0)
     dispose_engines()
+    if fresh_db and not settings.is_sqlite:
+        reset_run_database(settings, "demo")
     console = Console(stderr=True, quiet=quiet)
 
     # 3,600 carrier hours pass per real hour... times 10: a parcel is delivered in ~15 s.
@@ -88,7 +111,6 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
     with fleet:
         if fleet.started_redis:
             console.print(f"started Redis: {fleet.started_redis}")
-        purge_queues()
         console.print(f"fleet up: {workers} workers, beat, sandbox carrier, intake API at "
                       f"http://127.0.0.1:{settings.api_port}"
                       + (", Flower at http://127.0.0.1:5555" if flower else "")

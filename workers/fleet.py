@@ -91,6 +91,9 @@ class Fleet:
     queues: tuple[str, ...] = QUEUES
     log_dir: Path | None = None
     loglevel: str = "warning"
+    # A demo or benchmark run: its Redis db must be empty or carry this owner's mark, and is
+    # emptied at start (see claim_redis_db). None: the broker is used as configured.
+    owner: str | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started_redis: str | None = None  # what was started, for the README's "which Redis" line
 
@@ -208,6 +211,8 @@ class Fleet:
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.ensure_redis()
+            if self.owner is not None:
+                claim_redis_db(self.settings.broker_url, self.owner, fresh=True)
             upgrade(self.settings)
             if self.carrier:
                 self.start_carrier()
@@ -258,8 +263,69 @@ class Fleet:
         self.stop()
 
 
-def purge_queues() -> int:
-    """Drop messages left in our queues by an earlier run (their ids mean nothing now)."""
-    from workers.app import app
+# --------------------------------------------------------------------------------------------
+# Runs that must never touch a user's data (demo, benchmarks): their own Redis db and database
+# --------------------------------------------------------------------------------------------
 
-    return int(app.control.purge() or 0)
+OWNER_KEY = "orderfleet:owner"
+# Redis dbs of the local runs; the tests use 10-13 (one per pytest-xdist worker).
+DEMO_REDIS_DB = 14
+BENCH_REDIS_DB = 15
+
+
+class ForeignData(RuntimeError):
+    """A run was pointed at a Redis db or database that holds someone else's data."""
+
+
+def own_redis_url(configured_broker: str, db: int) -> str:
+    """The Redis db ``db`` on the configured broker's Redis server (local when it is not
+    Redis): a run of its own, next to whatever the broker's own db holds."""
+    parsed = urlparse(configured_broker)
+    if parsed.scheme not in ("redis", "rediss"):
+        return f"redis://127.0.0.1:6379/{db}"
+    return parsed._replace(path=f"/{db}").geturl()
+
+
+def claim_redis_db(url: str, owner: str, *, fresh: bool = False) -> None:
+    """Make the Redis db at ``url`` this run's: it must be empty or marked by ``owner``.
+
+    Refuses (ForeignData) a db that holds keys without our mark: they are someone else's.
+    ``fresh`` then empties it (queues, unacknowledged messages, counters, breakers, the beat
+    lock of an earlier run), which is safe because everything in it is the run's own.
+    """
+    client = redis.Redis.from_url(url)
+    try:
+        mark = client.get(OWNER_KEY)
+        if mark is None and client.dbsize() > 0:
+            raise ForeignData(f"Redis db {url} holds {client.dbsize()} keys that are not "
+                              f"orderfleet {owner}'s: choose an empty db")
+        if mark is not None and mark.decode() != owner:
+            raise ForeignData(f"Redis db {url} belongs to orderfleet {mark.decode()}, "
+                              f"not {owner}")
+        if fresh:
+            client.flushdb()
+        client.set(OWNER_KEY, owner)
+    finally:
+        client.close()
+
+
+def database_is_owned(database_url: str, owner: str) -> bool:
+    """True when the database's name says it belongs to ``owner`` (demo, bench, test)."""
+    name = database_url.rsplit("/", 1)[-1].split("?", 1)[0]
+    return owner in name.lower()
+
+
+def reset_run_database(settings: Settings, owner: str) -> None:
+    """Start a run from an empty, migrated schema: only for a database named for ``owner``."""
+    from domain.db import dispose_engines, get_engine
+    from domain.migrate import upgrade
+    from domain.models import Base
+
+    if not database_is_owned(settings.database_url, owner):
+        raise ForeignData(f"refusing to wipe {settings.database_url.split('@')[-1]}: use a "
+                          f"database named *{owner}*")
+    with get_engine(settings).begin() as conn:
+        Base.metadata.drop_all(conn)
+        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    dispose_engines()
+    upgrade(settings)
