@@ -69,7 +69,7 @@ def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7) -> dict
     from domain.db import unit_of_work
     from domain.models import OrderEvent
     from domain.stock import StockLevel, set_stock_levels
-    from domain.synthetic import generate_orders, generate_stock
+    from sandbox.synthetic import generate_orders, generate_stock
     from tasks.intake import submit_orders
 
     with unit_of_work(settings) as uow:

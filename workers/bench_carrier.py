@@ -97,7 +97,7 @@ def _books(settings: Settings) -> dict[str, int]:
 
 def _phase(settings: Settings, carrier: SandboxCarrier, n: int, seed: int, start_id: int,
            label: str, quiet: bool) -> tuple[list[int], dict[str, Any]]:
-    from domain.synthetic import generate_orders
+    from sandbox.synthetic import generate_orders
     from tasks.intake import submit_orders
 
     payloads = generate_orders(n, seed=seed, invalid_rate=0.0, high_value_rate=0.0,
@@ -119,7 +119,7 @@ def run_carrier_bench(*, n_orders: int, fault_rate: float, outage_s: float, work
                       database_url: str | None, quiet: bool) -> dict[str, Any]:
     from domain.db import dispose_engines, unit_of_work
     from domain.stock import StockLevel, set_stock_levels
-    from domain.synthetic import generate_stock
+    from sandbox.synthetic import generate_stock
     from tasks.labels import breaker_policy
 
     console = Console(stderr=True, quiet=quiet, width=140)

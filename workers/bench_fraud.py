@@ -1,6 +1,6 @@
 """``orderfleet bench fraud``: the fraud stage's accuracy and cost on a labelled order stream.
 
-The stream (``domain.fraud_streams``) is stored through intake, then the real stage function
+The stream (``sandbox.fraud_streams``) is stored through intake, then the real stage function
 ``tasks.fraud.check_orders`` checks it in micro-batches of ``batch_size`` in payment-time order,
 on a real database and the real velocity Redis (a namespace of its own, deleted afterwards), as a
 worker would: earlier approvals build the customer histories later orders are compared with.
@@ -32,8 +32,8 @@ from rich.table import Table
 from sqlalchemy import select
 
 from config.settings import Settings
-from domain.fraud_streams import FRAUD_PATTERNS, LEGIT_SEGMENTS, generate_stream
 from domain.lifecycle import State
+from sandbox.fraud_streams import FRAUD_PATTERNS, LEGIT_SEGMENTS, generate_stream
 
 
 def _ratio(a: int, b: int) -> float | None:
@@ -46,7 +46,7 @@ def run_fraud_bench(*, seed: int, n_orders: int, database_url: str | None = None
     from domain.db import dispose_engines, unit_of_work
     from domain.models import OrderRow
     from domain.stock import StockLevel, set_stock_levels
-    from domain.synthetic import generate_stock
+    from sandbox.synthetic import generate_stock
     from tasks.base import chunks
     from tasks.fraud import check_orders, velocity_store
     from tasks.intake import persist_orders

@@ -21,10 +21,10 @@ from sqlalchemy import func, select
 
 from config.settings import Settings
 from domain.lifecycle import State
+from sandbox.storefront import shopify_headers
 from workers.bench import LABELLED_OR_LATER, reset_database
 from workers.demo import use_settings, wait_until
 from workers.fleet import Fleet, free_port, purge_queues
-from workers.sandbox_storefront import shopify_headers
 
 SETTLED = (*LABELLED_OR_LATER, State.ON_HOLD, State.REJECTED, State.BACKORDERED,
            State.LABEL_FAILED)
@@ -85,7 +85,7 @@ def run_webhook_bench(*, n_orders: int, concurrency: int, workers: int, quiet: b
     from domain.db import unit_of_work
     from domain.models import OrderEvent
     from domain.stock import StockLevel, set_stock_levels
-    from domain.synthetic import generate_orders, generate_stock
+    from sandbox.synthetic import generate_orders, generate_stock
 
     console = Console(stderr=True, quiet=quiet)
     base = Settings()

@@ -63,7 +63,7 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
     from domain.db import dispose_engines, unit_of_work
     from domain.report import build_report
     from domain.stock import StockLevel, set_stock_levels
-    from domain.synthetic import generate_labelled_orders, generate_stock
+    from sandbox.synthetic import generate_labelled_orders, generate_stock
     from tasks.intake import submit_orders
 
     base = Settings()

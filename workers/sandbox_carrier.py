@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from domain.carriers.statuses import to_easypost_status
-from workers.threaded_server import ThreadedServer
+from sandbox.threaded_server import ThreadedServer
 
 CARRIERS: tuple[str, ...] = ("sbx-post", "sbx-air")
 MAX_BATCH_LABELS = 500
