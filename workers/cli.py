@@ -539,10 +539,10 @@ def carrier(host: str, port: int, time_scale: float, options: tuple[str, ...]) -
 
     Fault injection for the run: --latency-ms, --latency-jitter-ms, --error-rate,
     --rate-limit-rate, --retry-after-s, --timeout-rate, --lost-rate, --hang-s,
-    --fault-carriers, --fault-seed (see `python -m workers.sandbox_carrier --help`);
+    --fault-carriers, --fault-seed (see `python -m sandbox.carrier --help`);
     change them live with `orderfleet carrier-faults`.
     """
-    from workers.sandbox_carrier import main as carrier_main
+    from sandbox.carrier import main as carrier_main
 
     carrier_main(["--host", host, "--port", str(port), "--time-scale", str(time_scale),
                   *options])

@@ -134,7 +134,7 @@ class Fleet:
         port = parsed.port or 80
         if not port_free("127.0.0.1", port):
             raise RuntimeError(f"port {port} for the sandbox carrier is taken")
-        self._spawn("carrier", [sys.executable, "-m", "workers.sandbox_carrier",
+        self._spawn("carrier", [sys.executable, "-m", "sandbox.carrier",
                                 "--host", "127.0.0.1", "--port", str(port),
                                 "--time-scale", str(self.carrier_time_scale)])
 

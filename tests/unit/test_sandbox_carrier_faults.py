@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from workers.sandbox_carrier import (
+from sandbox.carrier.app import (
     FaultProfile,
     _BadRequest,
     add_fault_arguments,

@@ -14,7 +14,7 @@ international), and behaves like a real carrier where it matters to the pipeline
   and can push tracking changes to a webhook (``--webhook-url``).
 
 State lives in memory (one process, guarded by a lock). Run it with
-``python -m workers.sandbox_carrier --port 8765 --time-scale 3600``, or in-process with
+``python -m sandbox.carrier --port 8765 --time-scale 3600``, or in-process with
 :class:`SandboxCarrierServer` (tests) or :func:`serve`.
 """
 
@@ -1374,7 +1374,7 @@ class SandboxCarrierServer(ThreadedServer):
 
 
 def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
-    """The fault-injection flags, shared by ``python -m workers.sandbox_carrier`` and tools."""
+    """The fault-injection flags, shared by ``python -m sandbox.carrier`` and tools."""
     g = parser.add_argument_group("fault injection (all off by default)")
     g.add_argument("--latency-ms", type=float, default=0.0, help="delay every request")
     g.add_argument("--latency-jitter-ms", type=float, default=0.0, help="plus up to this much")
