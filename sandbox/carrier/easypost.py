@@ -181,7 +181,8 @@ class EasyPostApi:
         ids = self.state.ep_by_reference.get(id_or_reference, [])
         shipments = [self.state.ep_shipments[i] for i in ids]
         bought = [s for s in shipments if s["_label"] is not None]
-        return (bought or shipments or [None])[-1]
+        candidates = bought or shipments
+        return candidates[-1] if candidates else None
 
     async def create_shipment(self, request: Request) -> Response:
         if (denied := self._authorised(request)) is not None:
@@ -275,7 +276,9 @@ class EasyPostApi:
             return denied
         body = await json_body(request)
         batch_in = body.get("batch") if isinstance(body, dict) else None
-        defs = batch_in.get("shipments") if isinstance(batch_in, dict) else None
+        if not isinstance(batch_in, dict):
+            batch_in = {}
+        defs = batch_in.get("shipments")
         if not isinstance(defs, list):
             return _error("BATCH.INVALID_PARAMS", "batch.shipments: must be a list", 422,
                           "batch.shipments")

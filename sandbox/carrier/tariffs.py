@@ -141,7 +141,7 @@ def rates_for(carriers: Sequence[str], from_country: str, to_country: str,
               weight_g: int) -> list[dict[str, Any]]:
     """Every service of ``carriers`` that takes the parcel, cheapest first."""
     zone = _zone(from_country, to_country)
-    out = [
+    out: list[dict[str, Any]] = [
         {
             "carrier": carrier,
             "service": service,
