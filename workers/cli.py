@@ -704,7 +704,7 @@ def bench(ctx: click.Context, n_orders: int, workers: int, concurrency: int,
     """
     if ctx.invoked_subcommand is not None:
         return
-    from workers.bench import run_bench
+    from benchmarks.pipeline import run_bench
 
     result = run_bench(n_orders=n_orders, workers=workers, concurrency=concurrency,
                        quiet=as_json, database_url=database_url)
@@ -723,7 +723,7 @@ def bench(ctx: click.Context, n_orders: int, workers: int, concurrency: int,
 def bench_webhooks(n_orders: int, concurrency: int, workers: int, database_url: str | None,
                    as_json: bool) -> None:
     """Webhooks/s accepted by `orderfleet serve`, with the fleet draining behind it."""
-    from workers.bench_webhooks import run_webhook_bench
+    from benchmarks.webhooks import run_webhook_bench
 
     result = run_webhook_bench(n_orders=n_orders, concurrency=concurrency, workers=workers,
                                quiet=as_json, database_url=database_url)
@@ -741,7 +741,7 @@ def bench_webhooks(n_orders: int, concurrency: int, workers: int, database_url: 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_fraud(seed: int, n_orders: int, database_url: str | None, as_json: bool) -> None:
     """Fraud stage accuracy (precision, recall, FPR per pattern) and CPU time per order."""
-    from workers.bench_fraud import run_fraud_bench
+    from benchmarks.fraud import run_fraud_bench
 
     result = run_fraud_bench(seed=seed, n_orders=n_orders, database_url=database_url,
                              quiet=as_json)
@@ -762,7 +762,7 @@ def bench_fraud(seed: int, n_orders: int, database_url: str | None, as_json: boo
 def bench_carrier(n_orders: int, fault_rate: float, outage_s: float, workers: int,
                   database_url: str | None, as_json: bool) -> None:
     """Labels/s through a clean and a faulty carrier, and recovery from an outage."""
-    from workers.bench_carrier import run_carrier_bench
+    from benchmarks.carrier import run_carrier_bench
 
     result = run_carrier_bench(n_orders=n_orders, fault_rate=fault_rate, outage_s=outage_s,
                                workers=workers, database_url=database_url, quiet=as_json)
@@ -784,7 +784,7 @@ def bench_carrier(n_orders: int, fault_rate: float, outage_s: float, workers: in
 def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: str | None,
                     as_json: bool) -> None:
     """Reservations/s: one order per transaction, in bulk, and concurrently on a hot SKU."""
-    from workers.bench_inventory import run_inventory_bench
+    from benchmarks.inventory import run_inventory_bench
 
     result = run_inventory_bench(n_orders=n_orders, n_single=n_single, processes=processes,
                                  database_url=database_url, quiet=as_json)

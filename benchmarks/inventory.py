@@ -11,7 +11,7 @@ Four runs of the stage's plain function (``reserve_orders``), each on fresh orde
 
 Celery is left out on purpose: this measures the database work a reservation costs. The
 end-to-end proof (tests/e2e/test_inventory_concurrency.py) runs the same stage on 8 workers.
-Also runnable as ``python -m workers.bench_inventory``.
+Also runnable as ``python -m benchmarks.inventory``.
 """
 
 from __future__ import annotations
@@ -123,9 +123,9 @@ def run_inventory_bench(*, n_orders: int = 5000, n_single: int = 1000, processes
                         database_url: str | None = None, quiet: bool = False,
                         seed: int = 5) -> dict[str, Any]:
     """Run the four measurements on a wiped benchmark database; return the figures."""
+    from benchmarks.pipeline import reset_database
     from tasks.base import chunks
     from tasks.inventory import reserve_orders
-    from workers.bench import reset_database
 
     url = database_url or DEFAULT_DATABASE_URL
     # The hot-SKU run sells out on purpose: auto-freeze would hold the rest (a different path).

@@ -43,6 +43,7 @@ def _ratio(a: int, b: int) -> float | None:
 def run_fraud_bench(*, seed: int, n_orders: int, database_url: str | None = None,
                     quiet: bool = False, fraud_rate: float = 0.05) -> dict[str, Any]:
     """Generate, store and check a labelled stream; return the figures."""
+    from benchmarks.pipeline import reset_database
     from domain.db import dispose_engines, unit_of_work
     from domain.models import OrderRow
     from domain.stock import StockLevel, set_stock_levels
@@ -50,7 +51,6 @@ def run_fraud_bench(*, seed: int, n_orders: int, database_url: str | None = None
     from tasks.base import chunks
     from tasks.fraud import check_orders, velocity_store
     from tasks.intake import persist_orders
-    from workers.bench import reset_database
 
     console = Console(stderr=True, quiet=quiet)
     base = Settings()

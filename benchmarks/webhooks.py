@@ -19,10 +19,10 @@ from typing import Any
 from rich.console import Console
 from sqlalchemy import func, select
 
+from benchmarks.pipeline import LABELLED_OR_LATER, reset_database
 from config.settings import Settings
 from domain.lifecycle import State
 from sandbox.storefront import shopify_headers
-from workers.bench import LABELLED_OR_LATER, reset_database
 from workers.demo import use_settings, wait_until
 from workers.fleet import Fleet, free_port, purge_queues
 

@@ -44,7 +44,7 @@ def reset_database(settings: Settings) -> None:
 def noop_chain_run(n: int, settings: Settings, quiet: bool) -> dict[str, Any]:
     from celery import chain
 
-    from tasks.bench import NOOP_DONE_KEY, noop
+    from benchmarks.noop import NOOP_DONE_KEY, noop
 
     r = redis.Redis.from_url(settings.broker_url)
     r.delete(NOOP_DONE_KEY)

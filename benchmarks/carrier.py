@@ -23,11 +23,11 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from benchmarks.pipeline import reset_database
 from config.settings import Settings
 from domain.breaker import CircuitBreaker
 from domain.carriers import SandboxCarrier
 from domain.lifecycle import State
-from workers.bench import reset_database
 from workers.demo import use_settings, wait_until
 from workers.fleet import Fleet, free_port, purge_queues
 
