@@ -7,6 +7,8 @@ COPY config ./config
 COPY domain ./domain
 COPY tasks ./tasks
 COPY workers ./workers
+COPY sandbox ./sandbox
+COPY benchmarks ./benchmarks
 COPY migrations ./migrations
 RUN pip install . && useradd --create-home orderfleet
 USER orderfleet

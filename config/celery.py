@@ -55,7 +55,7 @@ TASK_MODULES: tuple[str, ...] = (
     "tasks.tracking",
     "tasks.watchdog",
     "tasks.sweeps",
-    "tasks.bench",
+    "benchmarks.noop",
     "tasks.pushback",
     "tasks.cancellation",
 )

@@ -19,7 +19,7 @@ arrive together share that transaction (group commit, :class:`DeliveryWriter`). 
 runs afterwards: new order ids go to the fraud stage in micro-batches, and an order whose
 message never left (a crash) is re-driven by the beat sweep, because it is in the database.
 
-Measured with ``orderfleet bench webhooks`` (see workers/bench_webhooks.py).
+Measured with ``orderfleet bench webhooks`` (see benchmarks/webhooks.py).
 
 Run it with ``orderfleet serve --port P`` (or ``python -m workers.api``).
 """

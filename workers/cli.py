@@ -547,10 +547,10 @@ def carrier(host: str, port: int, time_scale: float, options: tuple[str, ...]) -
 
     Fault injection for the run: --latency-ms, --latency-jitter-ms, --error-rate,
     --rate-limit-rate, --retry-after-s, --timeout-rate, --lost-rate, --hang-s,
-    --fault-carriers, --fault-seed (see `python -m workers.sandbox_carrier --help`);
+    --fault-carriers, --fault-seed (see `python -m sandbox.carrier --help`);
     change them live with `orderfleet carrier-faults`.
     """
-    from workers.sandbox_carrier import main as carrier_main
+    from sandbox.carrier import main as carrier_main
 
     carrier_main(["--host", host, "--port", str(port), "--time-scale", str(time_scale),
                   *options])
@@ -685,13 +685,20 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--flower/--no-flower", default=True, show_default=True)
 @click.option("--keep-db", is_flag=True, help="Keep the demo database (default: start afresh).")
+@click.option("--database-url", default=None,
+              help="A PostgreSQL database whose name contains 'demo' (wiped unless --keep-db); "
+                   "default var/demo.db (SQLite).")
 def demo(n_orders: int, seed: int, workers: int, as_json: bool, flower: bool,
-         keep_db: bool) -> None:
-    """Start a local fleet, push synthetic orders through it, and print a summary."""
+         keep_db: bool, database_url: str | None) -> None:
+    """Start a local fleet, push synthetic orders through it, and print a summary.
+
+    The demo keeps to its own data whatever ORDERFLEET_* says: Redis db 14 of the configured
+    Redis server (refused unless empty or the demo's own) and its own database.
+    """
     from workers.demo import run_demo
 
     summary = run_demo(n_orders=n_orders, seed=seed, workers=workers, flower=flower,
-                       fresh_db=not keep_db, quiet=as_json)
+                       fresh_db=not keep_db, quiet=as_json, database_url=database_url)
     if as_json:
         click.echo(json.dumps(summary))
 
@@ -712,7 +719,7 @@ def bench(ctx: click.Context, n_orders: int, workers: int, concurrency: int,
     """
     if ctx.invoked_subcommand is not None:
         return
-    from workers.bench import run_bench
+    from benchmarks.pipeline import run_bench
 
     result = run_bench(n_orders=n_orders, workers=workers, concurrency=concurrency,
                        quiet=as_json, database_url=database_url)
@@ -731,7 +738,7 @@ def bench(ctx: click.Context, n_orders: int, workers: int, concurrency: int,
 def bench_webhooks(n_orders: int, concurrency: int, workers: int, database_url: str | None,
                    as_json: bool) -> None:
     """Webhooks/s accepted by `orderfleet serve`, with the fleet draining behind it."""
-    from workers.bench_webhooks import run_webhook_bench
+    from benchmarks.webhooks import run_webhook_bench
 
     result = run_webhook_bench(n_orders=n_orders, concurrency=concurrency, workers=workers,
                                quiet=as_json, database_url=database_url)
@@ -749,7 +756,7 @@ def bench_webhooks(n_orders: int, concurrency: int, workers: int, database_url: 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_fraud(seed: int, n_orders: int, database_url: str | None, as_json: bool) -> None:
     """Fraud stage accuracy (precision, recall, FPR per pattern) and CPU time per order."""
-    from workers.bench_fraud import run_fraud_bench
+    from benchmarks.fraud import run_fraud_bench
 
     result = run_fraud_bench(seed=seed, n_orders=n_orders, database_url=database_url,
                              quiet=as_json)
@@ -770,7 +777,7 @@ def bench_fraud(seed: int, n_orders: int, database_url: str | None, as_json: boo
 def bench_carrier(n_orders: int, fault_rate: float, outage_s: float, workers: int,
                   database_url: str | None, as_json: bool) -> None:
     """Labels/s through a clean and a faulty carrier, and recovery from an outage."""
-    from workers.bench_carrier import run_carrier_bench
+    from benchmarks.carrier import run_carrier_bench
 
     result = run_carrier_bench(n_orders=n_orders, fault_rate=fault_rate, outage_s=outage_s,
                                workers=workers, database_url=database_url, quiet=as_json)
@@ -792,7 +799,7 @@ def bench_carrier(n_orders: int, fault_rate: float, outage_s: float, workers: in
 def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: str | None,
                     as_json: bool) -> None:
     """Reservations/s: one order per transaction, in bulk, and concurrently on a hot SKU."""
-    from workers.bench_inventory import run_inventory_bench
+    from benchmarks.inventory import run_inventory_bench
 
     result = run_inventory_bench(n_orders=n_orders, n_single=n_single, processes=processes,
                                  database_url=database_url, quiet=as_json)

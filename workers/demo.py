@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -11,41 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from config.settings import Settings, get_settings
+from config.settings import Settings
 from domain.lifecycle import SETTLED, State
-from workers.fleet import (
-    DEMO_REDIS_DB,
-    Fleet,
-    ForeignData,
-    database_is_owned,
-    own_redis_url,
-    reset_run_database,
-    settings_env,
-)
-
-
-def use_settings(**overrides: Any) -> Settings:
-    """Build settings with overrides and make them this process's (and its children's)."""
-    settings = Settings(**overrides)
-    os.environ.update(settings_env(settings))
-    get_settings.cache_clear()
-    return get_settings()
-
-
-def run_settings(owner: str, redis_db: int, database_url: str, **overrides: Any) -> Settings:
-    """Settings of a run that keeps to its own data: the Redis db ``redis_db`` on the
-    configured Redis server (queues, counters, breakers, the beat lock) and a database whose
-    name carries ``owner``. Whatever the environment says, a user's broker db and database
-    are never used. Raises ForeignData for a database not named for the run."""
-    if not database_url.startswith("sqlite") and not database_is_owned(database_url, owner):
-        raise ForeignData(f"refusing to use {database_url.split('@')[-1]} for the {owner}: its "
-                          f"name must contain {owner!r}")
-    broker = own_redis_url(Settings().broker_url, redis_db)
-    # Shared state follows the run's broker, never a configured shared/fraud Redis.
-    for name in ("ORDERFLEET_SHARED_REDIS_URL", "ORDERFLEET_FRAUD_REDIS_URL"):
-        os.environ.pop(name, None)
-    return use_settings(broker_url=broker, database_url=database_url, shared_redis_url=None,
-                        fraud_redis_url=None, **overrides)
+from workers.fleet import DEMO_REDIS_DB, Fleet, reset_run_database, run_settings, use_settings
 
 
 def state_counts(settings: Settings) -> dict[str, int]:
@@ -83,7 +50,7 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
     from domain.db import dispose_engines, unit_of_work
     from domain.report import build_report
     from domain.stock import StockLevel, set_stock_levels
-    from domain.synthetic import generate_labelled_orders, generate_stock
+    from sandbox.synthetic import generate_labelled_orders, generate_stock
     from tasks.intake import submit_orders
 
     if database_url is None:
@@ -100,6 +67,7 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
         # Short waves and frequent tracking sweeps so a few thousand orders finish in minutes.
         wave_max_age_s=2.0, tracking_sweep_interval_s=3.0, sweep_interval_s=10.0,
         stage_deadline_s=60.0)
+    settings = use_settings(settings)
     dispose_engines()
     if fresh_db and not settings.is_sqlite:
         reset_run_database(settings, "demo")
@@ -107,7 +75,7 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
 
     # 3,600 carrier hours pass per real hour... times 10: a parcel is delivered in ~15 s.
     fleet = Fleet(settings, workers=workers, flower=flower, carrier_time_scale=12_000,
-                  api=True)
+                  api=True, owner="demo")
     with fleet:
         if fleet.started_redis:
             console.print(f"started Redis: {fleet.started_redis}")

@@ -15,17 +15,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+import psycopg
 import redis
 from pydantic import SecretStr
 
 from config.celery import QUEUES
-from config.settings import Settings
+from config.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,9 @@ class Fleet:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        # Exactly these settings: no ORDERFLEET_* variable of this process leaks into a child.
+        return {**_without_fleet_env(os.environ), **settings_env(self.settings),
+                "PYTHONUNBUFFERED": "1"}
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log_dir = self.log_dir or (self.settings.var_dir / "logs")
@@ -137,7 +141,7 @@ class Fleet:
         port = parsed.port or 80
         if not port_free("127.0.0.1", port):
             raise RuntimeError(f"port {port} for the sandbox carrier is taken")
-        self._spawn("carrier", [sys.executable, "-m", "workers.sandbox_carrier",
+        self._spawn("carrier", [sys.executable, "-m", "sandbox.carrier",
                                 "--host", "127.0.0.1", "--port", str(port),
                                 "--time-scale", str(self.carrier_time_scale)])
 
@@ -315,15 +319,66 @@ def database_is_owned(database_url: str, owner: str) -> bool:
     return owner in name.lower()
 
 
+def _without_fleet_env(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("ORDERFLEET_")}
+
+
+def use_settings(settings: Settings) -> Settings:
+    """Make ``settings`` this process's (and its children's): every ORDERFLEET_* variable is
+    replaced, none inherited. Must run before this process loads the Celery app with other
+    settings, or tasks would go to that app's broker."""
+    loaded = sys.modules.get("workers.app")
+    if loaded is not None and loaded.app.conf.broker_url != settings.broker_url:
+        raise RuntimeError("the Celery app was loaded with another broker; choose a run's "
+                           "settings before anything loads workers.app")
+    fleet_env = [k for k in os.environ if k.startswith("ORDERFLEET_")]
+    for name in fleet_env:
+        del os.environ[name]
+    os.environ.update(settings_env(settings))
+    get_settings.cache_clear()
+    import workers.app  # noqa: F401 - installs how this process sends tasks
+
+    return get_settings()
+
+
+def run_settings(owner: str, redis_db: int, database_url: str, **overrides: Any) -> Settings:
+    """Settings of a run that keeps to its own data (a demo, a benchmark): the project's
+    defaults plus ``overrides``, never the user's ORDERFLEET_* configuration (which may name a
+    real carrier account or a production database); the Redis db ``redis_db`` on the
+    configured Redis server; a database whose name carries ``owner`` (or SQLite). Raises
+    ForeignData for a database not named for the run. Changes nothing in this process."""
+    if not database_url.startswith("sqlite") and not database_is_owned(database_url, owner):
+        raise ForeignData(f"refusing to use {database_url.split('@')[-1]} for the {owner}: its "
+                          f"name must contain {owner!r}")
+    broker = own_redis_url(os.environ.get("ORDERFLEET_BROKER_URL", ""), redis_db)
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(_without_fleet_env(saved))
+        return Settings(broker_url=broker, database_url=database_url, **overrides)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def reset_run_database(settings: Settings, owner: str) -> None:
-    """Start a run from an empty, migrated schema: only for a database named for ``owner``."""
+    """Start a run from an empty, migrated schema: only for a database named for ``owner``
+    (created on PostgreSQL when missing)."""
     from domain.db import dispose_engines, get_engine
     from domain.migrate import upgrade
     from domain.models import Base
 
-    if not database_is_owned(settings.database_url, owner):
-        raise ForeignData(f"refusing to wipe {settings.database_url.split('@')[-1]}: use a "
-                          f"database named *{owner}*")
+    url = settings.database_url
+    if not url.startswith("sqlite") and not database_is_owned(url, owner):
+        raise ForeignData(f"refusing to wipe {url.split('@')[-1]}: use a database named "
+                          f"*{owner}*")
+    if url.startswith("postgresql"):
+        name = url.rsplit("/", 1)[-1]
+        admin = url.rsplit("/", 1)[0].replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(f"{admin}/postgres", autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                (name,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{name}"')
     with get_engine(settings).begin() as conn:
         Base.metadata.drop_all(conn)
         conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")

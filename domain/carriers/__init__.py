@@ -1,6 +1,6 @@
 """Carrier adapters: one interface (``CarrierAdapter``), one adapter per carrier API.
 
-* ``sandbox``: orderfleet's own sandbox carrier (``workers.sandbox_carrier``);
+* ``sandbox``: orderfleet's own sandbox carrier (``sandbox.carrier``);
 * ``easypost``: an EasyPost-shaped REST API, so a store can plug a real account in.
 
 ``build_carrier(settings)`` returns the adapter the settings name.

@@ -1,4 +1,4 @@
-"""The adapter for orderfleet's own carrier API (served by ``workers.sandbox_carrier``).
+"""The adapter for orderfleet's own carrier API (served by ``sandbox.carrier``).
 
 Its label purchase is idempotent on the key at the carrier, so every call here is safe to
 retry, the batch purchase included.
@@ -146,7 +146,7 @@ class SandboxCarrier(CarrierAdapter):
         self.transport.call("POST", "/v1/reset")
 
     def set_faults(self, **profile: object) -> dict[str, object]:
-        """Inject faults from now on (see ``workers.sandbox_carrier.FaultProfile``)."""
+        """Inject faults from now on (see ``sandbox.carrier.FaultProfile``)."""
         return dict(self.transport.call("PUT", "/v1/admin/faults", json=profile))
 
     def clear_faults(self) -> None:

@@ -20,7 +20,7 @@ from domain.carriers.shared import breaker_policy
 from domain.db import unit_of_work
 from domain.models import OrderRow, Shipment, Wave
 from domain.stock import StockLevel, set_stock_levels
-from domain.synthetic import generate_labelled_orders, generate_stock
+from sandbox.synthetic import generate_labelled_orders, generate_stock
 from tasks.intake import submit_orders
 from tests.e2e.conftest import state_counts, wait_for
 

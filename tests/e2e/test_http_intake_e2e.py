@@ -13,10 +13,10 @@ from sqlalchemy import select
 
 from domain.db import unit_of_work
 from domain.models import OrderRow, Shipment, StoreNotification
+from sandbox.storefront import SandboxStorefrontServer, shopify_headers
 from tests.e2e.conftest import state_counts, wait_for
 from tests.integration.helpers import put_stock
 from workers.fleet import Fleet, free_port
-from workers.sandbox_storefront import SandboxStorefrontServer, shopify_headers
 
 pytestmark = pytest.mark.e2e
 

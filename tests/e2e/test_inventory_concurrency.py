@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
+from benchmarks.inventory import place_orders
 from domain.clock import utcnow
 from domain.db import unit_of_work
 from domain.models import OrderEvent, OrderLine, OrderRow, Reservation, SkuHealth, Stock
 from tasks.inventory import choose_warehouse, reserve
 from tests.e2e.conftest import state_counts, wait_for
 from tests.integration.helpers import put_stock
-from workers.bench_inventory import place_orders
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ from starlette.testclient import TestClient
 from domain.db import unit_of_work
 from domain.models import OrderRow
 from domain.stock import StockLevel, set_stock_levels
-from domain.synthetic import generate_labelled_orders, generate_stock
+from sandbox.synthetic import generate_labelled_orders, generate_stock
 from tasks.intake import submit_orders
 from tests.e2e.conftest import wait_for
 from workers.review_api import create_app

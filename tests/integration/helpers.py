@@ -41,10 +41,10 @@ def put_stock(settings: Any, rows: list[tuple[str, str, str, int]]) -> None:
 
 @contextmanager
 def sandbox_carrier_process(*args: str) -> Iterator[str]:
-    """The sandbox carrier as a real process (``python -m workers.sandbox_carrier ARGS``) on a
+    """The sandbox carrier as a real process (``python -m sandbox.carrier ARGS``) on a
     free port; yields its URL once healthy, stops it after."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "workers.sandbox_carrier",
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox.carrier",
                              "--port", str(port), *args])
     url = f"http://127.0.0.1:{port}"
     try:

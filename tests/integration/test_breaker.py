@@ -12,7 +12,7 @@ import pytest
 
 from domain.breaker import BreakerPolicy, CircuitBreaker
 from domain.carriers import CarrierCircuitOpen, CarrierUnavailable, SandboxCarrier
-from workers.sandbox_carrier import FaultProfile, SandboxCarrierServer
+from sandbox.carrier import FaultProfile, SandboxCarrierServer
 
 POLICY = BreakerPolicy(window_s=10, min_calls=4, failure_rate=0.5, open_s=5, max_open_s=20,
                        probe_lease_s=3)

@@ -19,7 +19,7 @@ from domain.carriers import (
     build_carrier,
 )
 from domain.carriers.easypost import ounces
-from workers.sandbox_carrier import FaultProfile, SandboxCarrierServer
+from sandbox.carrier import FaultProfile, SandboxCarrierServer
 
 KEY = "EZTK-sandbox-key"
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from domain.carriers import CarrierUnavailable, LabelRequest, SandboxCarrier
+from sandbox.carrier import FaultProfile, SandboxCarrierServer
 from tests.integration.helpers import sandbox_carrier_process
-from workers.sandbox_carrier import FaultProfile, SandboxCarrierServer
 
 
 def request(key: str, carrier: str = "sbx-post") -> LabelRequest:

@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 from domain.db import unit_of_work
 from domain.models import OrderEvent, OrderRow, RejectedOrder, Reservation, WebhookDelivery
 from domain.platforms import sign_body
+from sandbox.storefront import shopify_headers, woocommerce_headers
+from sandbox.threaded_server import ThreadedServer
 from tests.integration.helpers import native_order, put_stock
 from workers.api import create_app
-from workers.sandbox_storefront import ThreadedServer, shopify_headers, woocommerce_headers
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SHOP_SECRET = "shpss_acme_webhook_secret"

@@ -16,6 +16,7 @@ from typing import Any
 from click.testing import CliRunner
 from sqlalchemy import create_engine, select, text, update
 
+from benchmarks.inventory import place_orders
 from domain.alerts import open_alerts
 from domain.db import unit_of_work
 from domain.lifecycle import State, transition
@@ -24,7 +25,6 @@ from domain.reservations import consume_reservations, release_reservations, rest
 from domain.sku_health import freeze_sku, unfreeze_sku
 from tasks.inventory import expire_stale_reservations, reserve_orders, wake_backordered
 from tests.integration.helpers import put_stock
-from workers.bench_inventory import place_orders
 from workers.cli import main as cli
 
 # At most 2 failures in the last 100 first attempts: the 3rd freezes the SKU.

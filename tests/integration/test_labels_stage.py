@@ -19,6 +19,7 @@ from domain.carriers.shared import breaker_policy
 from domain.clock import utcnow
 from domain.db import unit_of_work
 from domain.models import OrderRow, Shipment, Wave
+from sandbox.carrier import FaultProfile, SandboxCarrierServer
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders
@@ -30,7 +31,6 @@ from tasks.labels import (
 )
 from tasks.sharding import assign_orders, close_waves_older_than
 from tests.integration.helpers import native_order, put_stock
-from workers.sandbox_carrier import FaultProfile, SandboxCarrierServer
 
 BERLIN = {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117",
           "country": "DE"}

@@ -15,6 +15,7 @@ from domain.alerts import open_alerts
 from domain.db import unit_of_work
 from domain.models import OrderRow, Shipment, StoreNotification
 from domain.notifications import notify_store
+from sandbox.storefront import SandboxStorefrontServer
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders
@@ -23,7 +24,6 @@ from tasks.pushback import send_notifications
 from tasks.sharding import assign_orders, close_waves_older_than
 from tasks.tracking import backfill_shipments
 from tests.integration.helpers import native_order, put_stock
-from workers.sandbox_storefront import SandboxStorefrontServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TOKEN = "shpat_acme_admin_token"

@@ -28,7 +28,7 @@ from domain.carriers import (
     Label,
     LabelRequest,
 )
-from workers.sandbox_carrier import SandboxCarrierServer
+from sandbox.carrier import SandboxCarrierServer
 
 StartCarrier = Callable[..., SandboxCarrierServer]
 

@@ -26,6 +26,7 @@ from domain.carriers.shared import breaker_policy
 from domain.clock import utcnow
 from domain.db import unit_of_work
 from domain.models import OrderRow, RejectedTrackingPush, Shipment, TrackingEvent
+from sandbox.carrier import SandboxCarrierServer
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders
@@ -34,7 +35,6 @@ from tasks.sharding import assign_orders, close_waves_older_than
 from tasks.tracking import backfill_shipments
 from tasks.watchdog import run_watchdog
 from tests.integration.helpers import native_order, put_stock
-from workers.sandbox_carrier import SandboxCarrierServer
 from workers.tracking_api import signature, tracking_routes_for
 
 BERLIN = {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117",

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from domain.fraud.address import is_po_box
 from domain.fraud.profile import ip_country
-from domain.fraud_streams import FRAUD_PATTERNS, generate_stream
 from domain.schemas import parse_order
+from sandbox.fraud_streams import FRAUD_PATTERNS, generate_stream
 
 START = datetime(2026, 11, 27, tzinfo=UTC)
 

@@ -4,12 +4,8 @@ import argparse
 
 import pytest
 
-from workers.sandbox_carrier import (
-    FaultProfile,
-    _BadRequest,
-    add_fault_arguments,
-    faults_from_args,
-)
+from sandbox.carrier import FaultProfile, add_fault_arguments, faults_from_args
+from sandbox.carrier.errors import BadRequest
 
 
 def test_draws_follow_the_configured_shares() -> None:
@@ -37,7 +33,7 @@ def test_no_faults_by_default() -> None:
     ({"eror_rate": 0.1}, "eror_rate"),
 ])
 def test_a_bad_setting_is_refused_naming_the_field(body: dict, field: str) -> None:
-    with pytest.raises(_BadRequest) as refused:
+    with pytest.raises(BadRequest) as refused:
         FaultProfile.from_json(body)
     assert field in refused.value.message
 

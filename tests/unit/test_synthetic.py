@@ -14,7 +14,7 @@ import pytest
 
 from config.settings import DEFAULT_FX_RATES_TO_USD
 from domain.schemas import Order, OrderValidationError, parse_order
-from domain.synthetic import (
+from sandbox.synthetic import (
     CATALOGUE,
     KINDS,
     WAREHOUSES,

@@ -4,7 +4,7 @@ Deterministic for a seed (and a given ``start``). Every order is a native payloa
 accepts, labelled with whether it is fraud and which pattern or genuine segment it belongs to.
 The rules were tuned on seed 1; report accuracy on other seeds.
 
-Genuine traffic (built on ``domain.synthetic``'s orders: real-looking carts, prices, taxes and
+Genuine traffic (built on ``sandbox.synthetic``'s orders: real-looking carts, prices, taxes and
 addresses in 20 countries, a share in Chinese, Japanese, Korean, Cyrillic or Arabic script) has
 the noise real stores see, so a rule cannot simply key on one field:
 
@@ -45,7 +45,7 @@ from typing import Any
 
 import iptocc
 
-from domain.synthetic import CATALOGUE, generate_labelled_orders, to_usd
+from sandbox.synthetic import CATALOGUE, generate_labelled_orders, to_usd
 
 FRAUD_PATTERNS: tuple[str, ...] = (
     "card_testing",

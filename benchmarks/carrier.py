@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import psycopg
 import redis
 from rich.console import Console
 from rich.table import Table
@@ -26,17 +25,22 @@ from sqlalchemy import func, select
 from config.settings import Settings
 from domain.breaker import CircuitBreaker
 from domain.carriers import SandboxCarrier
-from domain.lifecycle import State
-from workers.bench import reset_database
-from workers.demo import use_settings, wait_until
-from workers.fleet import Fleet, free_port, purge_queues
+from domain.lifecycle import LABELLED_OR_LATER, State, values
+from workers.demo import wait_until
+from workers.fleet import (
+    BENCH_REDIS_DB,
+    Fleet,
+    free_port,
+    reset_run_database,
+    run_settings,
+    use_settings,
+)
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/orderfleet_bench_carrier"
-LABELLED_OR_LATER = (State.LABELLED.value, State.IN_TRANSIT.value, State.DELIVERED.value)
+LABELLED = tuple(values(LABELLED_OR_LATER))
 # Where an order rests when it will not get a label on its own (the fraud desk holds a few
 # synthetic orders, e.g. a customer seen in an earlier phase).
-RESTING = (State.ON_HOLD.value, State.REJECTED.value, State.BACKORDERED.value,
-           State.LABEL_FAILED.value)
+RESTING = tuple(values({State.ON_HOLD, State.REJECTED, State.BACKORDERED, State.LABEL_FAILED}))
 FLEET_SETTINGS: dict[str, Any] = {
     "carrier_timeout_s": 1.0,
     "carrier_retry_max_s": 5.0,
@@ -60,14 +64,6 @@ def mixed_faults(rate: float) -> dict[str, Any]:
             "timeout_rate": 0.2 * rate, "lost_rate": 0.2 * rate, "hang_s": 1.5}
 
 
-def _ensure_database(url: str) -> None:
-    name = url.rsplit("/", 1)[-1]
-    admin = url.rsplit("/", 1)[0].replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
 def _settled(settings: Settings, ids: list[int], states: tuple[str, ...]) -> int:
     from domain.db import unit_of_work
     from domain.models import OrderRow
@@ -80,7 +76,7 @@ def _settled(settings: Settings, ids: list[int], states: tuple[str, ...]) -> int
 
 def _books(settings: Settings) -> dict[str, int]:
     from domain.db import unit_of_work
-    from domain.models import Batch, Shipment
+    from domain.models import Shipment, Wave
 
     with unit_of_work(settings) as uow:
         s = uow.session
@@ -91,13 +87,13 @@ def _books(settings: Settings) -> dict[str, int]:
                 select(Shipment.order_id).group_by(Shipment.order_id)
                 .having(func.count() > 1)).all()),
             "wave_deferrals": int(s.execute(select(func.coalesce(
-                func.sum(Batch.label_attempts), 0))).scalar()),
+                func.sum(Wave.label_attempts), 0))).scalar()),
         }
 
 
 def _phase(settings: Settings, carrier: SandboxCarrier, n: int, seed: int, start_id: int,
            label: str, quiet: bool) -> tuple[list[int], dict[str, Any]]:
-    from domain.synthetic import generate_orders
+    from sandbox.synthetic import generate_orders
     from tasks.intake import submit_orders
 
     payloads = generate_orders(n, seed=seed, invalid_rate=0.0, high_value_rate=0.0,
@@ -105,10 +101,10 @@ def _phase(settings: Settings, carrier: SandboxCarrier, n: int, seed: int, start
     before = carrier.stats()
     t0 = time.perf_counter()
     ids = submit_orders(payloads, settings=settings).accepted
-    wait_until(settings, lambda _c: _settled(settings, ids, LABELLED_OR_LATER + RESTING),
+    wait_until(settings, lambda _c: _settled(settings, ids, LABELLED + RESTING),
                len(ids), label=label, quiet=quiet, timeout=max(300.0, n * 1.0))
     elapsed = time.perf_counter() - t0
-    labelled = _settled(settings, ids, LABELLED_OR_LATER)
+    labelled = _settled(settings, ids, LABELLED)
     after = carrier.stats()
     delta = {k: after[k] - before.get(k, 0) for k in after}
     return ids, {"orders": len(ids), "labelled": labelled, "seconds": round(elapsed, 2),
@@ -117,26 +113,23 @@ def _phase(settings: Settings, carrier: SandboxCarrier, n: int, seed: int, start
 
 def run_carrier_bench(*, n_orders: int, fault_rate: float, outage_s: float, workers: int,
                       database_url: str | None, quiet: bool) -> dict[str, Any]:
+    from domain.carriers.shared import breaker_policy
     from domain.db import dispose_engines, unit_of_work
     from domain.stock import StockLevel, set_stock_levels
-    from domain.synthetic import generate_stock
-    from tasks.labels import breaker_policy
+    from sandbox.synthetic import generate_stock
 
     console = Console(stderr=True, quiet=quiet, width=140)
     url = database_url or DEFAULT_DATABASE_URL
-    if url.startswith("postgresql"):
-        _ensure_database(url)
-    settings = use_settings(database_url=url, carrier_url=f"http://127.0.0.1:{free_port()}",
-                            **FLEET_SETTINGS)
+    settings = run_settings("bench", BENCH_REDIS_DB, url,
+                            carrier_url=f"http://127.0.0.1:{free_port()}", **FLEET_SETTINGS)
+    settings = use_settings(settings)
     dispose_engines()
-    reset_database(settings)
+    reset_run_database(settings, "bench")
+    # The fleet empties its own Redis db at start: breakers and queues of an earlier run too.
     fleet = Fleet(settings, workers=workers, carrier_time_scale=36_000.0,
-                  log_dir=settings.var_dir / "logs" / "bench-carrier")
+                  log_dir=settings.var_dir / "logs" / "bench-carrier", owner="bench")
     breaker = CircuitBreaker(redis.Redis.from_url(settings.shared_redis),
                              breaker_policy(settings))
-    for name in breaker.names():
-        breaker.reset(name)
-    purge_queues()
     result: dict[str, Any] = {"orders_per_phase": n_orders, "fault_rate": fault_rate,
                               "workers": workers}
     with fleet:

@@ -13,7 +13,7 @@ It plays both ends of a store's integration:
 Everything received is recorded (``GET /_sandbox/received``). Failures on purpose:
 ``POST /_sandbox/fail {"status": 503, "times": 2, "path_contains": "fulfillments"}`` makes the
 next two matching requests fail (``"retry_after": 1`` adds the header). ``POST /_sandbox/reset``
-forgets everything. Run it with ``python -m workers.sandbox_storefront --port 8766``.
+forgets everything. Run it with ``python -m sandbox.storefront --port 8766``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from domain.platforms import sign_body, signature_matches
-from workers.threaded_server import ThreadedServer
+from sandbox.threaded_server import ThreadedServer
 
 SHOPIFY_EVENT_STATUSES = frozenset({
     "attempted_delivery", "carrier_picked_up", "confirmed", "delayed", "delivered", "failure",

@@ -15,36 +15,15 @@ from rich.console import Console
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from domain.lifecycle import State
-from workers.demo import use_settings, wait_until
-from workers.fleet import Fleet, purge_queues
-
-LABELLED_OR_LATER = (State.LABELLED, State.IN_TRANSIT, State.DELIVERED)
-# The fraud check may hold a few synthetic "normal" orders for review: they are done too.
-DONE = (*LABELLED_OR_LATER, State.ON_HOLD, State.REJECTED, State.BACKORDERED, State.LABEL_FAILED)
-
-
-def reset_database(settings: Settings) -> None:
-    """Start from an empty schema: only for a database whose name says it is for benchmarks."""
-    from domain.db import dispose_engines, get_engine
-    from domain.migrate import upgrade
-    from domain.models import Base
-
-    name = settings.database_url.rsplit("/", 1)[-1]
-    if "bench" not in name:
-        raise SystemExit(f"refusing to wipe {settings.database_url}: use a database named *bench*")
-    engine = get_engine(settings)
-    with engine.begin() as conn:
-        Base.metadata.drop_all(conn)
-        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-    dispose_engines()
-    upgrade(settings)
+from domain.lifecycle import LABELLED_OR_LATER, SETTLED, State
+from workers.demo import wait_until
+from workers.fleet import BENCH_REDIS_DB, Fleet, reset_run_database, run_settings, use_settings
 
 
 def noop_chain_run(n: int, settings: Settings, quiet: bool) -> dict[str, Any]:
     from celery import chain
 
-    from tasks.bench import NOOP_DONE_KEY, noop
+    from benchmarks.noop import NOOP_DONE_KEY, noop
 
     r = redis.Redis.from_url(settings.broker_url)
     r.delete(NOOP_DONE_KEY)
@@ -69,7 +48,7 @@ def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7) -> dict
     from domain.db import unit_of_work
     from domain.models import OrderEvent
     from domain.stock import StockLevel, set_stock_levels
-    from domain.synthetic import generate_orders, generate_stock
+    from sandbox.synthetic import generate_orders, generate_stock
     from tasks.intake import submit_orders
 
     with unit_of_work(settings) as uow:
@@ -82,7 +61,8 @@ def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7) -> dict
     for i in range(0, n, 1000):
         accepted += len(submit_orders(payloads[i : i + 1000], settings=settings).accepted)
     submitted = time.time() - t0
-    counts = wait_until(settings, lambda c: sum(c.get(s.value, 0) for s in DONE),
+    # The fraud check may hold a few synthetic "normal" orders for review: they are done too.
+    counts = wait_until(settings, lambda c: sum(c.get(s.value, 0) for s in SETTLED),
                         accepted, label="pipeline: orders done", quiet=quiet,
                         timeout=max(300.0, n * 0.2))
     with unit_of_work(settings) as uow:
@@ -99,22 +79,18 @@ def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7) -> dict
 
 def run_bench(*, n_orders: int, workers: int, concurrency: int, quiet: bool,
               database_url: str | None = None) -> dict[str, Any]:
-    base = Settings()
-    url = database_url or (f"sqlite:///{base.var_dir / 'bench.db'}" if base.is_sqlite
-                           else base.database_url)
-    settings = use_settings(database_url=url, fraud_velocity_namespace="orderfleet:bench:fraud",
-                            wave_max_age_s=1.0, sweep_interval_s=30.0, stage_deadline_s=300.0,
+    url = database_url or f"sqlite:///{Settings().var_dir / 'bench.db'}"
+    # The benchmark's own Redis db (emptied at start: queues, velocity counters of an earlier
+    # run, which would make the same synthetic customers look like a card-testing burst) and
+    # its own database, whatever ORDERFLEET_* points at.
+    settings = run_settings("bench", BENCH_REDIS_DB, url, wave_max_age_s=1.0,
+                            sweep_interval_s=30.0, stage_deadline_s=300.0,
                             tracking_sweep_interval_s=3600.0)
-    reset_database(settings)
-    from tasks.fraud import velocity_store
-
-    # The fraud check's velocity counters outlive a run: a rerun of the same synthetic
-    # customers would otherwise look like a card-testing burst and be held.
-    velocity_store(settings).clear()
+    settings = use_settings(settings)
+    reset_run_database(settings, "bench")
     fleet = Fleet(settings, workers=workers, concurrency=concurrency, beat=True, flower=False,
-                  carrier_time_scale=1.0)
+                  carrier_time_scale=1.0, owner="bench")
     with fleet:
-        purge_queues()
         noop = noop_chain_run(n_orders, settings, quiet)
         pipeline = pipeline_run(n_orders, settings, quiet)
     ratio = round(pipeline["orders_per_s"] / noop["orders_per_s"], 2)

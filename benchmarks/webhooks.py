@@ -20,14 +20,18 @@ from rich.console import Console
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from domain.lifecycle import State
-from workers.bench import LABELLED_OR_LATER, reset_database
-from workers.demo import use_settings, wait_until
-from workers.fleet import Fleet, free_port, purge_queues
-from workers.sandbox_storefront import shopify_headers
+from domain.lifecycle import SETTLED, State
+from sandbox.storefront import shopify_headers
+from workers.demo import wait_until
+from workers.fleet import (
+    BENCH_REDIS_DB,
+    Fleet,
+    free_port,
+    reset_run_database,
+    run_settings,
+    use_settings,
+)
 
-SETTLED = (*LABELLED_OR_LATER, State.ON_HOLD, State.REJECTED, State.BACKORDERED,
-           State.LABEL_FAILED)
 SHOP = "bench-shop"
 SECRET = "shpss_bench_webhook_secret"
 
@@ -85,17 +89,16 @@ def run_webhook_bench(*, n_orders: int, concurrency: int, workers: int, quiet: b
     from domain.db import unit_of_work
     from domain.models import OrderEvent
     from domain.stock import StockLevel, set_stock_levels
-    from domain.synthetic import generate_orders, generate_stock
+    from sandbox.synthetic import generate_orders, generate_stock
 
     console = Console(stderr=True, quiet=quiet)
-    base = Settings()
-    url = database_url or (f"sqlite:///{base.var_dir / 'bench-webhooks.db'}" if base.is_sqlite
-                           else base.database_url)
-    settings = use_settings(database_url=url, shopify_secrets={SHOP: SECRET},
+    url = database_url or f"sqlite:///{Settings().var_dir / 'bench-webhooks.db'}"
+    settings = run_settings("bench", BENCH_REDIS_DB, url, shopify_secrets={SHOP: SECRET},
                             api_port=free_port(), carrier_url=f"http://127.0.0.1:{free_port()}",
                             wave_max_age_s=1.0, sweep_interval_s=30.0, stage_deadline_s=300.0,
                             tracking_sweep_interval_s=3600.0)
-    reset_database(settings)
+    settings = use_settings(settings)
+    reset_run_database(settings, "bench")
     payloads = generate_orders(n_orders, seed=seed, store=SHOP, shopify_rate=1.0,
                                invalid_rate=0.0, high_value_rate=0.0, risky_rate=0.0)
     path = f"/webhooks/shopify/{SHOP}"
@@ -104,9 +107,9 @@ def run_webhook_bench(*, n_orders: int, concurrency: int, workers: int, quiet: b
         body = json.dumps(p).encode()
         requests.append(http_request("127.0.0.1", settings.api_port, path, body,
                                      shopify_headers(SECRET, body, "orders/paid", SHOP)))
-    fleet = Fleet(settings, workers=workers, beat=True, api=True, carrier_time_scale=1.0)
+    fleet = Fleet(settings, workers=workers, beat=True, api=True, carrier_time_scale=1.0,
+                  owner="bench")
     with fleet:
-        purge_queues()
         with unit_of_work(settings) as uow:
             set_stock_levels(uow, [StockLevel.model_validate(r)
                                    for r in generate_stock(seed=seed, units_per_sku=n_orders)])

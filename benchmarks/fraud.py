@@ -1,6 +1,6 @@
 """``orderfleet bench fraud``: the fraud stage's accuracy and cost on a labelled order stream.
 
-The stream (``domain.fraud_streams``) is stored through intake, then the real stage function
+The stream (``sandbox.fraud_streams``) is stored through intake, then the real stage function
 ``tasks.fraud.check_orders`` checks it in micro-batches of ``batch_size`` in payment-time order,
 on a real database and the real velocity Redis (a namespace of its own, deleted afterwards), as a
 worker would: earlier approvals build the customer histories later orders are compared with.
@@ -23,7 +23,6 @@ whatever their score) is policy, not detection, so it is reported separately
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -32,8 +31,9 @@ from rich.table import Table
 from sqlalchemy import select
 
 from config.settings import Settings
-from domain.fraud_streams import FRAUD_PATTERNS, LEGIT_SEGMENTS, generate_stream
 from domain.lifecycle import State
+from sandbox.fraud_streams import FRAUD_PATTERNS, LEGIT_SEGMENTS, generate_stream
+from workers.fleet import BENCH_REDIS_DB, claim_redis_db, reset_run_database, run_settings
 
 
 def _ratio(a: int, b: int) -> float | None:
@@ -46,20 +46,16 @@ def run_fraud_bench(*, seed: int, n_orders: int, database_url: str | None = None
     from domain.db import chunks, dispose_engines, unit_of_work
     from domain.models import OrderRow
     from domain.stock import StockLevel, set_stock_levels
-    from domain.synthetic import generate_stock
+    from sandbox.synthetic import generate_stock
     from tasks.fraud import check_orders, velocity_store
     from tasks.intake import persist_orders
-    from workers.bench import reset_database
 
     console = Console(stderr=True, quiet=quiet)
-    base = Settings()
-    url = database_url or (f"sqlite:///{base.var_dir / 'bench-fraud.db'}" if base.is_sqlite
-                           else base.database_url)
-    run_id = uuid.uuid4().hex[:12]
-    settings = base.model_copy(update={
-        "database_url": Settings(database_url=url).database_url,
-        "fraud_velocity_namespace": f"{base.fraud_velocity_namespace}:bench:{run_id}"})
-    reset_database(settings)
+    url = database_url or f"sqlite:///{Settings().var_dir / 'bench-fraud.db'}"
+    # Its own database and Redis db (the velocity counters), emptied: a fresh run.
+    settings = run_settings("bench", BENCH_REDIS_DB, url)
+    claim_redis_db(settings.fraud_redis, "bench", fresh=True)
+    reset_run_database(settings, "bench")
     with unit_of_work(settings) as uow:  # warehouses decide which carrier takes a PO box
         set_stock_levels(uow, [StockLevel.model_validate(r) for r in generate_stock(seed=seed)])
 

@@ -11,7 +11,7 @@ Four runs of the stage's plain function (``reserve_orders``), each on fresh orde
 
 Celery is left out on purpose: this measures the database work a reservation costs. The
 end-to-end proof (tests/e2e/test_inventory_concurrency.py) runs the same stage on 8 workers.
-Also runnable as ``python -m workers.bench_inventory``.
+Also runnable as ``python -m benchmarks.inventory``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 from rich.console import Console
 from sqlalchemy import func, insert, select
 
@@ -35,6 +34,7 @@ from domain.db import UnitOfWork, dispose_engines, unit_of_work
 from domain.lifecycle import State
 from domain.models import OrderLine, OrderRow, Reservation
 from domain.stock import StockLevel, set_stock_levels
+from workers.fleet import reset_run_database
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/orderfleet_bench_inventory"
 WAREHOUSES = (("US-EAST", "US"), ("EU-DE", "DE"))
@@ -109,30 +109,18 @@ def _figures(name: str, settings: Settings, ids: list[int], seconds: float,
     return out
 
 
-def _ensure_database(url: str) -> None:
-    if not url.startswith("postgresql"):
-        return
-    server, name = url.rsplit("/", 1)
-    admin = server.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
 def run_inventory_bench(*, n_orders: int = 5000, n_single: int = 1000, processes: int = 4,
                         database_url: str | None = None, quiet: bool = False,
                         seed: int = 5) -> dict[str, Any]:
     """Run the four measurements on a wiped benchmark database; return the figures."""
     from domain.db import chunks
     from tasks.inventory import reserve_orders
-    from workers.bench import reset_database
 
     url = database_url or DEFAULT_DATABASE_URL
     # The hot-SKU run sells out on purpose: auto-freeze would hold the rest (a different path).
     settings = Settings(database_url=url, sku_auto_freeze=False)
     console = Console(stderr=True, quiet=quiet)
-    _ensure_database(settings.database_url)
-    reset_database(settings)
+    reset_run_database(settings, "bench")
     rng = random.Random(seed)
     skus = [f"SKU-{i:04d}" for i in range(SPREAD_SKUS)]
     total = n_single + 3 * n_orders
