@@ -20,8 +20,11 @@ test: install
 	bash scripts/ensure-services.sh
 	$(PY) -m pytest
 
+# Style, types (pydantic plugin) and the import contracts between rooms.
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 demo: install
 	$(VENV)/bin/orderfleet demo --orders $(ORDERS)

@@ -60,3 +60,15 @@ def test_reliability_settings() -> None:
     assert not conf.task_always_eager
     for task in _our_tasks().values():
         assert task.acks_late and task.ignore_result  # type: ignore[attr-defined]
+
+
+def test_every_pipeline_task_is_registered_and_routed() -> None:
+    # Given the pipeline's task names (the one place stages look up where work goes next)
+    from domain.pipeline import PIPELINE_TASKS, STAGE_FOR_STATE
+
+    tasks = set(_our_tasks())
+    # Then each is a real task with a route, and every automated state has its stage
+    for name in PIPELINE_TASKS:
+        assert name in tasks, f"domain.pipeline names {name}, which no stage registers"
+        assert name in TASK_ROUTES, f"{name} has no route in config/celery.py"
+    assert set(STAGE_FOR_STATE.values()) <= set(PIPELINE_TASKS)
