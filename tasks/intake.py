@@ -33,7 +33,14 @@ from domain.cancellation import cancel_orders
 from domain.clock import utcnow
 from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import EDITABLE, FINAL, State
-from domain.models import OrderEvent, OrderLine, OrderRow, RejectedOrder, WebhookDelivery
+from domain.models import (
+    OrderEvent,
+    OrderRow,
+    RejectedOrder,
+    WebhookDelivery,
+    order_events_table,
+    order_lines_table,
+)
 from domain.pipeline import advance
 from domain.platforms import (
     WOO_CANCELLED_STATUSES,
@@ -170,8 +177,8 @@ def insert_orders(uow: UnitOfWork, orders: list[Order], settings: Settings, *,
                               "weight_g": line.weight_g})
         if lines:
             # Core executemany, not the ORM's bulk path: these rows need no identity map.
-            session.execute(OrderLine.__table__.insert(), lines)
-            session.execute(OrderEvent.__table__.insert(), events)
+            session.execute(order_lines_table.insert(), lines)
+            session.execute(order_events_table.insert(), events)
     return accepted, duplicates
 
 
