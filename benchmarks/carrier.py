@@ -81,13 +81,14 @@ def _books(settings: Settings) -> dict[str, int]:
     with unit_of_work(settings) as uow:
         s = uow.session
         return {
-            "labels": int(s.execute(select(func.count(Shipment.label_id.distinct()))).scalar()),
-            "shipments": int(s.execute(select(func.count()).select_from(Shipment)).scalar()),
+            "labels": int(s.execute(
+                select(func.count(Shipment.label_id.distinct()))).scalar_one()),
+            "shipments": int(s.execute(select(func.count()).select_from(Shipment)).scalar_one()),
             "orders_with_two_shipments": len(s.execute(
                 select(Shipment.order_id).group_by(Shipment.order_id)
                 .having(func.count() > 1)).all()),
             "wave_deferrals": int(s.execute(select(func.coalesce(
-                func.sum(Wave.label_attempts), 0))).scalar()),
+                func.sum(Wave.label_attempts), 0))).scalar_one()),
         }
 
 

@@ -127,14 +127,16 @@ def _figures(rows: Any, label: dict[str, Any], settings: Settings, seed: int, n_
                           "false_positive_rate": _ratio(c["flagged"], c["n"]),
                           "held_with_value_line": c["held_any"]}
     tp = totals["fraud_flagged"]
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, totals["fraud_n"])
+    fp_rate = _ratio(fp, totals["legit_n"])
     result = {
         "seed": seed,
         "orders": n_orders,
         "fraud_orders": totals["fraud_n"],
         "legit_orders": totals["legit_n"],
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, totals["fraud_n"]),
-        "false_positive_rate": _ratio(fp, totals["legit_n"]),
+        "precision": precision,
+        "recall": recall,
+        "false_positive_rate": fp_rate,
         "ms_per_order": round(cpu * 1000 / checked, 4) if checked else None,
         "wall_ms_per_order": round(wall * 1000 / checked, 4) if checked else None,
         "batch_size": settings.batch_size,
@@ -154,8 +156,8 @@ def _figures(rows: Any, label: dict[str, Any], settings: Settings, seed: int, n_
                       _pct(p.get("precision")), _pct(p.get("false_positive_rate")))
     console.print(table)
     console.print(
-        f"[bold]seed {seed}: precision {_pct(result['precision'])}, recall "
-        f"{_pct(result['recall'])}, false-positive rate {_pct(result['false_positive_rate'])}; "
+        f"[bold]seed {seed}: precision {_pct(precision)}, recall "
+        f"{_pct(recall)}, false-positive rate {_pct(fp_rate)}; "
         f"{result['ms_per_order']} ms CPU per order ({result['wall_ms_per_order']} ms wall)"
         f"[/bold]")
     return result

@@ -140,23 +140,23 @@ def run_inventory_bench(*, n_orders: int = 5000, n_single: int = 1000, processes
     }
 
     t0 = time.perf_counter()
-    got = [0, 0]
+    reserved = backordered = 0
     for oid in single_ids:
         with unit_of_work(settings) as uow:
             out = reserve_orders(uow, [oid], settings)
-        got[0] += len(out.reserved)
-        got[1] += len(out.backordered)
+        reserved += len(out.reserved)
+        backordered += len(out.backordered)
     results["single"] = _figures("single", settings, single_ids, time.perf_counter() - t0,
-                                 *got, console)
+                                 reserved, backordered, console)
 
     t0 = time.perf_counter()
-    got = [0, 0]
+    reserved = backordered = 0
     for part in chunks(bulk_ids, settings.batch_size):
         r, b = _reserve_part((settings, part))
-        got[0] += r
-        got[1] += b
-    results["bulk"] = _figures("bulk", settings, bulk_ids, time.perf_counter() - t0, *got,
-                               console)
+        reserved += r
+        backordered += b
+    results["bulk"] = _figures("bulk", settings, bulk_ids, time.perf_counter() - t0, reserved,
+                               backordered, console)
 
     dispose_engines()  # the children open their own connections
     ctx = multiprocessing.get_context("fork")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis
+from celery import Task
 
 from config.settings import get_settings
 from tasks.base import stage_task
@@ -12,7 +13,7 @@ _redis: redis.Redis | None = None
 
 
 @stage_task("orderfleet.bench.noop")
-def noop(self, order_id: int, step: int, last: bool = False) -> None:  # type: ignore[no-untyped-def]
+def noop(task: Task, order_id: int, step: int, last: bool = False) -> None:
     """Does nothing; the last link of a chain counts the order as done."""
     global _redis
     if last:

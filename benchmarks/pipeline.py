@@ -34,9 +34,9 @@ def noop_chain_run(n: int, settings: Settings, quiet: bool) -> dict[str, Any]:
               noop.si(i, 5, last=True)).apply_async()
     sent = time.perf_counter() - t0
     deadline = time.monotonic() + max(120.0, n * 0.1)
-    while int(r.get(NOOP_DONE_KEY) or 0) < n:
+    while (done := int(r.get(NOOP_DONE_KEY) or 0)) < n:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no-op chains: {r.get(NOOP_DONE_KEY)}/{n} done")
+            raise TimeoutError(f"no-op chains: {done}/{n} done")
         time.sleep(0.05)
     elapsed = time.perf_counter() - t0
     console.print(f"no-op chain: {n} orders x 5 tasks in {elapsed:.2f}s "

@@ -128,6 +128,8 @@ def run_webhook_bench(*, n_orders: int, concurrency: int, workers: int, quiet: b
                 select(func.count(), func.max(OrderEvent.at))
                 .where(OrderEvent.to_state == State.LABELLED.value)).one()
     drained_s = last.timestamp() - t0
+    latency_ms = {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95),
+                  "p99": _pct(latencies, 99), "max": round(max(latencies) * 1000, 1)}
     result = {
         "webhooks": n_orders,
         "concurrency": concurrency,
@@ -136,14 +138,13 @@ def run_webhook_bench(*, n_orders: int, concurrency: int, workers: int, quiet: b
         "accept_seconds": round(seconds, 2),
         "webhooks_per_s": round(accepted / seconds, 1),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "latency_ms": {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95),
-                       "p99": _pct(latencies, 99), "max": round(max(latencies) * 1000, 1)},
+        "latency_ms": latency_ms,
         "by_state": counts,
         "labelled": labelled,
         "labelled_seconds": round(drained_s, 2),
         "labelled_orders_per_s": round(labelled / drained_s, 1),
     }
     console.print(f"[bold]{result['webhooks_per_s']} webhooks/s accepted (p50 "
-                  f"{result['latency_ms']['p50']} ms, p99 {result['latency_ms']['p99']} ms); "
+                  f"{latency_ms['p50']} ms, p99 {latency_ms['p99']} ms); "
                   f"fleet labelled them at {result['labelled_orders_per_s']} orders/s[/bold]")
     return result

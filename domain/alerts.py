@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
+from domain.db import dialect_insert
 from domain.models import Alert
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,9 @@ def raise_alert(session: Session, kind: str, key: str, message: str, *,
     """Open an alert unless one is open for (kind, key). Returns True when newly raised."""
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {SEVERITIES}")
-    dialect = session.get_bind().dialect.name
     row = {"kind": kind, "key": key, "severity": severity, "message": message,
            "detail": detail, "raised_at": utcnow()}
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    stmt = insert(Alert).values(row).on_conflict_do_nothing(
+    stmt = dialect_insert(session, Alert).values(row).on_conflict_do_nothing(
         index_elements=["kind", "key"], index_where=Alert.resolved_at.is_(None))
     new = session.execute(stmt.returning(Alert.id)).first() is not None
     if new:

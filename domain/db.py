@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from config.settings import Settings, get_settings
 
@@ -146,6 +146,15 @@ def unit_of_work(settings: Settings | None = None) -> Iterator[UnitOfWork]:
         uow.send_outbox()
 
 
+def dialect_insert(session: Session, table: Table | type[DeclarativeBase]
+                   ) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``table`` (a mapped class or a Core table) with the ON CONFLICT clauses
+    of the session's database: PostgreSQL, or SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
 def insert_ignoring_conflicts(session: Session, table: Any, rows: list[dict[str, Any]],
                               conflict_cols: list[str], returning: Any = None) -> list[Any]:
     """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL or SQLite; returns RETURNING rows.
@@ -155,10 +164,8 @@ def insert_ignoring_conflicts(session: Session, table: Any, rows: list[dict[str,
     """
     if not rows:
         return []
-    dialect = session.get_bind().dialect.name
     target = getattr(table, "__table__", table)
-    ins = postgresql.insert(target) if dialect == "postgresql" else sqlite.insert(target)
-    stmt = ins.on_conflict_do_nothing(index_elements=conflict_cols)
+    stmt = dialect_insert(session, target).on_conflict_do_nothing(index_elements=conflict_cols)
     conn = session.connection()
     if returning is not None:
         return list(conn.execute(stmt.returning(*returning), rows).all())

@@ -18,7 +18,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, defer
 
 from domain.clock import utcnow
-from domain.models import OrderEvent, OrderRow
+from domain.models import OrderRow, order_events_table
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def apply_transitions(session: Session, moves: Sequence[Move], *, stage: str) ->
     if applied:
         # Core executemany: cheaper per row than the ORM bulk path.
         session.connection().execute(
-            insert(OrderEvent.__table__),
+            insert(order_events_table),
             [
                 {"order_id": m.order_id, "at": now, "stage": stage, "from_state": m.src.value,
                  "to_state": m.dst.value, "detail": m.detail or None}

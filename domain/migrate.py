@@ -38,5 +38,5 @@ def pending_revisions(settings: Settings | None = None) -> list[str]:
     if heads <= applied:
         return []
     # Every revision between what the database has and the heads.
-    return [rev.revision for rev in script.iterate_revisions(list(heads), list(applied) or
+    return [rev.revision for rev in script.iterate_revisions(tuple(heads), tuple(applied) or
                                                              "base")]

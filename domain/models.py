@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     Numeric,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -478,3 +479,21 @@ class RejectedTrackingPush(Base):
     reason: Mapped[str] = mapped_column(Text)
     errors: Mapped[list[dict[str, str]]] = mapped_column(Json)
     raw: Mapped[str] = mapped_column(Text)
+
+
+def _table_of(entity: type[Base]) -> Table:
+    """The entity's Core ``Table`` (declarative typing only promises a ``FromClause``)."""
+    table = entity.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{entity.__name__} is not mapped to a Table")
+    return table
+
+
+# Core tables, for statements that skip the ORM: executemany inserts and bulk updates.
+orders_table = _table_of(OrderRow)
+order_lines_table = _table_of(OrderLine)
+order_events_table = _table_of(OrderEvent)
+sku_health_table = _table_of(SkuHealth)
+sku_holds_table = _table_of(SkuHold)
+customer_profiles_table = _table_of(CustomerProfile)
+customer_keys_table = _table_of(CustomerKey)

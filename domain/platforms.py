@@ -316,8 +316,8 @@ def _csv_totals(order: dict[str, Any], first: dict[str, str]) -> None:
         lines_total += price * qty
     parts = {k: first.get(k) or "0" for k in ("shipping", "tax", "discount")}
     total: Any = first.get("total") or None
-    amounts = {k: _money(v) for k, v in parts.items()}
-    if total is None and lines_total is not None and None not in amounts.values():
-        total = (lines_total + amounts["shipping"] + amounts["tax"]  # type: ignore[operator]
-                 - amounts["discount"])  # type: ignore[operator]
+    shipping, tax, discount = (_money(parts[k]) for k in ("shipping", "tax", "discount"))
+    if (total is None and lines_total is not None and shipping is not None and tax is not None
+            and discount is not None):
+        total = lines_total + shipping + tax - discount
     order["totals"] = {"subtotal": lines_total, **parts, "total": total}

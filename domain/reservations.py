@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from sqlalchemy import and_, bindparam, select, tuple_, update
+from sqlalchemy import BindParameter, and_, bindparam, select, tuple_, update
 
 from domain.clock import utcnow
 from domain.db import UnitOfWork
@@ -62,7 +62,7 @@ def _close_reservations(uow: UnitOfWork, order_ids: list[int], *, status: R, to:
         return units
     now = utcnow()
     lock_stock_rows(uow, list(units))
-    qty = bindparam("b_qty")
+    qty: BindParameter[int] = bindparam("b_qty")
     session.connection().execute(
         update(Stock)
         .where(and_(Stock.sku == bindparam("b_sku"), Stock.warehouse == bindparam("b_wh")))

@@ -192,10 +192,10 @@ def recent_decisions(session: Session, *, limit: int = 100) -> list[dict[str, An
 def _clean(field: str, value: Any, limit: int) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidDecision(field, "is required (who decided, and why)")
-    value = value.strip()
-    if len(value) > limit:
+    text = value.strip()
+    if len(text) > limit:
         raise InvalidDecision(field, f"must be at most {limit} characters")
-    return value
+    return text
 
 
 def _decide(uow: UnitOfWork, ref: str, decision: str, by: Any, reason: Any,

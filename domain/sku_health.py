@@ -30,7 +30,7 @@ from config.settings import Settings
 from domain.alerts import raise_alert, resolve_alert
 from domain.clock import utcnow
 from domain.lifecycle import Move, State, apply_transitions
-from domain.models import OrderRow, SkuHealth, SkuHold, Stock
+from domain.models import OrderRow, SkuHealth, SkuHold, Stock, sku_health_table, sku_holds_table
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def record_attempts(session: Session, outcomes: dict[str, str], settings: Settin
                 sku in decided or (settings.sku_auto_freeze and over_the_line(recent, settings))):
             freezing.append({"b_sku": sku,
                              "b_reason": decided.get(sku) or freeze_reason(recent, settings)})
-    table = SkuHealth.__table__
+    table = sku_health_table
     conn = session.connection()
     if windows and conn.dialect.name == "postgresql":
         # One statement for the batch (arrays unnested into rows), not one per SKU.
@@ -236,7 +236,7 @@ def unfreeze_sku(session: Session, sku: str) -> UnfreezeResult:
                     .values(frozen=False, frozen_at=None, frozen_reason=None, recent="",
                             updated_at=utcnow()))
     resolve_alert(session, ALERT_KIND, sku)
-    session.execute(SkuHold.__table__.delete().where(SkuHold.sku == sku))
+    session.execute(sku_holds_table.delete().where(SkuHold.sku == sku))
     result = UnfreezeResult(was_frozen)
     if not on_hold:
         return result

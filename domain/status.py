@@ -21,7 +21,8 @@ def find_order(session: Session, order_id: str, store: str | None = None) -> Ord
     rows = session.execute(q.order_by(OrderRow.id)).scalars().all()
     # A store id that equals someone's internal id: the store's id wins.
     exact = [r for r in rows if r.source_order_id == order_id]
-    return (exact or rows or [None])[0]
+    found = exact or rows
+    return found[0] if found else None
 
 
 def order_status(

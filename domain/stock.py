@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from domain.alerts import raise_alert
 from domain.clock import utcnow
-from domain.db import UnitOfWork
+from domain.db import UnitOfWork, dialect_insert
 from domain.models import Stock, Warehouse
 
 log = logging.getLogger(__name__)
@@ -147,15 +147,11 @@ def set_stock_levels(uow: UnitOfWork, levels: list[StockLevel]) -> ImportResult:
                     f"but live orders hold {r['reserved']}: level not applied; cancel or "
                     f"move orders, or correct the feed", severity="critical", detail=r)
     skip = {(r["sku"], r["warehouse"]) for r in refused}
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    applied = [(s, w, q) for (s, w), q in sorted(by_key.items()) if (s, w) not in skip]
     rows = [{"sku": s, "warehouse": w, "on_hand": q, "reserved": 0, "updated_at": now}
-            for (s, w), q in sorted(by_key.items()) if (s, w) not in skip]
+            for s, w, q in applied]
     for i in range(0, len(rows), UPSERT_CHUNK):
-        stmt = insert(Stock).values(rows[i : i + UPSERT_CHUNK])
+        stmt = dialect_insert(session, Stock).values(rows[i : i + UPSERT_CHUNK])
         stmt = stmt.on_conflict_do_update(
             index_elements=["sku", "warehouse"],
             set_={"on_hand": stmt.excluded.on_hand, "updated_at": stmt.excluded.updated_at},
@@ -163,4 +159,4 @@ def set_stock_levels(uow: UnitOfWork, levels: list[StockLevel]) -> ImportResult:
         session.execute(stmt)
     if refused:
         log.warning("stock feed: %d levels refused (below units reserved)", len(refused))
-    return ImportResult(rows=len(rows), skus=sorted({r["sku"] for r in rows}), refused=refused)
+    return ImportResult(rows=len(rows), skus=sorted({s for s, _, _ in applied}), refused=refused)

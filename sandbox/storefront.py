@@ -188,10 +188,10 @@ def create_app(tokens: dict[str, str] | None = None,
 
     def create_fulfillment(shop: str, body: Any) -> Response:
         f = body.get("fulfillment") if isinstance(body, dict) else None
-        items = f.get("line_items_by_fulfillment_order") if isinstance(f, dict) else None
-        if not items:
+        if not isinstance(f, dict) or not f.get("line_items_by_fulfillment_order"):
             return JSONResponse({"errors": {"line_items_by_fulfillment_order": ["required"]}},
                                 422)
+        items = f["line_items_by_fulfillment_order"]
         fos = [fo for fo in state.fulfillment_orders.values()
                if any(fo["id"] == i.get("fulfillment_order_id") for i in items)]
         if len(fos) != len(items):
@@ -280,7 +280,7 @@ class SandboxStorefrontServer(ThreadedServer):
 
     @property
     def state(self) -> StorefrontState:
-        return self.app.state.storefront  # type: ignore[no-any-return]
+        return self.app_state("storefront", StorefrontState)
 
     def fail_next(self, status: int = 503, times: int = 1, path_contains: str = "",
                   retry_after: float | None = None) -> None:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import Literal, Self, TypeVar
 
 import httpx
 import uvicorn
+from starlette.applications import Starlette
+
+T = TypeVar("T")
 
 
 class ThreadedServer:
     """Serve ``app`` on a port this object binds itself; ``port=0`` picks a free one."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,
-                 lifespan: str = "off", name: str = "http") -> None:
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0,
+                 lifespan: Literal["auto", "on", "off"] = "off", name: str = "http") -> None:
         self.app, self._host, self._port, self._lifespan = app, host, port, lifespan
         self._name = name
         self._server: uvicorn.Server | None = None
@@ -37,7 +40,7 @@ class ThreadedServer:
         self.url = f"http://[{host}]:{port}" if ipv6 else f"http://{host}:{port}"
         # A held response must not delay shutdown for its whole hang.
         config = uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                lifespan=self._lifespan,  # type: ignore[arg-type]
+                                lifespan=self._lifespan,
                                 timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
@@ -64,7 +67,14 @@ class ThreadedServer:
             self._socket.close()
         self._server = self._thread = self._socket = None
 
-    def __enter__(self) -> ThreadedServer:
+    def app_state(self, name: str, kind: type[T]) -> T:
+        """The app's ``state.<name>``, checked to be a ``kind`` (Starlette's state is untyped)."""
+        value = getattr(self.app.state, name)
+        if not isinstance(value, kind):
+            raise TypeError(f"app.state.{name} is a {type(value).__name__}, not {kind.__name__}")
+        return value
+
+    def __enter__(self) -> Self:
         self.start()
         return self
 

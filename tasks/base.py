@@ -13,7 +13,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import kombu.exceptions
 import redis
-from celery import Task, shared_task
+from celery import Signature, Task, shared_task
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 P = ParamSpec("P")
@@ -65,6 +65,10 @@ class StageTask(Protocol[P, R]):
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any: ...
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """An immutable signature (a link of a chain that ignores the previous result)."""
+        ...
 
 
 def stage_task(name: str, **options: Any

@@ -36,7 +36,7 @@ from domain.fraud.profile import (
 )
 from domain.fraud.velocity import VelocityInput, VelocityStore, velocity_redis
 from domain.lifecycle import Move, State, apply_transitions, claim
-from domain.models import OrderRow, Warehouse
+from domain.models import OrderRow, Warehouse, orders_table
 from domain.pipeline import FRAUD_CHECK, advance
 from domain.review import raise_overdue_alerts
 from domain.routing import delivering_carrier
@@ -59,7 +59,7 @@ def velocity_store(settings: Settings) -> VelocityStore:
     return VelocityStore(velocity_redis(settings.fraud_redis), settings.fraud_velocity_namespace)
 
 
-_orders = OrderRow.__table__
+_orders = orders_table
 _STORE_VERDICT = (
     update(_orders).where(_orders.c.id == bindparam("b_id"))
     .values(fraud_score=bindparam("b_score"), fraud_reasons=bindparam("b_reasons"),

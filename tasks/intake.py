@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import delete, insert, select, tuple_, update
 
@@ -33,7 +33,14 @@ from domain.cancellation import cancel_orders
 from domain.clock import utcnow
 from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import EDITABLE, FINAL, State
-from domain.models import OrderEvent, OrderLine, OrderRow, RejectedOrder, WebhookDelivery
+from domain.models import (
+    OrderEvent,
+    OrderRow,
+    RejectedOrder,
+    WebhookDelivery,
+    order_events_table,
+    order_lines_table,
+)
 from domain.pipeline import advance
 from domain.platforms import (
     WOO_CANCELLED_STATUSES,
@@ -170,8 +177,8 @@ def insert_orders(uow: UnitOfWork, orders: list[Order], settings: Settings, *,
                               "weight_g": line.weight_g})
         if lines:
             # Core executemany, not the ORM's bulk path: these rows need no identity map.
-            session.execute(OrderLine.__table__.insert(), lines)
-            session.execute(OrderEvent.__table__.insert(), events)
+            session.execute(order_lines_table.insert(), lines)
+            session.execute(order_events_table.insert(), events)
     return accepted, duplicates
 
 
@@ -267,7 +274,9 @@ def start_pipeline(uow: UnitOfWork, order_ids: list[int]) -> None:
 # --------------------------------------------------------------------------------------------
 
 # What a platform's topic means to the pipeline.
-TOPIC_ACTIONS: dict[tuple[str, str], str] = {
+Action = Literal["paid", "cancelled", "updated", "ignored"]
+
+TOPIC_ACTIONS: dict[tuple[str, str], Action] = {
     ("shopify", "orders/paid"): "paid",
     ("shopify", "orders/cancelled"): "cancelled",
     ("shopify", "orders/updated"): "updated",
@@ -361,7 +370,7 @@ def accept_delivery(uow: UnitOfWork, d: Delivery, settings: Settings, *,
     """
     session = uow.session
     sha = hashlib.sha256(d.body).hexdigest()
-    action = TOPIC_ACTIONS.get((d.source, d.topic), "ignored")
+    action: Action = TOPIC_ACTIONS.get((d.source, d.topic), "ignored")
     source_order_id = _source_order_id(d)
     inbox = insert_ignoring_conflicts(session, WebhookDelivery, [{
         "source": d.source, "store": d.store, "event_id": d.event_id[:255],
@@ -374,17 +383,17 @@ def accept_delivery(uow: UnitOfWork, d: Delivery, settings: Settings, *,
     try:
         if not isinstance(d.payload, dict):
             raise OrderValidationError([{"field": "(body)", "message": "expected a JSON object"}])
-        if action != "ignored" and source_order_id is None:
+        if action == "ignored":
+            result = DeliveryResult("ignored")
+        elif source_order_id is None:
             field_name = "order_id" if d.source == "native" else "id"
             raise OrderValidationError([{"field": field_name, "message": "Field required"}])
-        if action == "paid":
+        elif action == "paid":
             result = _on_paid(uow, d, settings)
         elif action == "cancelled":
-            result = _on_cancelled(uow, d, source_order_id)  # type: ignore[arg-type]
-        elif action == "updated":
-            result = _on_updated(uow, d, settings, source_order_id)  # type: ignore[arg-type]
-        else:
-            result = DeliveryResult("ignored")
+            result = _on_cancelled(uow, d, source_order_id)
+        else:  # "updated"
+            result = _on_updated(uow, d, settings, source_order_id)
     except OrderValidationError as exc:
         session.execute(delete(WebhookDelivery).where(WebhookDelivery.id == inbox_id))
         record_rejection(uow, source=d.source, store=d.store,
@@ -534,12 +543,14 @@ def _awaiting_cancellation(uow: UnitOfWork, keys: set[tuple[str, str, str]]
                            ) -> set[tuple[str, str, str]]:
     if not keys:
         return set()
-    return {tuple(r) for r in uow.session.execute(  # type: ignore[misc]
+    rows = uow.session.execute(
         select(WebhookDelivery.source, WebhookDelivery.store, WebhookDelivery.source_order_id)
         .where(WebhookDelivery.outcome == "awaiting_order",
                tuple_(WebhookDelivery.source, WebhookDelivery.store,
                       WebhookDelivery.source_order_id).in_(list(keys)))
-    ).all()}
+    ).all()
+    # The IN above matches no NULL order id; the column allows one.
+    return {(source, store, oid) for source, store, oid in rows if oid is not None}
 
 
 def _duplicate(uow: UnitOfWork, d: Delivery, sha: str) -> DeliveryResult:

@@ -129,7 +129,7 @@ def _add_reserved(uow: UnitOfWork, increments: dict[tuple[str, str], int]) -> in
     session, now = uow.session, utcnow()
     items = sorted(increments.items())
     if session.get_bind().dialect.name == "postgresql":
-        return int(session.execute(_ADD_RESERVED_PG, {
+        return int(session.connection().execute(_ADD_RESERVED_PG, {
             "now": now, "skus": [s for (s, _), _ in items], "whs": [w for (_, w), _ in items],
             "qtys": [q for _, q in items]}).rowcount)
     stmt = (
@@ -240,7 +240,8 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
         session, {sku: "".join(marks) for sku, marks in attempts.items()}, settings, decided,
         also_lock={s for _, _, stopped in to_hold for s in stopped})
     outcome.frozen_skus = health_now.froze
-    held_rows, holds = [], []
+    held_rows: list[dict[str, Any]] = []
+    holds: list[dict[str, Any]] = []
     for order_id, state, stopped in to_hold:
         still = [s for s in stopped if s in health_now.frozen]
         if not still:  # unfrozen meanwhile: not held, and looked at again shortly

@@ -30,7 +30,6 @@ from decimal import Decimal
 from typing import Any
 
 from celery import Task
-from domain.notifications import notify_store
 from sqlalchemy import func, select, update
 
 from config.settings import Settings, get_settings
@@ -49,6 +48,7 @@ from domain.clock import utcnow
 from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderRow, Shipment, ShipmentStatus, Warehouse, Wave, WaveStatus
+from domain.notifications import notify_store
 from domain.pipeline import BUY_LABELS, VOID_LABELS, label_waves
 from domain.reservations import consume_reservations
 from domain.routing import carrier_for
@@ -221,10 +221,9 @@ def prepare_shipments(uow: UnitOfWork, wave_id: int,
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
     rows = []
     for o in orders:
-        assert o.warehouse is not None
         choice = choices.get(o.id)
         carrier, service = ((choice.carrier, choice.service) if choice
-                            else carrier_for(countries[o.warehouse], o.ship_country))
+                            else carrier_for(countries[_warehouse(o)], o.ship_country))
         rows.append({"order_id": o.id, "wave_id": wave_id, "carrier": carrier,
                      "service": service, "idempotency_key": idempotency_key(o.id),
                      "status": ShipmentStatus.PENDING, "rate": choice.rate if choice else None,
@@ -242,14 +241,21 @@ def prepare_shipments(uow: UnitOfWork, wave_id: int,
     return [
         LabelRequest(
             idempotency_key=s.idempotency_key, carrier=s.carrier, service=s.service,
-            from_country=countries[o.warehouse], to_country=o.ship_country,
+            from_country=countries[_warehouse(o)], to_country=o.ship_country,
             to_postal_code=o.payload["shipping_address"].get("postal_code", ""),
             weight_g=max(o.weight_g, 1), reference=f"{o.store}/{o.source_order_id}",
             to_address=o.payload["shipping_address"],
-            from_address=settings.ship_from_addresses.get(o.warehouse or ""),
+            from_address=settings.ship_from_addresses.get(_warehouse(o)),
         )
         for s, o in pending
     ]
+
+
+def _warehouse(order: OrderRow) -> str:
+    """The warehouse an order in a wave ships from (set when its stock was reserved)."""
+    if order.warehouse is None:
+        raise ValueError(f"order {order.id} is in a wave but has no warehouse")
+    return order.warehouse
 
 
 def _orders_of(uow: UnitOfWork, wave_id: int) -> list[int]:

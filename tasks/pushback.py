@@ -112,30 +112,31 @@ class _Clients:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._cache: dict[tuple[str, str], Any] = {}
+        self._shopify: dict[str, ShopifyAdmin] = {}
+        self._webhooks: dict[str, SignedWebhook] = {}
 
     def shopify(self, shop: str) -> ShopifyAdmin:
         s = self.settings
-        key = ("shopify", shop)
-        if key not in self._cache:
-            self._cache[key] = ShopifyAdmin(
+        if shop not in self._shopify:
+            self._shopify[shop] = ShopifyAdmin(
                 s.shopify_admin_url.format(shop=shop), s.shopify_admin_tokens[shop],
                 s.shopify_api_version, timeout_s=s.pushback_timeout_s,
                 retry_max_s=s.pushback_retry_max_s)
-        return self._cache[key]  # type: ignore[no-any-return]
+        return self._shopify[shop]
 
     def webhook(self, store: str) -> SignedWebhook:
         s = self.settings
-        key = ("webhook", store)
-        if key not in self._cache:
-            self._cache[key] = SignedWebhook(
+        if store not in self._webhooks:
+            self._webhooks[store] = SignedWebhook(
                 s.store_webhook_urls[store], s.store_secrets[store],
                 timeout_s=s.pushback_timeout_s, retry_max_s=s.pushback_retry_max_s)
-        return self._cache[key]  # type: ignore[no-any-return]
+        return self._webhooks[store]
 
     def close(self) -> None:
-        for c in self._cache.values():
-            c.close()
+        for shopify in self._shopify.values():
+            shopify.close()
+        for webhook in self._webhooks.values():
+            webhook.close()
 
 
 def _tracking(job: _Job) -> TrackingInfo:
@@ -195,8 +196,9 @@ def send_notifications(ids: list[int], settings: Settings) -> SendOutcome:
                 out.failed[job.id] = str(exc)
                 continue
             out.sent.append(job.id)
-            if results[job.id][0]:
-                remote_by_order[job.order_id] = results[job.id][0]  # type: ignore[assignment]
+            remote_id = results[job.id][0]
+            if remote_id:
+                remote_by_order[job.order_id] = remote_id
     finally:
         clients.close()
     with unit_of_work(settings) as uow:

@@ -164,7 +164,8 @@ def backfill_shipments(shipment_ids: list[int], settings: Settings,
         ).all()
     by_carrier: dict[str, list[str]] = defaultdict(list)
     for number, carrier in rows:
-        by_carrier[carrier].append(number)
+        if number is not None:  # the query asks for tracked shipments only
+            by_carrier[carrier].append(number)
     trackers: list[Tracker] = []
     error: CarrierUnavailable | None = None
     for carrier, numbers in sorted(by_carrier.items()):

@@ -198,8 +198,10 @@ def _settle(future: asyncio.Future[DeliveryResult], result: DeliveryResult | Non
         return
     if exc is not None:
         future.set_exception(exc)
+    elif result is not None:
+        future.set_result(result)
     else:
-        future.set_result(result)  # type: ignore[arg-type]
+        raise TypeError("settle a delivery with its result or its exception")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import click
 from pydantic import ValidationError
@@ -239,6 +239,17 @@ def report(as_json: bool) -> None:
     render_report(rep, Console())
 
 
+class AlertRow(TypedDict):
+    """An open alert as ``orderfleet alerts`` shows it (and prints it with --json)."""
+
+    kind: str
+    key: str
+    severity: str
+    message: str
+    raised_at: str  # ISO 8601
+    detail: dict[str, Any] | None
+
+
 @main.command()
 @click.option("--kind", default=None, help="Only alerts of this kind.")
 @click.option("--json", "as_json", is_flag=True)
@@ -248,8 +259,8 @@ def alerts(kind: str | None, as_json: bool) -> None:
     from domain.db import unit_of_work
 
     with unit_of_work(_settings()) as uow:
-        rows = [{"kind": a.kind, "key": a.key, "severity": a.severity, "message": a.message,
-                 "raised_at": a.raised_at.isoformat(), "detail": a.detail}
+        rows = [AlertRow(kind=a.kind, key=a.key, severity=a.severity, message=a.message,
+                         raised_at=a.raised_at.isoformat(), detail=a.detail)
                 for a in open_alerts(uow.session, kind)]
     if as_json:
         click.echo(json.dumps(rows))
@@ -605,6 +616,19 @@ def carrier_faults(settings_: tuple[str, ...], clear: bool, url: str | None) -> 
     click.echo(json.dumps(response.json()))
 
 
+class BreakerRow(TypedDict):
+    """A carrier's breaker as ``orderfleet breakers`` shows it (and prints it with --json)."""
+
+    carrier: str
+    state: str
+    opened_at: float | None
+    open_until: float | None
+    calls: int
+    failures: int
+    opened: int
+    history: list[dict[str, Any]]  # state changes, oldest first: at, from, to, reason
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--history", default=10, show_default=True, help="State changes shown per carrier.")
@@ -613,13 +637,13 @@ def breakers(as_json: bool, history: int) -> None:
     from domain.carriers.shared import shared_breaker
 
     breaker = shared_breaker(_settings())
-    rows = []
+    rows: list[BreakerRow] = []
     for name in breaker.names():
         st = breaker.status(name)
-        rows.append({"carrier": name, "state": st.state, "opened_at": st.opened_at,
-                     "open_until": st.open_until, "calls": st.calls_total,
-                     "failures": st.failures_total, "opened": st.opened_total,
-                     "history": breaker.transitions(name)[-history:]})
+        rows.append(BreakerRow(carrier=name, state=st.state, opened_at=st.opened_at,
+                               open_until=st.open_until, calls=st.calls_total,
+                               failures=st.failures_total, opened=st.opened_total,
+                               history=breaker.transitions(name)[-history:]))
     if as_json:
         click.echo(json.dumps(rows))
         return

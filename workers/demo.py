@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from domain.lifecycle import SETTLED, State
@@ -125,7 +126,7 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
     return summary
 
 
-def _labelled_per_s(session: Any, t0: float) -> float | None:
+def _labelled_per_s(session: Session, t0: float) -> float | None:
     from domain.models import OrderEvent
 
     n, last = session.execute(

@@ -299,12 +299,13 @@ def claim_redis_db(url: str, owner: str, *, fresh: bool = False) -> None:
     """
     client = redis.Redis.from_url(url)
     try:
-        mark = client.get(OWNER_KEY)
+        raw_mark = client.get(OWNER_KEY)
+        mark = raw_mark.decode() if isinstance(raw_mark, bytes) else raw_mark
         if mark is None and client.dbsize() > 0:
             raise ForeignData(f"Redis db {url} holds {client.dbsize()} keys that are not "
                               f"orderfleet {owner}'s: choose an empty db")
-        if mark is not None and mark.decode() != owner:
-            raise ForeignData(f"Redis db {url} belongs to orderfleet {mark.decode()}, "
+        if mark is not None and mark != owner:
+            raise ForeignData(f"Redis db {url} belongs to orderfleet {mark}, "
                               f"not {owner}")
         if fresh:
             client.flushdb()

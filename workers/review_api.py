@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -26,8 +26,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from config.settings import Settings, get_settings
-from domain.db import unit_of_work
+from domain.db import UnitOfWork, unit_of_work
 from domain.review import (
+    Decision,
     InvalidDecision,
     ReviewError,
     approve_order,
@@ -38,6 +39,13 @@ from domain.review import (
 )
 
 MAX_BODY_BYTES = 64 * 1024
+
+
+class DecideFn(Protocol):
+    """``approve_order`` or ``cancel_order``: who and why come straight from the request."""
+
+    def __call__(self, uow: UnitOfWork, ref: str, *, by: Any, reason: Any,
+                 store: str | None = None) -> Decision: ...
 
 
 def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
@@ -110,7 +118,7 @@ async def show_order(request: Request) -> Response:
     return JSONResponse(detail)
 
 
-async def _decide(request: Request, decide: Any) -> Response:
+async def _decide(request: Request, decide: DecideFn) -> Response:
     settings = get_settings()
     if (denied := _unauthorised(request, settings)) is not None:
         return denied

@@ -83,6 +83,8 @@ class CarrierUnavailable(CarrierError):
 class CarrierCircuitOpen(CarrierUnavailable):
     """The carrier's circuit breaker is open: nothing was sent. Defer, do not fail."""
 
+    retry_after_s: float  # the breaker always knows when it lets a call through again
+
     def __init__(self, circuit: str, state: str, retry_after_s: float) -> None:
         shown = state.replace("_", "-")
         super().__init__(f"carrier {circuit} circuit is {shown}; retry in {retry_after_s:.1f}s",

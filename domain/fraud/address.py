@@ -94,9 +94,10 @@ def country_rules(code: str) -> CountryRules | None:
     # ISO 3166-2 codes and names (e.g. CN-BJ, which the metadata still numbers "11").
     for sub in pycountry.subdivisions.get(country_code=code) or ():
         short = sub.code.split("-", 1)[1]
-        key = names_to_key.get(fold(sub.name))
+        # None (ISO only): a valid region the i18n metadata has no key for.
+        sub_key = names_to_key.get(fold(sub.name))
         for alias in (sub.code, short, sub.name):
-            regions.setdefault(fold(alias), key)
+            regions.setdefault(fold(alias), sub_key)
     return CountryRules(code, required, postal, regions, region_postal)
 
 

@@ -23,9 +23,15 @@ from disposable_email_domains import blocklist as DISPOSABLE_DOMAINS
 from sqlalchemy import case, select, tuple_
 from sqlalchemy.orm import Session
 
+from domain.db import dialect_insert
 from domain.fraud.address import fold
 from domain.fraud.signals import Signal
-from domain.models import CustomerKey, CustomerProfile
+from domain.models import (
+    CustomerKey,
+    CustomerProfile,
+    customer_keys_table,
+    customer_profiles_table,
+)
 from domain.schemas import Order
 
 POINTS_NEW_CUSTOMER = 5
@@ -282,16 +288,10 @@ def record_accepted(session: Session, accepted: Iterable[Accepted]) -> None:
         return
     rows = [{"store": s, "customer_id": c, **agg}
             for (s, c), agg in sorted(per_customer.items())]
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
     # Core statements run as one executemany: a multi-row VALUES would be compiled afresh for
     # every batch (the stage's largest CPU cost when measured).
-    profiles, keys_table = CustomerProfile.__table__, CustomerKey.__table__
-    stmt = insert(profiles)
-    t, new = profiles.c, stmt.excluded
+    stmt = dialect_insert(session, customer_profiles_table)
+    t, new = customer_profiles_table.c, stmt.excluded
     conn = session.connection()
     conn.execute(stmt.on_conflict_do_update(
         index_elements=["store", "customer_id"],
@@ -307,7 +307,7 @@ def record_accepted(session: Session, accepted: Iterable[Accepted]) -> None:
     ), rows)
     if keys:
         conn.execute(
-            insert(keys_table).on_conflict_do_nothing(
+            dialect_insert(session, customer_keys_table).on_conflict_do_nothing(
                 index_elements=["store", "customer_id", "kind", "key"]),
             [{"store": s, "customer_id": c, "kind": kind, "key": key,
               "first_used_at": first_used[(s, c, kind, key)]}

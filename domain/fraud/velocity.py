@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -238,7 +238,7 @@ RULES: tuple[tuple[str, tuple[tuple[str, int, int, str], ...]], ...] = (
 )
 
 
-def velocity_signals(counts: Counts) -> list[Signal]:
+def velocity_signals(counts: Mapping[str, int]) -> list[Signal]:
     """Signals for the window counts of one order."""
     out: list[Signal] = []
     for group, rows in RULES:

@@ -49,7 +49,7 @@ class SandboxCarrierServer(ThreadedServer):
 
     @property
     def state(self) -> CarrierState:
-        return self.app.state.carrier
+        return self.app_state("carrier", CarrierState)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self.app.state.stop_pushing()
