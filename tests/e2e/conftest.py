@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,15 +41,6 @@ def start_fleet(db, broker, settings, tmp_path) -> Iterator[Callable[..., Fleet]
     yield start
     for fleet in started:
         fleet.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def state_counts(settings: Any) -> dict[str, int]:
