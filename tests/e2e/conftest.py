@@ -47,3 +47,12 @@ def state_counts(settings: Any) -> dict[str, int]:
     with unit_of_work(settings) as uow:
         return dict(uow.session.execute(
             select(OrderRow.state, func.count()).group_by(OrderRow.state)).all())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` the end-to-end tests run one after another on one
+    worker while the others take the rest: two fleets of real processes at once on a 2-core
+    machine would only slow each other down."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
