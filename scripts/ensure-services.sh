@@ -80,6 +80,7 @@ superuser_psql() {
   fi
 }
 
+command -v psql >/dev/null || apt_install postgresql-client
 if ! test_role_logs_in; then
   superuser_psql <<SQL
 DO \$\$
@@ -94,7 +95,7 @@ END
 SQL
   test_role_logs_in || { echo "the PostgreSQL role $TEST_ROLE cannot log in on 127.0.0.1:5432" >&2
                          exit 1; }
-  echo "postgresql: role $TEST_ROLE created (LOGIN CREATEDB)"
+  echo "postgresql: role $TEST_ROLE ready (LOGIN CREATEDB)"
 fi
 for hba in /etc/postgresql/*/main/pg_hba.conf; do
   if grep -qs "# orderfleet-tests" "$hba"; then
