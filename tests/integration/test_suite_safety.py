@@ -6,6 +6,7 @@ row or key, and checks that pytest stopped with a message naming it and that the
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -108,3 +109,35 @@ def test_a_redis_db_holding_someone_elses_keys_is_refused_and_left_alone(
     assert refused(run, f"Redis db {db} at "), run
     assert redis_client.get("shop:session:1") == b"alice"
     assert redis_client.get(REDIS_OWNER_KEY) is None
+
+
+def test_worker_processes_get_the_test_workers_services_and_none_of_the_developers() -> None:
+    # Given a developer who exported the fleet's variables, and pytest -n 2's second worker
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ORDERFLEET_"))}
+    env.update({
+        "ORDERFLEET_DATABASE_URL": "postgresql+psycopg://shop@127.0.0.1:5432/shop",
+        "ORDERFLEET_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "ORDERFLEET_SHARED_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "ORDERFLEET_FRAUD_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "ORDERFLEET_CARRIER_URL": "https://carrier.example",
+        "ORDERFLEET_TEST_DATABASE_URL": "postgresql+psycopg://t:pw@127.0.0.1:5432/fleet_test",
+        "ORDERFLEET_TEST_BROKER_URL": "redis://127.0.0.1:6379/9",
+        "PYTEST_XDIST_WORKER": "gw1",
+    })
+
+    # when the test settings are loaded and a fleet's environment is made from them (as the
+    # end-to-end tests do; nothing connects anywhere)
+    script = ("import json, tests.conftest; from config.settings import get_settings; "
+              "from workers.fleet import Fleet; print(json.dumps(Fleet(get_settings()).env))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    fleet_env = json.loads(out.stdout)
+
+    # then the worker processes get that test worker's database and Redis db, and nothing of
+    # the developer's
+    assert fleet_env["ORDERFLEET_DATABASE_URL"] == \
+        "postgresql+psycopg://t:pw@127.0.0.1:5432/fleet_test_gw1"
+    assert fleet_env["ORDERFLEET_BROKER_URL"] == "redis://127.0.0.1:6379/10"
+    assert "ORDERFLEET_SHARED_REDIS_URL" not in fleet_env
+    assert "ORDERFLEET_FRAUD_REDIS_URL" not in fleet_env
+    assert fleet_env["ORDERFLEET_CARRIER_URL"] == "http://127.0.0.1:8765"
