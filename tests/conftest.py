@@ -124,7 +124,8 @@ def claim_redis_db(url: str) -> str | None:
     return (f"Redis db {parts.path.lstrip('/')} at {parts.hostname}:{parts.port or 6379} "
             f"holds keys and no {REDIS_OWNER_KEY}={REDIS_OWNER} marker: it is not the tests' "
             "own, and they would FLUSHDB it. Point ORDERFLEET_TEST_BROKER_URL at an empty db "
-            "(the tests mark it as theirs).")
+            "(the tests mark it as theirs); if a killed test run left these keys, empty the db "
+            "yourself.")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -214,13 +215,10 @@ def redis_client(settings):  # type: ignore[no-untyped-def]
         client.ping()
     except redis.ConnectionError:
         _missing("Redis")
-    _flush(client)
+    client.flushdb()
     yield client
-    _flush(client)
-
-
-def _flush(client: redis.Redis) -> None:
-    """Empty the tests' Redis db, keeping the mark that says it is theirs."""
+    # Empty again, and marked as the tests' own for the next run's check: a run killed in the
+    # middle of a test leaves keys without the mark, and the next run refuses the db.
     client.flushdb()
     client.set(REDIS_OWNER_KEY, REDIS_OWNER)
 
