@@ -69,8 +69,8 @@ def fraud_ids(broker) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 def wait_fraud_ids(broker, n: int) -> list[int]:  # type: ignore[no-untyped-def]
-    return eventually(lambda: len(ids := fraud_ids(broker)) >= n and ids, 10,
-                      f"{n} order ids on the fraud queue")
+    eventually(lambda: len(fraud_ids(broker)) >= n, 10, f"{n} order ids on the fraud queue")
+    return fraud_ids(broker)
 
 
 def orders(settings) -> list[OrderRow]:  # type: ignore[no-untyped-def]

@@ -80,8 +80,9 @@ def parcel_statuses(server: SandboxCarrierServer, settings: Settings,
                     shipment_ids: list[int]) -> list[str]:
     """What the carrier reports now for each shipment's parcel (no breaker in the way)."""
     with unit_of_work(settings) as uow:
-        numbers = [uow.session.get(Shipment, i).tracking_number for i in shipment_ids]
-    return [t.status for t in SandboxCarrier(server.url).track(numbers)]
+        numbers = uow.session.scalars(select(Shipment.tracking_number)
+                                      .where(Shipment.id.in_(shipment_ids))).all()
+    return [t.status for t in SandboxCarrier(server.url).track([str(n) for n in numbers])]
 
 
 def event_statuses(settings: Settings, shipment_id: int) -> list[str]:
