@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # Two pytest-xdist workers, each on its own database and Redis db; the end-to-end tests keep to
-# one of them (tests/e2e/conftest.py). On a 2-core machine this is about 2x faster than one
+# one of them (tests/e2e/conftest.py). On a 2-core machine this is 1.7-1.8x faster than one
 # process, as the suite mostly waits on carrier time, beat ticks and worker processes.
 # PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
