@@ -1,5 +1,12 @@
 """Shared fixtures: a real PostgreSQL database and a real Redis, never eager mode.
 
+The tests use their own database and Redis db and never the fleet's: a developer's exported
+``ORDERFLEET_*`` variables may point at data that matters, and the tests TRUNCATE and FLUSHDB.
+The only knobs are ``ORDERFLEET_TEST_DATABASE_URL`` and ``ORDERFLEET_TEST_BROKER_URL``; a
+database whose name does not say "test", Redis db 0, or a Redis db holding someone else's keys
+makes pytest stop before touching anything. Under ``pytest -n N`` worker ``gwK`` gets database
+``<name>_gwK`` and Redis db ``<db> + K``.
+
 A missing service skips the tests that need it on a laptop, and fails them on CI (CI=true).
 """
 
@@ -9,22 +16,128 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import redis
+from sqlalchemy.engine import URL, make_url
 
-PG_ADMIN_URL = os.environ.get("ORDERFLEET_TEST_PG_ADMIN_URL",
-                              "postgresql://postgres@127.0.0.1:5432/postgres")
-TEST_DB = os.environ.get("ORDERFLEET_TEST_DB_NAME", "orderfleet_test")
-TEST_DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}"
-# A Redis database of its own, so tests never touch a running demo's queues.
-TEST_BROKER_URL = os.environ.get("ORDERFLEET_TEST_BROKER_URL", "redis://127.0.0.1:6379/13")
+DEFAULT_TEST_DATABASE_URL = ("postgresql+psycopg://orderfleet_test:orderfleet_test"
+                             "@127.0.0.1:5432/orderfleet_test")
+DEFAULT_TEST_BROKER_URL = "redis://127.0.0.1:6379/10"
+# Written into every Redis db the tests use: a db without it that holds keys is not theirs.
+REDIS_OWNER_KEY, REDIS_OWNER = "orderfleet:owner", "tests"  # workers.fleet.OWNER_KEY
+HIGHEST_REDIS_DB = 15
+
+
+def xdist_index(worker: str) -> int:
+    """0 for gw0 (and for a run without xdist), 1 for gw1, ..."""
+    return int(worker.removeprefix("gw")) if worker else 0
+
+
+def database_url_for(base: str, worker: str) -> URL:
+    """The worker's database: the base URL's, suffixed ``_gwN`` under xdist."""
+    url = make_url(base)
+    return url.set(database=f"{url.database}_{worker}") if worker else url
+
+
+def redis_db_for(base: str, index: int) -> tuple[str, int]:
+    """The URL and number of the Redis db of xdist worker ``index``: the base db + index."""
+    parts = urlsplit(base)
+    db = int(parts.path.lstrip("/") or 0) + index
+    return parts._replace(path=f"/{db}").geturl(), db
+
+
+def refusals(database: URL, broker_base: str, workers: int) -> list[str]:
+    """Why these URLs must not be used by the tests (nothing connects to find out)."""
+    problems = []
+    if not database.drivername.startswith("postgresql"):
+        problems.append(f"ORDERFLEET_TEST_DATABASE_URL must be a PostgreSQL URL, not "
+                        f"{database.drivername}")
+    elif "test" not in (database.database or "").lower():
+        problems.append(f'database "{database.database}" is not marked for tests: the tests '
+                        'drop and re-create their database, so its name must contain "test" '
+                        "(set ORDERFLEET_TEST_DATABASE_URL)")
+    parts = urlsplit(broker_base)
+    if parts.scheme not in ("redis", "rediss") or "db" in parse_qs(parts.query):
+        problems.append("ORDERFLEET_TEST_BROKER_URL must be a redis:// URL with the db in its "
+                        f"path (redis://host:port/N), not {broker_base}")
+        return problems
+    try:
+        first = redis_db_for(broker_base, 0)[1]
+    except ValueError:
+        return [*problems, f"ORDERFLEET_TEST_BROKER_URL has no db number: {broker_base}"]
+    if first == 0:
+        problems.append("Redis db 0 is where a Redis's own data usually lives and the tests "
+                        "FLUSHDB theirs: give ORDERFLEET_TEST_BROKER_URL another db "
+                        "(redis://host:port/10)")
+    last = first + workers - 1
+    if last > HIGHEST_REDIS_DB:
+        problems.append(f"{workers} test worker(s) need Redis dbs {first}..{last}; above "
+                        f"{HIGHEST_REDIS_DB} is refused: lower the db in "
+                        "ORDERFLEET_TEST_BROKER_URL or run fewer workers")
+    return problems
+
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under pytest -n N
+BASE_DATABASE_URL = os.environ.get("ORDERFLEET_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
+BASE_BROKER_URL = os.environ.get("ORDERFLEET_TEST_BROKER_URL", DEFAULT_TEST_BROKER_URL)
+DATABASE = database_url_for(BASE_DATABASE_URL, WORKER)
+TEST_DB = DATABASE.database or ""
+TEST_DATABASE_URL = DATABASE.render_as_string(hide_password=False)
+# The tests create and drop their database as the same role, connected to "postgres".
+PG_ADMIN_URL = DATABASE.set(drivername="postgresql", database="postgres").render_as_string(
+    hide_password=False)
+try:
+    TEST_BROKER_URL = redis_db_for(BASE_BROKER_URL, xdist_index(WORKER))[0]
+except ValueError:  # no db number: pytest_configure refuses it
+    TEST_BROKER_URL = BASE_BROKER_URL
 
 # Settings are read from the environment by every process, workers included: set them before
-# anything imports the project.
-os.environ.setdefault("ORDERFLEET_DATABASE_URL", TEST_DATABASE_URL)
-os.environ.setdefault("ORDERFLEET_BROKER_URL", TEST_BROKER_URL)
-os.environ.setdefault("ORDERFLEET_VAR_DIR", str(Path(__file__).resolve().parent.parent
-                                                / "var" / "test"))
+# anything imports the project. Every other fleet variable is dropped, so nothing the tests or
+# their worker processes read (a shared or fraud Redis, a carrier, secrets) is the developer's.
+for _name in [n for n in os.environ if n.startswith("ORDERFLEET_")
+              and not n.startswith("ORDERFLEET_TEST_")]:
+    del os.environ[_name]
+os.environ["ORDERFLEET_DATABASE_URL"] = TEST_DATABASE_URL
+os.environ["ORDERFLEET_BROKER_URL"] = TEST_BROKER_URL
+os.environ["ORDERFLEET_VAR_DIR"] = str(Path(__file__).resolve().parent.parent / "var" / "test"
+                                       / (WORKER or "main"))
+
+
+def redis_db_problem(url: str) -> str | None:
+    """Mark the db as the tests' own if it is empty; why not, if it holds someone else's keys.
+
+    None also when Redis is not reachable: the tests that need it skip (or fail on CI).
+    """
+    from workers.fleet import ForeignData, claim_redis_db
+
+    try:
+        claim_redis_db(url, REDIS_OWNER)
+    except (redis.ConnectionError, redis.TimeoutError):
+        return None
+    except ForeignData as exc:
+        return (f"{exc}. The tests would FLUSHDB it: point ORDERFLEET_TEST_BROKER_URL at an "
+                "empty db (the tests mark it as theirs); if a killed test run left these keys, "
+                "empty the db yourself.")
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse, before anything is touched, to run against data that may not be the tests'."""
+    if WORKER:
+        return  # the controlling process checked every worker's database and Redis db
+    # With -n N (pytest-xdist), the N workers' Redis dbs are checked here, before any starts.
+    distributed = config.getoption("dist", "no") != "no"
+    workers = max(len(config.getoption("tx", None) or []), 1) if distributed else 1
+    problems = refusals(DATABASE, BASE_BROKER_URL, workers)
+    if not problems:
+        for index in range(workers):
+            problem = redis_db_problem(redis_db_for(BASE_BROKER_URL, index)[0])
+            if problem:
+                problems.append(problem)
+    if problems:
+        raise pytest.UsageError("orderfleet tests refuse to run:\n  " + "\n  ".join(problems))
 
 
 def _missing(service: str) -> None:
@@ -33,10 +146,10 @@ def _missing(service: str) -> None:
     pytest.skip(f"{service} is not reachable")
 
 
-def _port_open(port: int) -> bool:
+def _port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +165,7 @@ def settings():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def pg_database(settings):  # type: ignore[no-untyped-def]
     """A freshly migrated test database (Alembic, as in production)."""
-    if not _port_open(5432):
+    if not _port_open(DATABASE.host or "127.0.0.1", DATABASE.port or 5432):
         _missing("PostgreSQL")
     import psycopg
     from sqlalchemy import text
@@ -60,9 +173,17 @@ def pg_database(settings):  # type: ignore[no-untyped-def]
     from domain.db import dispose_engines, get_engine
     from domain.migrate import upgrade
 
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{TEST_DB}"')
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{TEST_DB}"')
+    except psycopg.errors.InsufficientPrivilege as e:
+        pytest.fail(f'the test role {DATABASE.username} cannot re-create database "{TEST_DB}" '
+                    f"({e}): drop it as its owner or set ORDERFLEET_TEST_DATABASE_URL to "
+                    "another name", pytrace=False)
+    except psycopg.OperationalError as e:  # no such role, wrong password
+        _missing(f"PostgreSQL as {DATABASE.username} (scripts/ensure-services.sh creates the "
+                 f"role: {str(e).strip()})")
     upgrade(settings)
     yield get_engine(settings)
     with get_engine(settings).begin() as conn:
@@ -86,8 +207,6 @@ def db(pg_database, settings) -> Iterator[object]:  # type: ignore[no-untyped-de
 
 @pytest.fixture
 def redis_client(settings):  # type: ignore[no-untyped-def]
-    import redis
-
     client = redis.Redis.from_url(settings.broker_url)
     try:
         client.ping()
@@ -95,7 +214,10 @@ def redis_client(settings):  # type: ignore[no-untyped-def]
         _missing("Redis")
     client.flushdb()
     yield client
+    # Empty again, and marked as the tests' own for the next run's check: a run killed in the
+    # middle of a test leaves keys without the mark, and the next run refuses the db.
     client.flushdb()
+    client.set(REDIS_OWNER_KEY, REDIS_OWNER)
 
 
 @pytest.fixture

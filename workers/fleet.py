@@ -297,16 +297,17 @@ def claim_redis_db(url: str, owner: str, *, fresh: bool = False) -> None:
     ``fresh`` then empties it (queues, unacknowledged messages, counters, breakers, the beat
     lock of an earlier run), which is safe because everything in it is the run's own.
     """
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5)
+    parts = urlparse(url)
+    where = f"Redis db {parts.path.lstrip('/') or 0} at {parts.hostname}:{parts.port or 6379}"
     try:
         raw_mark = client.get(OWNER_KEY)
         mark = raw_mark.decode() if isinstance(raw_mark, bytes) else raw_mark
         if mark is None and client.dbsize() > 0:
-            raise ForeignData(f"Redis db {url} holds {client.dbsize()} keys that are not "
-                              f"orderfleet {owner}'s: choose an empty db")
+            raise ForeignData(f"{where} holds {client.dbsize()} keys and no {OWNER_KEY}={owner} "
+                              f"marker: they are not orderfleet {owner}'s; use an empty db")
         if mark is not None and mark != owner:
-            raise ForeignData(f"Redis db {url} belongs to orderfleet {mark}, "
-                              f"not {owner}")
+            raise ForeignData(f"{where} belongs to orderfleet {mark}, not {owner}")
         if fresh:
             client.flushdb()
         client.set(OWNER_KEY, owner)

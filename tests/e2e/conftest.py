@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,16 +43,16 @@ def start_fleet(db, broker, settings, tmp_path) -> Iterator[Callable[..., Fleet]
         fleet.stop()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def state_counts(settings: Any) -> dict[str, int]:
     with unit_of_work(settings) as uow:
         return dict(uow.session.execute(
             select(OrderRow.state, func.count()).group_by(OrderRow.state)).all())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` the end-to-end tests run one after another on one
+    worker while the others take the rest: two fleets of real processes at once on a 2-core
+    machine would only slow each other down."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))

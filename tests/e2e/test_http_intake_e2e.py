@@ -14,8 +14,9 @@ from sqlalchemy import select
 from domain.db import unit_of_work
 from domain.models import OrderRow, Shipment, StoreNotification
 from sandbox.storefront import SandboxStorefrontServer, shopify_headers
-from tests.e2e.conftest import state_counts, wait_for
+from tests.e2e.conftest import state_counts
 from tests.integration.helpers import put_stock
+from tests.waiting import eventually
 from workers.fleet import Fleet, free_port
 
 pytestmark = pytest.mark.e2e
@@ -94,7 +95,7 @@ def test_shopify_webhooks_flow_to_delivery_and_fulfilments_flow_back(fleet_with_
         counts = state_counts(settings)
         return counts.get("delivered", 0) == len(orders) - 2 and \
             counts.get("cancelled", 0) == 2
-    wait_for(settled, 150, "22 orders delivered and 2 cancelled")
+    eventually(settled, 150, "22 orders delivered and 2 cancelled")
 
     with unit_of_work(settings) as uow:
         rows = {r.source_order_id: r for r in uow.session.execute(select(OrderRow)).scalars()}
@@ -116,7 +117,7 @@ def test_shopify_webhooks_flow_to_delivery_and_fulfilments_flow_back(fleet_with_
             1 for evs in storefront.state.events.values()
             if any(e["status"] == "delivered" for e in evs))
         return not pending and delivered_events == len(tracking)
-    wait_for(told, 60, "every fulfilment and delivered event to reach the shop")
+    eventually(told, 60, "every fulfilment and delivered event to reach the shop")
     fulfilments = storefront.state.fulfillments
     assert len(fulfilments) == len(tracking)
     for source_id, number in tracking.items():

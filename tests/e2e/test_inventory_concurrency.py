@@ -23,8 +23,9 @@ from domain.clock import utcnow
 from domain.db import unit_of_work
 from domain.models import OrderEvent, OrderLine, OrderRow, Reservation, SkuHealth, Stock
 from tasks.inventory import choose_warehouse, reserve
-from tests.e2e.conftest import state_counts, wait_for
+from tests.e2e.conftest import state_counts
 from tests.integration.helpers import put_stock
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -147,11 +148,11 @@ def test_5000_orders_compete_for_1000_units_on_8_workers_and_none_is_oversold(
         counts = state_counts(settings)
         return counts.get("reserved", 0) + counts.get("backordered", 0) == total
 
-    wait_for(decided, 120, "every order to be reserved or backordered")
+    eventually(decided, 120, "every order to be reserved or backordered")
     elapsed = time.perf_counter() - t0
     # Retries of contended orders may still be in flight: let the queue drain.
-    wait_for(lambda: broker.llen("inventory") == 0 and not broker.hlen("unacked"), 60,
-             "the inventory queue to drain")
+    eventually(lambda: broker.llen("inventory") == 0 and not broker.hlen("unacked"), 60,
+               "the inventory queue to drain")
     sampler.stop.set()
     sampler.join(10)
 
@@ -217,23 +218,23 @@ def test_a_worker_killed_mid_reservation_leaves_no_orphan_and_the_redelivery_fin
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock' AND query ILIKE '%sku_health%'")).scalar())
 
-        wait_for(stage_waits_on_health_rows, 60, "the stage to block mid-transaction")
+        eventually(stage_waits_on_health_rows, 60, "the stage to block mid-transaction")
         with watcher.connect() as conn:  # its reservations exist, uncommitted
             assert conn.execute(text("SELECT count(*) FROM reservations")).scalar() == 0
         (child,) = _children(fleet.procs["worker1"].pid)
 
         # When the pool process running the task is killed with SIGKILL
         os.kill(child, signal.SIGKILL)
-        wait_for(lambda: child not in _children(fleet.procs["worker1"].pid), 30,
-                 "the killed process to be reaped")
+        eventually(lambda: child not in _children(fleet.procs["worker1"].pid), 30,
+                   "the killed process to be reaped")
     finally:
         blocker.rollback()
         blocker.close()
         blocker_engine.dispose()
 
     # Then the redelivered message does the work, once
-    wait_for(lambda: state_counts(settings) == {"reserved": 50, "backordered": 50}, 90,
-             "the redelivered task to reserve 50 orders and backorder 50")
+    eventually(lambda: state_counts(settings) == {"reserved": 50, "backordered": 50}, 90,
+               "the redelivered task to reserve 50 orders and backorder 50")
     figures = assert_reservations_consistent(settings)
     assert figures["active_units"] == {("KILL-A", "US-EAST"): 50, ("KILL-B", "US-EAST"): 50}
     # ... the killed transaction left nothing behind, and the worker did lose its process

@@ -13,7 +13,8 @@ from domain.models import OrderLine, OrderRow, RejectedOrder, Reservation, Shipm
 from domain.stock import StockLevel, set_stock_levels
 from sandbox.synthetic import generate_labelled_orders, generate_stock
 from tasks.intake import submit_orders
-from tests.e2e.conftest import state_counts, wait_for
+from tests.e2e.conftest import state_counts
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +44,7 @@ def test_300_orders_reach_their_terminal_state_with_one_label_each(start_fleet, 
         counts = state_counts(settings)
         return sum(n for s, n in counts.items() if s in SETTLED) == len(result.accepted)
 
-    wait_for(settled, 240, "every order to settle")
+    eventually(settled, 240, "every order to settle")
 
     # Then every valid order is where its kind says
     with unit_of_work(settings) as uow:
@@ -90,5 +91,5 @@ def test_a_lost_message_is_re_driven_by_the_beat_sweep(start_fleet, settings, br
         ids = persist_orders(uow, [p for k, p in generate_labelled_orders(20, seed=4)
                                    if k == "normal"], fleet.settings).accepted
     # When the beat sweep runs, then the orders progress anyway
-    wait_for(lambda: state_counts(settings).get("delivered", 0) == len(ids), 90,
-             "re-driven orders to be delivered")
+    eventually(lambda: state_counts(settings).get("delivered", 0) == len(ids), 90,
+               "re-driven orders to be delivered")

@@ -10,7 +10,7 @@ from domain.models import OrderRow
 from domain.stock import StockLevel, set_stock_levels
 from sandbox.synthetic import generate_labelled_orders, generate_stock
 from tasks.intake import submit_orders
-from tests.e2e.conftest import wait_for
+from tests.waiting import eventually
 from workers.review_api import create_app
 
 pytestmark = pytest.mark.e2e
@@ -31,8 +31,8 @@ def test_approved_orders_resume_at_reservation_and_ship(start_fleet, settings) -
                                                      invalid_rate=0, risky_rate=0)
            if kind == "high_value"][:2]
     ids = submit_orders(big, settings=settings).accepted
-    wait_for(lambda: states(settings, ids) == ["on_hold", "on_hold"], 60,
-             "the fraud check to hold both")
+    eventually(lambda: states(settings, ids) == ["on_hold", "on_hold"], 60,
+               "the fraud check to hold both")
     # When a reviewer approves one and cancels the other over HTTP
     desk = TestClient(create_app())
     approve = desk.post(f"/review/orders/{ids[0]}/approve",
@@ -41,5 +41,5 @@ def test_approved_orders_resume_at_reservation_and_ship(start_fleet, settings) -
                        json={"by": "ana", "reason": "cardholder disputes it"})
     assert approve.status_code == 200 and cancel.status_code == 200
     # Then the approved one goes through reservation, a wave and a label to delivery
-    wait_for(lambda: states(settings, ids)[0] == "delivered", 120, "the approved order to ship")
+    eventually(lambda: states(settings, ids)[0] == "delivered", 120, "the approved order to ship")
     assert states(settings, ids)[1] == "cancelled"

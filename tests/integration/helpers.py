@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +12,7 @@ import httpx
 
 from domain.db import unit_of_work
 from domain.stock import StockLevel, set_stock_levels
+from tests.waiting import eventually
 from workers.fleet import free_port
 
 
@@ -47,17 +47,17 @@ def sandbox_carrier_process(*args: str) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "sandbox.carrier",
                              "--port", str(port), *args])
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the sandbox carrier exited with {proc.returncode}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=0.5).is_success
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=0.5).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("sandbox carrier did not start")
-            time.sleep(0.1)
+        eventually(healthy, 20, "the sandbox carrier to answer /healthz")
         yield url
     finally:
         proc.terminate()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from sqlalchemy import select
 
 from domain.cancellation import cancel_orders, receive_returns
@@ -17,6 +15,7 @@ from tasks.labels import buy_wave_labels, prepare_shipments
 from tasks.sharding import assign_orders, close_waves_older_than
 from tasks.tracking import backfill_shipments, due_shipments
 from tests.integration.helpers import native_order, put_stock
+from tests.waiting import eventually
 
 
 def run(fn, settings, *args, **kw):  # type: ignore[no-untyped-def]
@@ -133,10 +132,12 @@ def test_after_hand_over_it_becomes_a_return_restocked_when_it_arrives(
     order_id, wave = to_batched(settings, "C-6")
     buy_wave_labels(wave, settings, carrier)
     shipment_id = shipment_of(settings, order_id).id
-    deadline = time.monotonic() + 20
-    while state_of(settings, order_id) == "labelled" and time.monotonic() < deadline:
+
+    def handed_over() -> bool:
         backfill_shipments([shipment_id], settings, carrier)
-        time.sleep(0.2)
+        return state_of(settings, order_id) != "labelled"
+
+    eventually(handed_over, 20, "the carrier to take the parcel")
     assert state_of(settings, order_id) in ("in_transit", "delivered")
     out = run(cancel_orders, settings, [order_id], "customer")
     assert out.returns == [order_id] and out.to_void == []

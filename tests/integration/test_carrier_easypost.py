@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -20,6 +19,7 @@ from domain.carriers import (
 )
 from domain.carriers.easypost import ounces
 from sandbox.carrier import FaultProfile, SandboxCarrierServer
+from tests.waiting import eventually
 
 KEY = "EZTK-sandbox-key"
 
@@ -138,12 +138,9 @@ def test_refund_voids_the_label(client: EasyPostCarrier, server: SandboxCarrierS
 
 def test_trackers_are_normalised(client: EasyPostCarrier) -> None:
     label = client.buy_label(request("orderfleet-shipment-30"))
-    deadline = time.monotonic() + 10
-    while True:
-        (tracker,) = client.track([label.tracking_number])
-        if tracker.status == "delivered" or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    eventually(lambda: client.track([label.tracking_number])[0].status == "delivered", 10,
+               f"{label.tracking_number} to be delivered")
+    (tracker,) = client.track([label.tracking_number])
     assert tracker.status == "delivered"
     assert [e.status for e in tracker.events] == ["info_received", "in_transit", "in_transit",
                                                   "out_for_delivery", "delivered"]

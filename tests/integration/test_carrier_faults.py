@@ -12,6 +12,7 @@ import pytest
 from domain.carriers import CarrierUnavailable, LabelRequest, SandboxCarrier
 from sandbox.carrier import FaultProfile, SandboxCarrierServer
 from tests.integration.helpers import sandbox_carrier_process
+from tests.waiting import eventually
 
 
 def request(key: str, carrier: str = "sbx-post") -> LabelRequest:
@@ -97,10 +98,8 @@ def test_faults_can_target_one_carrier_and_lapse(server: SandboxCarrierServer) -
         client.buy_label(request("air-1", "sbx-air"))
     assert not client.buy_label(request("post-1", "sbx-post")).replayed
     # and after the outage sbx-air works again
-    deadline = time.monotonic() + 5
-    while httpx.get(f"{server.url}/v1/admin/faults").json()["error_rate"] and \
-            time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: not httpx.get(f"{server.url}/v1/admin/faults").json()["error_rate"], 5,
+               "the outage to lapse")
     assert not client.buy_label(request("air-1", "sbx-air")).replayed
 
 

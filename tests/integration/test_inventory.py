@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from domain.reservations import consume_reservations, release_reservations, rest
 from domain.sku_health import freeze_sku, unfreeze_sku
 from tasks.inventory import expire_stale_reservations, reserve_orders, wake_backordered
 from tests.integration.helpers import put_stock
+from tests.waiting import eventually
 from workers.cli import main as cli
 
 # At most 2 failures in the last 100 first attempts: the 3rd freezes the SKU.
@@ -240,8 +240,8 @@ def test_an_unfreeze_committed_while_a_batch_runs_does_not_strand_its_orders(
     def batch_waits_on_health_rows() -> bool:
         with engine.connect() as conn:  # a fresh transaction: pg_stat_activity is a snapshot
             return bool(conn.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query ILIKE '%FROM sku_health%'")).scalar())
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query ILIKE '%FROM sku_health%'")).scalar())
 
     # (The person's connection closes first on the way out, so a failure cannot hang here.)
     with ThreadPoolExecutor(1) as pool, engine.connect() as person:
@@ -249,10 +249,7 @@ def test_an_unfreeze_committed_while_a_batch_runs_does_not_strand_its_orders(
         person.execute(text("UPDATE sku_health SET frozen = false WHERE sku = 'A'"))
         # When a batch that read A as frozen reaches the health rows
         batch = pool.submit(run, settings, reserve_orders, [oid], settings)
-        deadline = time.monotonic() + 30
-        while not batch_waits_on_health_rows():
-            assert time.monotonic() < deadline, "the batch never reached the health rows"
-            time.sleep(0.05)
+        eventually(batch_waits_on_health_rows, 30, "the batch to reach the health rows")
         person.commit()
         out = batch.result(30)
     engine.dispose()

@@ -33,7 +33,7 @@ def test_a_redis_db_holding_someone_elses_keys_is_refused_untouched(redis_client
     # Given a db with a key that is not ours
     redis_client.set("crm:customer:42", "Jo")
     # When a run tries to claim it, fresh
-    with pytest.raises(ForeignData, match="holds 1 keys that are not orderfleet demo's"):
+    with pytest.raises(ForeignData, match="holds 1 keys and no orderfleet:owner=demo marker"):
         claim_redis_db(settings.broker_url, "demo", fresh=True)
     # Then nothing was written or removed
     assert redis_client.get("crm:customer:42") == b"Jo"

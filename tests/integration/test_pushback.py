@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tasks.pushback import send_notifications
 from tasks.sharding import assign_orders, close_waves_older_than
 from tasks.tracking import backfill_shipments
 from tests.integration.helpers import native_order, put_stock
+from tests.waiting import eventually
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TOKEN = "shpat_acme_admin_token"
@@ -127,10 +127,12 @@ def test_each_tracking_status_reached_is_one_fulfilment_event(shop_settings, sto
     stock_for_fixture(settings)
     order_id = labelled(settings, carrier, shopify_paid(), store="acme")
     sh = shipment(settings, order_id)
-    deadline = time.monotonic() + 30
-    while shipment(settings, order_id).status != "delivered" and time.monotonic() < deadline:
+
+    def delivered() -> bool:
         backfill_shipments([sh.id], settings, carrier)
-        time.sleep(0.2)
+        return shipment(settings, order_id).status == "delivered"
+
+    eventually(delivered, 30, "the backfill to deliver the parcel")
     backfill_shipments([sh.id], settings, carrier)  # a re-run adds no news
     news = notifications(settings, order_id)
     assert {"label_bought", "tracking:in_transit", "tracking:delivered"} <= set(news)

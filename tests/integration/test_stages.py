@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,6 +17,7 @@ from tasks.labels import buy_wave_labels
 from tasks.sharding import assign_orders, close_waves_older_than
 from tasks.tracking import backfill_shipments
 from tests.integration.helpers import native_order, put_stock
+from tests.waiting import eventually
 
 
 def states(settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -57,10 +57,12 @@ def test_an_order_goes_from_paid_to_delivered_through_every_stage(db, broker, se
     assert carrier.stats()["labels_purchased"] == 2
     with unit_of_work(settings) as uow:
         shipment_ids = list(uow.session.execute(select(Shipment.id)).scalars())
-    deadline = time.monotonic() + 20
-    while states(settings) != {"delivered": 2} and time.monotonic() < deadline:
+
+    def delivered() -> bool:
         backfill_shipments(shipment_ids, settings, carrier)
-        time.sleep(0.5)
+        return states(settings) == {"delivered": 2}
+
+    eventually(delivered, 20, "the backfill to deliver both orders")
     assert states(settings) == {"delivered": 2}
     with unit_of_work(settings) as uow:
         events = uow.session.execute(select(func.count()).select_from(TrackingEvent)).scalar()

@@ -3,33 +3,37 @@ periodic task (the hourly tracking sweep included), and takes over when the firs
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from tests.waiting import eventually
 from workers.fleet import settings_env
 
 
 def _beat(tmp_path: Path, name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp_path / f"{name}.log"
     with open(log, "wb") as out:
+        # Debug: a beat logs "Acquiring lock..." when it starts waiting for the RedBeat lock.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "beat", "--loglevel", "info",
+            [sys.executable, "-m", "celery", "-A", "workers.app", "beat", "--loglevel", "debug",
              "-s", str(tmp_path / f"{name}-schedule")],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
 
 
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def _sweeps_sent(log: Path) -> int:
+    """Tracking sweeps a beat sent: it logs each one just before sending it."""
+    return log.read_text().count("Sending due task tracking-sweep")
+
+
+def _senders(broker) -> list[str]:  # type: ignore[no-untyped-def]
+    """The process that sent each sweep waiting on the tracking queue (``gen<pid>@host``)."""
+    return [json.loads(raw)["headers"]["origin"].split("@")[0]
+            for raw in broker.lrange("tracking", 0, -1)]
 
 
 def test_a_second_beat_waits_and_takes_over(broker, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -37,26 +41,30 @@ def test_a_second_beat_waits_and_takes_over(broker, settings, tmp_path) -> None:
     env = {**os.environ, **settings_env(settings.model_copy(update={
         "tracking_sweep_interval_s": 1.0})), "PYTHONUNBUFFERED": "1"}
     first, first_log = _beat(tmp_path, "beat-a", env)
-    _wait(lambda: "Acquired lock" in first_log.read_text(), 20, "the first beat's lock")
+    eventually(lambda: "Acquired lock" in first_log.read_text(), 20, "the first beat's lock")
     second, second_log = _beat(tmp_path, "beat-b", env)
     try:
-        # when both run for a few seconds
-        time.sleep(1.0)
-        before = broker.llen("tracking")
-        time.sleep(5.0)
-        sent = broker.llen("tracking") - before
+        # when both run for a few sweeps
+        eventually(lambda: "Acquiring lock" in second_log.read_text(), 20,
+                   "the second beat to wait for the lock")
+        ticks = _sweeps_sent(first_log)
+        eventually(lambda: _sweeps_sent(first_log) >= ticks + 3, 20,
+                   "three more sweeps while both beats run")
 
-        # then the sweep was sent about once a second (not twice), by the lock holder only
-        assert 3 <= sent <= 7, sent
+        # then the sweep was sent once per tick (not twice), by the lock holder only
+        eventually(lambda: broker.llen("tracking") == _sweeps_sent(first_log), 10,
+                   "one queued sweep per tick the first beat logged")
+        assert set(_senders(broker)) == {f"gen{first.pid}"}
+        assert "Sending due task" not in second_log.read_text()
         assert "Acquired lock" not in second_log.read_text()
 
         # and when the first beat stops, the second one takes over
         os.killpg(first.pid, signal.SIGTERM)
         first.wait(15)
-        _wait(lambda: "Acquired lock" in second_log.read_text(), 20,
-              "the second beat to take the lock over")
-        before = broker.llen("tracking")
-        _wait(lambda: broker.llen("tracking") > before, 10, "sweeps from the second beat")
+        eventually(lambda: "Acquired lock" in second_log.read_text(), 20,
+                   "the second beat to take the lock over")
+        eventually(lambda: f"gen{second.pid}" in _senders(broker), 10,
+                   "sweeps from the second beat")
     finally:
         for proc in (first, second):
             if proc.poll() is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -35,6 +34,7 @@ from tasks.sharding import assign_orders, close_waves_older_than
 from tasks.tracking import backfill_shipments
 from tasks.watchdog import run_watchdog
 from tests.integration.helpers import native_order, put_stock
+from tests.waiting import eventually
 from workers.tracking_api import signature, tracking_routes_for
 
 BERLIN = {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117",
@@ -77,6 +77,15 @@ def order_state(settings: Settings, source_id: str) -> str:
             OrderRow.source_order_id == source_id)).scalar_one()
 
 
+def parcel_statuses(server: SandboxCarrierServer, settings: Settings,
+                    shipment_ids: list[int]) -> list[str]:
+    """What the carrier reports now for each shipment's parcel (no breaker in the way)."""
+    with unit_of_work(settings) as uow:
+        numbers = uow.session.scalars(select(Shipment.tracking_number)
+                                      .where(Shipment.id.in_(shipment_ids))).all()
+    return [t.status for t in SandboxCarrier(server.url).track([str(n) for n in numbers])]
+
+
 def event_statuses(settings: Settings, shipment_id: int) -> list[str]:
     with unit_of_work(settings) as uow:
         return list(uow.session.execute(
@@ -93,10 +102,11 @@ def test_backfill_records_normalised_events_and_delivery_completes_the_order(
               else EasyPostCarrier(server.url, "EZTK-test"))
 
     # when the backfill runs until the carrier reports it delivered
-    deadline = time.monotonic() + 20
-    while order_state(settings, "TRK-1") != "delivered" and time.monotonic() < deadline:
+    def delivered() -> bool:
         backfill_shipments([ship["TRK-1"]], settings, client)
-        time.sleep(0.2)
+        return order_state(settings, "TRK-1") == "delivered"
+
+    eventually(delivered, 20, "the backfill to deliver TRK-1")
 
     # then every scan is stored once, in the fixed vocabulary, and the order is complete
     assert order_state(settings, "TRK-1") == "delivered"
@@ -135,7 +145,9 @@ def test_one_carriers_open_breaker_does_not_stop_the_others_tracking(
     for _ in range(settings.breaker_min_calls):
         breaker.record("sbx-air", ok=False)
     client = SandboxCarrier(server.url, breaker=breaker)
-    time.sleep(0.5)  # 10 carrier hours: both parcels are in transit
+    eventually(lambda: "info_received" not in parcel_statuses(server, settings,
+                                                              list(ship.values())),
+               10, "both parcels to be in transit")
 
     with pytest.raises(CarrierCircuitOpen):
         backfill_shipments(list(ship.values()), settings, client)
@@ -159,8 +171,7 @@ def push_client() -> Iterator[Callable[[Settings], httpx.Client]]:
                                                log_level="warning", lifespan="off"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
-        while not server.started:
-            time.sleep(0.01)
+        eventually(lambda: server.started, 10, "the tracking webhook server to start")
         client = httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}")
         started.append((server, thread, client))
         return client
@@ -235,9 +246,8 @@ def test_the_carrier_pushes_tracking_until_the_order_is_delivered(
     assert response.json()["signed"] is True
 
     # when carrier time passes (no backfill runs), then its pushes alone deliver the order
-    deadline = time.monotonic() + 20
-    while order_state(settings, "PUSH-1") != "delivered" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    eventually(lambda: order_state(settings, "PUSH-1") == "delivered", 20,
+               "the carrier's pushes to deliver PUSH-1")
     assert order_state(settings, "PUSH-1") == "delivered"
     assert event_statuses(settings, ship["PUSH-1"])[-1] == "delivered"
     assert server.state.stats.pushes > 0 and server.state.stats.push_failures == 0
@@ -287,7 +297,8 @@ def test_silent_tracking_is_flagged_after_24h_and_cleared_by_news(
     assert run_watchdog(settings).silent_flagged == []  # raised once
 
     # when the carrier has news again, the flag and the alert clear
-    time.sleep(0.5)
+    eventually(lambda: parcel_statuses(server, settings, [ship["SIL-1"]]) != ["info_received"],
+               10, "news of SIL-1 from the carrier")
     backfill_shipments([ship["SIL-1"]], settings, SandboxCarrier(server.url))
     with unit_of_work(settings) as uow:
         assert uow.session.get(Shipment, ship["SIL-1"]).flagged_at is None
