@@ -153,7 +153,7 @@ def _port_open(host: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def settings():  # type: ignore[no-untyped-def]
+def settings():
     from config.settings import get_settings
 
     get_settings.cache_clear()
@@ -163,7 +163,7 @@ def settings():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def pg_database(settings):  # type: ignore[no-untyped-def]
+def pg_database(settings):
     """A freshly migrated test database (Alembic, as in production)."""
     if not _port_open(DATABASE.host or "127.0.0.1", DATABASE.port or 5432):
         _missing("PostgreSQL")
@@ -192,7 +192,7 @@ def pg_database(settings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def db(pg_database, settings) -> Iterator[object]:  # type: ignore[no-untyped-def]
+def db(pg_database, settings) -> Iterator[object]:
     """An empty database for each test (TRUNCATE is fast and leaves the schema)."""
     from sqlalchemy import text
 
@@ -206,7 +206,7 @@ def db(pg_database, settings) -> Iterator[object]:  # type: ignore[no-untyped-de
 
 
 @pytest.fixture
-def redis_client(settings):  # type: ignore[no-untyped-def]
+def redis_client(settings):
     client = redis.Redis.from_url(settings.broker_url)
     try:
         client.ping()
@@ -221,7 +221,7 @@ def redis_client(settings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def broker(redis_client):  # type: ignore[no-untyped-def]
+def broker(redis_client):
     """A real, empty Redis broker; tasks sent here wait in their queues for inspection."""
     return redis_client
 
@@ -236,7 +236,7 @@ def sandbox_carrier() -> Iterator[str]:
 
 
 @pytest.fixture
-def carrier(sandbox_carrier):  # type: ignore[no-untyped-def]
+def carrier(sandbox_carrier):
     """A client of the sandbox carrier, reset for each test."""
     from domain.carriers import CarrierClient
 

@@ -14,7 +14,7 @@ from workers.fleet import Fleet, free_port
 
 
 @pytest.fixture
-def start_fleet(db, broker, settings, tmp_path) -> Iterator[Callable[..., Fleet]]:  # type: ignore[no-untyped-def]
+def start_fleet(db, broker, settings, tmp_path) -> Iterator[Callable[..., Fleet]]:
     """Start a fleet on the test database and broker; free ports, so tests can run anywhere.
 
     Keyword arguments override settings (e.g. wave_size) or Fleet options (workers=...).

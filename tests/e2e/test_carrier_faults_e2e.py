@@ -52,7 +52,7 @@ def _orders(n: int, seed: int, start_id: int = 1) -> list[dict]:
                                                    start_id=start_id)]
 
 
-def _labels_ok(settings) -> tuple[int, int, list]:  # type: ignore[no-untyped-def]
+def _labels_ok(settings) -> tuple[int, int, list]:
     with unit_of_work(settings) as uow:
         s = uow.session
         labels = s.execute(select(func.count(Shipment.label_id.distinct()))).scalar()

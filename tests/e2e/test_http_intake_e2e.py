@@ -27,7 +27,7 @@ TOKEN = "shpat_e2e_admin_token"
 
 
 @pytest.fixture
-def fleet_with_api(db, broker, settings, tmp_path) -> Iterator[tuple[Fleet, Any]]:  # type: ignore[no-untyped-def]
+def fleet_with_api(db, broker, settings, tmp_path) -> Iterator[tuple[Fleet, Any]]:
     with SandboxStorefrontServer(tokens={"acme": TOKEN}) as storefront:
         fleet_settings = settings.model_copy(update={
             "carrier_url": f"http://127.0.0.1:{free_port()}",

@@ -16,9 +16,9 @@ from workers.review_api import create_app
 pytestmark = pytest.mark.e2e
 
 
-def states(settings, ids: list[int]) -> list[str]:  # type: ignore[no-untyped-def]
+def states(settings, ids: list[int]) -> list[str]:
     with unit_of_work(settings) as uow:
-        return [uow.session.get(OrderRow, i).state for i in ids]
+        return [uow.session.get_one(OrderRow, i).state for i in ids]
 
 
 def test_approved_orders_resume_at_reservation_and_ship(start_fleet, settings) -> None:

@@ -32,7 +32,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make_breaker(redis_client, clock) -> Callable[..., CircuitBreaker]:  # type: ignore[no-untyped-def]
+def make_breaker(redis_client, clock) -> Callable[..., CircuitBreaker]:
     def make(policy: BreakerPolicy = POLICY) -> CircuitBreaker:
         return CircuitBreaker(redis_client, policy, prefix="test:breaker", clock=clock)
 

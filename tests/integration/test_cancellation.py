@@ -18,29 +18,29 @@ from tests.integration.helpers import native_order, put_stock
 from tests.waiting import eventually
 
 
-def run(fn, settings, *args, **kw):  # type: ignore[no-untyped-def]
+def run(fn, settings, *args, **kw):
     with unit_of_work(settings) as uow:
         return fn(uow, *args, **kw)
 
 
-def state_of(settings, order_id: int) -> str:  # type: ignore[no-untyped-def]
+def state_of(settings, order_id: int) -> str:
     with unit_of_work(settings) as uow:
-        return uow.session.get(OrderRow, order_id).state
+        return uow.session.get_one(OrderRow, order_id).state
 
 
-def stock_of(settings) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def stock_of(settings) -> tuple[int, int]:
     with unit_of_work(settings) as uow:
-        s = uow.session.get(Stock, ("TEE-M", "US-EAST"))
+        s = uow.session.get_one(Stock, ("TEE-M", "US-EAST"))
         return s.on_hand, s.reserved
 
 
-def shipment_of(settings, order_id: int) -> Shipment:  # type: ignore[no-untyped-def]
+def shipment_of(settings, order_id: int) -> Shipment:
     with unit_of_work(settings) as uow:
         return uow.session.execute(
             select(Shipment).where(Shipment.order_id == order_id)).scalar_one()
 
 
-def to_batched(settings, name: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def to_batched(settings, name: str) -> tuple[int, int]:
     """A fresh order reserved (2 units) and batched into a closed wave: (order id, wave id)."""
     (order_id,) = submit_orders([native_order(name, quantity=2)], settings=settings).accepted
     run(check_orders, settings, [order_id], settings)

@@ -35,12 +35,12 @@ def paid(order_id: str, *, price: str = "40.00", customer: str = "c-1", count: i
     }
 
 
-def check(settings, ids: list[int]) -> list[int]:  # type: ignore[no-untyped-def]
+def check(settings, ids: list[int]) -> list[int]:
     with unit_of_work(settings) as uow:
         return check_orders(uow, ids, settings)
 
 
-def orders(settings) -> dict[str, OrderRow]:  # type: ignore[no-untyped-def]
+def orders(settings) -> dict[str, OrderRow]:
     with unit_of_work(settings) as uow:
         return {o.source_order_id: o for o in uow.session.execute(select(OrderRow)).scalars()}
 
@@ -90,7 +90,7 @@ def test_approved_orders_build_the_history_later_orders_are_compared_with(db, br
     first = submit_orders([paid("h1", count=1)], settings=settings).accepted
     assert check(settings, first) == first
     with unit_of_work(settings) as uow:
-        profile = uow.session.get(CustomerProfile, ("acme", "c-1"))
+        profile = uow.session.get_one(CustomerProfile, ("acme", "c-1"))
         kinds = sorted(uow.session.execute(select(CustomerKey.kind).where(
             CustomerKey.customer_id == "c-1")).scalars())
     assert profile.orders == 1 and str(profile.total_usd) == "40.00"
@@ -115,7 +115,7 @@ def test_rejected_orders_never_enter_a_history(db, broker, settings) -> None:
                               avs="N", cvv="N", attempts=5)], settings=settings).accepted
     check(settings, ids)
     with unit_of_work(settings) as uow:
-        assert uow.session.get(CustomerProfile, ("acme", "c-9")) is None
+        assert uow.session.get_one(CustomerProfile, ("acme", "c-9")) is None
 
 
 def test_a_po_box_abroad_waits_for_a_person(db, broker, settings) -> None:
@@ -137,7 +137,7 @@ def test_a_stored_order_that_no_longer_validates_is_held_naming_the_field(db, br
                                                                           settings) -> None:
     ids = submit_orders([paid("drift")], settings=settings).accepted
     with unit_of_work(settings) as uow:
-        row = uow.session.get(OrderRow, ids[0])
+        row = uow.session.get_one(OrderRow, ids[0])
         broken = dict(row.payload)
         broken["lines"] = [{"sku": "TEE-M", "quantity": 0, "unit_price": "40.00"}]
         uow.session.execute(update(OrderRow).where(OrderRow.id == ids[0])

@@ -16,7 +16,7 @@ def order(n: int, ts: float, *, card: str = "4242", ip: str = "8.8.8.8",
                                new_customer=new)
 
 
-def store(settings, ns: str = "test:fraud") -> VelocityStore:  # type: ignore[no-untyped-def]
+def store(settings, ns: str = "test:fraud") -> VelocityStore:
     return VelocityStore(redis.Redis.from_url(settings.broker_url), ns)
 
 

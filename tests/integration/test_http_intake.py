@@ -28,7 +28,7 @@ WOO_SECRET = "woo_lyon_webhook_secret"
 STORE_TOKEN = "custom-store-api-token"
 
 
-def api_settings(settings, **over: Any) -> Any:  # type: ignore[no-untyped-def]
+def api_settings(settings, **over: Any) -> Any:
     return settings.model_copy(update={
         "shopify_secrets": {"acme": SHOP_SECRET, "beta": "shpss_beta_secret_x"},
         "woocommerce_secrets": {"lyon-shop": WOO_SECRET},
@@ -40,7 +40,7 @@ def api_settings(settings, **over: Any) -> Any:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def api(db, broker, settings) -> Iterator[tuple[str, Any]]:  # type: ignore[no-untyped-def]
+def api(db, broker, settings) -> Iterator[tuple[str, Any]]:
     s = api_settings(settings)
     with ThreadedServer(create_app(s), lifespan="on") as server:
         yield server.url, s
@@ -61,7 +61,7 @@ def post_shopify(url: str, topic: str, payload: Any, *, shop: str = "acme",
     return httpx.post(f"{url}/webhooks/shopify/{shop}", content=body, headers=headers, timeout=10)
 
 
-def fraud_ids(broker) -> list[int]:  # type: ignore[no-untyped-def]
+def fraud_ids(broker) -> list[int]:
     out = []
     for raw in broker.lrange("fraud", 0, -1):
         msg = json.loads(raw)
@@ -69,22 +69,22 @@ def fraud_ids(broker) -> list[int]:  # type: ignore[no-untyped-def]
     return out
 
 
-def wait_fraud_ids(broker, n: int) -> list[int]:  # type: ignore[no-untyped-def]
+def wait_fraud_ids(broker, n: int) -> list[int]:
     eventually(lambda: len(fraud_ids(broker)) >= n, 10, f"{n} order ids on the fraud queue")
     return fraud_ids(broker)
 
 
-def orders(settings) -> list[OrderRow]:  # type: ignore[no-untyped-def]
+def orders(settings) -> list[OrderRow]:
     with unit_of_work(settings) as uow:
         return list(uow.session.execute(select(OrderRow).order_by(OrderRow.id)).scalars())
 
 
-def count(settings, model) -> int:  # type: ignore[no-untyped-def]
+def count(settings, model) -> int:
     with unit_of_work(settings) as uow:
         return uow.session.execute(select(func.count()).select_from(model)).scalar_one()
 
 
-def rejected(settings) -> list[RejectedOrder]:  # type: ignore[no-untyped-def]
+def rejected(settings) -> list[RejectedOrder]:
     with unit_of_work(settings) as uow:
         return list(uow.session.execute(select(RejectedOrder).order_by(RejectedOrder.id))
                     .scalars())

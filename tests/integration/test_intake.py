@@ -12,12 +12,12 @@ from tasks.intake import submit_orders
 from tests.integration.helpers import native_order
 
 
-def count(settings, model) -> int:  # type: ignore[no-untyped-def]
+def count(settings, model) -> int:
     with unit_of_work(settings) as uow:
         return uow.session.execute(select(func.count()).select_from(model)).scalar_one()
 
 
-def fraud_queue(broker) -> list[dict]:  # type: ignore[no-untyped-def]
+def fraud_queue(broker) -> list[dict]:
     return [json.loads(m) for m in broker.lrange("fraud", 0, -1)]
 
 

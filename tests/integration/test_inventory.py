@@ -60,7 +60,7 @@ def states(settings: Any, ids: list[int]) -> dict[int, str]:
 
 def stock(settings: Any, sku: str, wh: str = "US-EAST") -> tuple[int, int]:
     with unit_of_work(settings) as uow:
-        row = uow.session.get(Stock, (sku, wh))
+        row = uow.session.get_one(Stock, (sku, wh))
         return row.on_hand, row.reserved
 
 
@@ -154,7 +154,7 @@ def test_retries_of_backordered_orders_are_not_attempts(db, broker, settings) ->
     for _ in range(5):  # woken again and again while stock stays out
         assert run(settings, reserve_orders, ids, strict).backordered == ids
     with unit_of_work(settings) as uow:
-        health = uow.session.get(SkuHealth, "OUT")
+        health = uow.session.get_one(SkuHealth, "OUT")
         assert (health.recent, health.frozen) == ("11", False)
 
 
@@ -165,7 +165,7 @@ def test_auto_freeze_can_be_switched_off_but_the_window_is_still_kept(
     ids = orders_in(settings, "off", [[("OUT", 1)]] * 5)
     assert run(settings, reserve_orders, ids, off).backordered == ids
     with unit_of_work(settings) as uow:
-        health = uow.session.get(SkuHealth, "OUT")
+        health = uow.session.get_one(SkuHealth, "OUT")
         assert (health.recent, health.frozen) == ("11111", False)
 
 
@@ -188,7 +188,7 @@ def test_unfreeze_resumes_the_held_orders_which_then_reserve(db, broker, setting
     assert sent == [("orderfleet.inventory.reserve", [held]),
                     ("orderfleet.inventory.reserve", [ids[1:4]])]
     with unit_of_work(settings) as uow:
-        health = uow.session.get(SkuHealth, "HOT")
+        health = uow.session.get_one(SkuHealth, "HOT")
         assert (health.frozen, health.recent) == (False, "")
         assert open_alerts(uow.session, "sku_frozen") == []
         assert uow.session.execute(select(SkuHold)).all() == []
@@ -206,7 +206,7 @@ def test_an_order_held_for_two_frozen_skus_waits_for_both(db, broker, settings) 
     assert run(settings, reserve_orders, [oid], settings).held == [oid]
     with unit_of_work(settings) as uow:
         result = unfreeze_sku(uow.session, "A")
-        reason = uow.session.get(OrderRow, oid).hold_reason
+        reason = uow.session.get_one(OrderRow, oid).hold_reason
     assert (result.resumed, result.still_held) == ([], [oid])
     assert reason == "frozen SKU B: waiting for `orderfleet sku unfreeze`"
     with unit_of_work(settings) as uow:

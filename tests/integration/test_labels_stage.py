@@ -43,7 +43,7 @@ def server() -> Iterator[SandboxCarrierServer]:
 
 
 @pytest.fixture
-def waves(db, broker, settings) -> Callable[..., list[int]]:  # type: ignore[no-untyped-def]
+def waves(db, broker, settings) -> Callable[..., list[int]]:
     """Paid orders taken through fraud, inventory and sharding; returns the closed waves."""
     put_stock(settings, [("TEE-M", "US-EAST", "US", 100)])
 
@@ -159,7 +159,7 @@ def test_an_open_breaker_defers_the_wave_without_calling_the_carrier(
     assert order.state == "in_wave"
     assert "sbx-post circuit is open" in order.hold_reason
     with unit_of_work(settings) as uow:
-        batch = uow.session.get(Wave, wave)
+        batch = uow.session.get_one(Wave, wave)
         assert batch.label_attempts == 1 and batch.next_label_attempt_at > utcnow()
     # and a copy of the message arriving early (a re-drive) is dropped as a duplicate
     assert label_wave(wave, settings, client).outcome == "duplicate"
@@ -181,7 +181,7 @@ def test_past_the_bound_the_wave_gives_up_into_label_failed(waves, settings, ser
     assert order.hold_reason.startswith("no label: carrier unavailable for 420 min")
     with unit_of_work(settings) as uow:
         assert [a.key for a in open_alerts(uow.session, "label_failed")] == [str(order.id)]
-        assert uow.session.get(Wave, wave).status == "labelled"
+        assert uow.session.get_one(Wave, wave).status == "labelled"
 
     # and once the carrier is back, ops send it through again: one label, alert resolved
     server.state.set_faults(FaultProfile())

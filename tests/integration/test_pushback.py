@@ -37,7 +37,7 @@ def storefront() -> Iterator[SandboxStorefrontServer]:
 
 
 @pytest.fixture
-def shop_settings(db, broker, storefront, monkeypatch) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+def shop_settings(db, broker, storefront, monkeypatch) -> Iterator[Any]:
     """Configuration naming the sandbox storefront, for this process and its stages."""
     from config.settings import get_settings
 
@@ -57,12 +57,12 @@ def shop_settings(db, broker, storefront, monkeypatch) -> Iterator[Any]:  # type
     get_settings.cache_clear()
 
 
-def run(fn, settings, *args, **kw):  # type: ignore[no-untyped-def]
+def run(fn, settings, *args, **kw):
     with unit_of_work(settings) as uow:
         return fn(uow, *args, **kw)
 
 
-def labelled(settings, carrier, payload: dict[str, Any], store: str | None = None) -> int:  # type: ignore[no-untyped-def]
+def labelled(settings, carrier, payload: dict[str, Any], store: str | None = None) -> int:
     """Take one order from intake to labelled with the stage functions; return its id."""
     (order_id,) = submit_orders([payload], settings=settings, store=store).accepted
     run(check_orders, settings, [order_id], settings)
@@ -71,7 +71,7 @@ def labelled(settings, carrier, payload: dict[str, Any], store: str | None = Non
     for wave in run(close_waves_older_than, settings, 0.0):
         buy_wave_labels(wave, settings, carrier)
     with unit_of_work(settings) as uow:
-        assert uow.session.get(OrderRow, order_id).state == "labelled"
+        assert uow.session.get_one(OrderRow, order_id).state == "labelled"
     return order_id
 
 
@@ -79,19 +79,19 @@ def shopify_paid() -> dict[str, Any]:
     return json.loads((FIXTURES / "shopify" / "orders_paid_us.json").read_text())
 
 
-def notifications(settings, order_id: int) -> dict[str, StoreNotification]:  # type: ignore[no-untyped-def]
+def notifications(settings, order_id: int) -> dict[str, StoreNotification]:
     with unit_of_work(settings) as uow:
         return {n.event: n for n in uow.session.execute(
             select(StoreNotification).where(StoreNotification.order_id == order_id)).scalars()}
 
 
-def shipment(settings, order_id: int) -> Shipment:  # type: ignore[no-untyped-def]
+def shipment(settings, order_id: int) -> Shipment:
     with unit_of_work(settings) as uow:
         return uow.session.execute(
             select(Shipment).where(Shipment.order_id == order_id)).scalar_one()
 
 
-def stock_for_fixture(settings) -> None:  # type: ignore[no-untyped-def]
+def stock_for_fixture(settings) -> None:
     put_stock(settings, [("MUG-SAGE-350", "US-EAST", "US", 10), ("NB-MONO-A5", "US-EAST", "US", 10),
                          ("TEE-M", "US-EAST", "US", 10)])
 

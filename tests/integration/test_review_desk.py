@@ -54,7 +54,7 @@ def big_order(order_id: str, price: str = "900.00") -> dict[str, Any]:
     }
 
 
-def held(settings, *order_ids: str) -> list[int]:  # type: ignore[no-untyped-def]
+def held(settings, *order_ids: str) -> list[int]:
     """Orders the fraud check put on hold (they are over the $500 review line)."""
     ids = submit_orders([big_order(o) for o in order_ids], settings=settings).accepted
     with unit_of_work(settings) as uow:
@@ -62,7 +62,7 @@ def held(settings, *order_ids: str) -> list[int]:  # type: ignore[no-untyped-def
     return ids
 
 
-def queued(broker, queue: str) -> list[list[Any]]:  # type: ignore[no-untyped-def]
+def queued(broker, queue: str) -> list[list[Any]]:
     """The first argument of each task message waiting in a queue."""
     out = []
     for raw in broker.lrange(queue, 0, -1):
@@ -71,9 +71,9 @@ def queued(broker, queue: str) -> list[list[Any]]:  # type: ignore[no-untyped-de
     return out
 
 
-def state(settings, order_id: int) -> str:  # type: ignore[no-untyped-def]
+def state(settings, order_id: int) -> str:
     with unit_of_work(settings) as uow:
-        return uow.session.get(OrderRow, order_id).state
+        return uow.session.get_one(OrderRow, order_id).state
 
 
 def test_held_orders_are_listed_oldest_first(db, broker, settings) -> None:
@@ -101,7 +101,7 @@ def test_approve_resumes_at_reservation_and_records_who_when_why(db, broker, set
     assert queued(broker, "inventory") == [[order_id]]
     with unit_of_work(settings) as uow:
         (d,) = uow.session.execute(select(ReviewDecision)).scalars()
-        profile = uow.session.get(CustomerProfile, ("acme", "c-B-1"))
+        profile = uow.session.get_one(CustomerProfile, ("acme", "c-B-1"))
     assert (d.decision, d.decided_by, d.reason) == ("approve", "ana", "called the customer")
     assert d.decided_at is not None and "review line" in d.hold_reason
     assert profile.orders == 1  # an approved order joins the customer's history
@@ -122,7 +122,7 @@ def test_cancel_releases_the_stock_an_order_holds(db, broker, settings) -> None:
         decision = cancel_order(uow, str(order_id), by="ben", reason="card reported stolen")
     assert decision.to_state == "cancelled" and decision.released_units == 1
     with unit_of_work(settings) as uow:
-        assert uow.session.get(Stock, ("TEE-M", "US-EAST")).reserved == 0
+        assert uow.session.get_one(Stock, ("TEE-M", "US-EAST")).reserved == 0
     assert state(settings, order_id) == "cancelled"
 
 

@@ -20,19 +20,19 @@ from tests.integration.helpers import native_order, put_stock
 from tests.waiting import eventually
 
 
-def states(settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def states(settings) -> dict[str, int]:
     with unit_of_work(settings) as uow:
         return dict(uow.session.execute(
             select(OrderRow.state, func.count()).group_by(OrderRow.state)).all())
 
 
-def stock_of(settings, sku: str, wh: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def stock_of(settings, sku: str, wh: str) -> tuple[int, int]:
     with unit_of_work(settings) as uow:
-        s = uow.session.get(Stock, (sku, wh))
+        s = uow.session.get_one(Stock, (sku, wh))
         return s.on_hand, s.reserved
 
 
-def run(fn, settings, *args):  # type: ignore[no-untyped-def]
+def run(fn, settings, *args):
     with unit_of_work(settings) as uow:
         return fn(uow, *args)
 

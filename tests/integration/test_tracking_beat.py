@@ -30,13 +30,13 @@ def _sweeps_sent(log: Path) -> int:
     return log.read_text().count("Sending due task tracking-sweep")
 
 
-def _senders(broker) -> list[str]:  # type: ignore[no-untyped-def]
+def _senders(broker) -> list[str]:
     """The process that sent each sweep waiting on the tracking queue (``gen<pid>@host``)."""
     return [json.loads(raw)["headers"]["origin"].split("@")[0]
             for raw in broker.lrange("tracking", 0, -1)]
 
 
-def test_a_second_beat_waits_and_takes_over(broker, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_beat_waits_and_takes_over(broker, settings, tmp_path) -> None:
     # Given two beats on one Redis, with a tracking sweep due every second
     env = {**os.environ, **settings_env(settings.model_copy(update={
         "tracking_sweep_interval_s": 1.0})), "PYTHONUNBUFFERED": "1"}

@@ -50,7 +50,7 @@ def server() -> Iterator[SandboxCarrierServer]:
 
 
 @pytest.fixture
-def labelled(db, broker, settings, server) -> Callable[..., dict[str, int]]:  # type: ignore[no-untyped-def]
+def labelled(db, broker, settings, server) -> Callable[..., dict[str, int]]:
     """Orders taken up to labelled; returns source order id -> shipment id."""
     put_stock(settings, [("TEE-M", "US-EAST", "US", 100)])
 
@@ -115,7 +115,7 @@ def test_backfill_records_normalised_events_and_delivery_completes_the_order(
                         "failed_attempt", "out_for_delivery", "delivered"]
     assert backfill_shipments([ship["TRK-1"]], settings, client) == 0  # delivered: not asked
     with unit_of_work(settings) as uow:
-        s = uow.session.get(Shipment, ship["TRK-1"])
+        s = uow.session.get_one(Shipment, ship["TRK-1"])
         assert (s.status, s.tracking_status) == ("delivered", "delivered")
         assert s.delivered_at is not None and s.last_event_at == s.delivered_at
 
@@ -124,14 +124,14 @@ def test_a_carrier_exception_flags_the_parcel_for_a_person(labelled, settings, s
     ship = labelled([native_order("EXC-1")])
     client = SandboxCarrier(server.url)
     with unit_of_work(settings) as uow:
-        s = uow.session.get(Shipment, ship["EXC-1"])
+        s = uow.session.get_one(Shipment, ship["EXC-1"])
         label_id = s.label_id
     client.void_label(label_id)  # the carrier now reports the parcel as an exception
 
     backfill_shipments([ship["EXC-1"]], settings, client)
 
     with unit_of_work(settings) as uow:
-        s = uow.session.get(Shipment, ship["EXC-1"])
+        s = uow.session.get_one(Shipment, ship["EXC-1"])
         assert s.tracking_status == "exception" and s.flag_reason == "carrier reports exception"
         (alert,) = open_alerts(uow.session, "tracking_exception")
         assert alert.key == s.tracking_number
@@ -186,7 +186,7 @@ def push_client() -> Iterator[Callable[[Settings], httpx.Client]]:
 def test_a_pushed_tracker_is_recorded_once(labelled, settings, server, push_client) -> None:
     ship = labelled([native_order("PSH-1")])
     with unit_of_work(settings) as uow:
-        number = uow.session.get(Shipment, ship["PSH-1"]).tracking_number
+        number = uow.session.get_one(Shipment, ship["PSH-1"]).tracking_number
     now = utcnow()
     body = {"tracking_number": number, "events": [
         {"id": "scan-1", "status": "InTransit", "at": now.isoformat(), "location": "Memphis"},
@@ -209,7 +209,7 @@ def test_an_easypost_webhook_must_be_signed_when_a_secret_is_set(
         labelled, settings, server, push_client) -> None:
     ship = labelled([native_order("EPW-1")])
     with unit_of_work(settings) as uow:
-        number = uow.session.get(Shipment, ship["EPW-1"]).tracking_number
+        number = uow.session.get_one(Shipment, ship["EPW-1"]).tracking_number
     event = {"object": "Event", "description": "tracker.updated", "result": {
         "object": "Tracker", "tracking_code": number, "status": "out_for_delivery",
         "tracking_details": [
@@ -290,7 +290,7 @@ def test_silent_tracking_is_flagged_after_24h_and_cleared_by_news(
 
     assert out.silent_flagged == [ship["SIL-1"]]
     with unit_of_work(settings) as uow:
-        s = uow.session.get(Shipment, ship["SIL-1"])
+        s = uow.session.get_one(Shipment, ship["SIL-1"])
         assert s.flag_reason.startswith("tracking silent since")
         (alert,) = open_alerts(uow.session, "tracking_silent")
         assert "no tracking news from sbx-post for 25 h" in alert.message
@@ -301,7 +301,7 @@ def test_silent_tracking_is_flagged_after_24h_and_cleared_by_news(
                10, "news of SIL-1 from the carrier")
     backfill_shipments([ship["SIL-1"]], settings, SandboxCarrier(server.url))
     with unit_of_work(settings) as uow:
-        assert uow.session.get(Shipment, ship["SIL-1"]).flagged_at is None
+        assert uow.session.get_one(Shipment, ship["SIL-1"]).flagged_at is None
         assert open_alerts(uow.session, "tracking_silent") == []
 
 

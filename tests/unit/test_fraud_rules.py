@@ -30,7 +30,7 @@ def order(**over: Any) -> Order:
     return parse_order(data)
 
 
-def verdict(o: Order, settings: Settings = SETTINGS, ctx: Context | None = None):  # type: ignore[no-untyped-def]
+def verdict(o: Order, settings: Settings = SETTINGS, ctx: Context | None = None):
     return score_order(o, to_usd(o.totals.total, o.currency, settings), settings, ctx)
 
 
