@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, func, select, text
 from benchmarks.inventory import place_orders
 from domain.clock import utcnow
 from domain.db import unit_of_work
-from domain.models import OrderEvent, OrderLine, OrderRow, Reservation, SkuHealth, Stock
+from domain.models import OrderEvent, OrderLine, OrderRow, Reservation, SkuHealth, Stock, Warehouse
 from tasks.inventory import choose_warehouse, reserve
 from tests.e2e.conftest import state_counts
 from tests.integration.helpers import put_stock
@@ -87,7 +87,7 @@ def assert_reservations_consistent(settings: Any) -> dict[str, Any]:
         stock = {(st.sku, st.warehouse): st for st in s.execute(select(Stock)).scalars()}
         events = dict(s.execute(select(OrderEvent.order_id, func.count())
                                 .group_by(OrderEvent.order_id)).all())
-        countries = dict(s.execute(text("SELECT code, country FROM warehouses")).all())
+        countries = dict(s.execute(select(Warehouse.code, Warehouse.country)).all())
     active: dict[tuple[str, str], int] = defaultdict(int)
     for rs in res.values():
         for r in rs:

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from config.settings import Settings
 from domain.carriers import (
@@ -53,7 +54,7 @@ def client(server: SandboxCarrierServer) -> Iterator[EasyPostCarrier]:
 
 def test_the_settings_choose_the_easypost_adapter(server: SandboxCarrierServer) -> None:
     adapter = build_carrier(Settings(carrier_api="easypost", carrier_url=server.url,
-                                     carrier_api_key=KEY))
+                                     carrier_api_key=SecretStr(KEY)))
     assert isinstance(adapter, EasyPostCarrier)
     with pytest.raises(ValueError, match="carrier_api_key"):
         Settings(carrier_api="easypost")

@@ -47,7 +47,7 @@ def api(db, broker, settings) -> Iterator[tuple[str, Any]]:
 
 
 def shopify_order(order_id: int = 5213468230001, **over: Any) -> dict[str, Any]:
-    order = json.loads((FIXTURES / "shopify" / "orders_paid_us.json").read_text())
+    order: dict[str, Any] = json.loads((FIXTURES / "shopify" / "orders_paid_us.json").read_text())
     order.update(id=order_id, **over)
     return order
 
@@ -385,6 +385,8 @@ def test_a_group_commit_gives_each_delivery_its_own_outcome(db, broker, settings
                      "e3": "duplicate_order", "e5": "awaiting_order", "e6": "cancelled",
                      "e7": "cancelled"}
     # Only the new, live orders go to the fraud stage.
+    assert first.order_id is not None
+    assert results[0].order_id is not None and results[1].order_id is not None
     assert sorted(wait_fraud_ids(broker, 3)) == sorted(
         [first.order_id, results[0].order_id, results[1].order_id])
 

@@ -66,7 +66,7 @@ def stock(settings: Any, sku: str, wh: str = "US-EAST") -> tuple[int, int]:
 
 def reservations(settings: Any, ids: list[int]) -> list[tuple[int, str, str, int, str]]:
     with unit_of_work(settings) as uow:
-        return [tuple(r) for r in uow.session.execute(
+        return [(oid, sku, wh, qty, status) for oid, sku, wh, qty, status in uow.session.execute(
             select(Reservation.order_id, Reservation.sku, Reservation.warehouse,
                    Reservation.quantity, Reservation.status)
             .where(Reservation.order_id.in_(ids)).order_by(Reservation.id)).all()]
@@ -130,9 +130,10 @@ def test_failures_over_the_line_freeze_the_sku_hold_its_next_orders_and_raise_an
     assert out.held == ids[4:10] and out.frozen_skus == ["HOT"]
     with unit_of_work(settings) as uow:
         s = uow.session
-        health = s.get(SkuHealth, "HOT")
+        health = s.get_one(SkuHealth, "HOT")
         assert (health.frozen, health.recent, health.attempts, health.failures) == (
             True, "0111", 4, 3)
+        assert health.frozen_reason is not None
         assert "3 of its last 100" in health.frozen_reason
         held = s.execute(select(OrderRow.hold_reason).where(OrderRow.id.in_(ids[4:10]))
                          ).scalars().all()

@@ -120,6 +120,7 @@ def test_a_charged_label_whose_answer_was_lost_is_found_not_bought_again(
     assert charged == 2 and server.state.stats.lost_labels == 2
     o = orders(settings)
     assert {x.state for x in o.values()} == {"in_wave"}
+    assert o["LOST-1"].hold_reason is not None
     assert o["LOST-1"].hold_reason.startswith("label deferred:")
     assert {s.label_attempts for s in shipments(settings).values()} == {1}
 
@@ -157,10 +158,12 @@ def test_an_open_breaker_defers_the_wave_without_calling_the_carrier(
     assert server.state.stats.api_requests == 0
     order = orders(settings)["BRK-1"]
     assert order.state == "in_wave"
+    assert order.hold_reason is not None
     assert "sbx-post circuit is open" in order.hold_reason
     with unit_of_work(settings) as uow:
         batch = uow.session.get_one(Wave, wave)
-        assert batch.label_attempts == 1 and batch.next_label_attempt_at > utcnow()
+        assert batch.label_attempts == 1 and batch.next_label_attempt_at is not None
+        assert batch.next_label_attempt_at > utcnow()
     # and a copy of the message arriving early (a re-drive) is dropped as a duplicate
     assert label_wave(wave, settings, client).outcome == "duplicate"
 
@@ -178,6 +181,7 @@ def test_past_the_bound_the_wave_gives_up_into_label_failed(waves, settings, ser
     assert attempt.outcome == "gave_up"
     order = orders(settings)["GIVE-1"]
     assert order.state == "label_failed"
+    assert order.hold_reason is not None
     assert order.hold_reason.startswith("no label: carrier unavailable for 420 min")
     with unit_of_work(settings) as uow:
         assert [a.key for a in open_alerts(uow.session, "label_failed")] == [str(order.id)]

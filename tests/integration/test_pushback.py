@@ -76,7 +76,9 @@ def labelled(settings, carrier, payload: dict[str, Any], store: str | None = Non
 
 
 def shopify_paid() -> dict[str, Any]:
-    return json.loads((FIXTURES / "shopify" / "orders_paid_us.json").read_text())
+    payload: dict[str, Any] = json.loads(
+        (FIXTURES / "shopify" / "orders_paid_us.json").read_text())
+    return payload
 
 
 def notifications(settings, order_id: int) -> dict[str, StoreNotification]:
@@ -181,7 +183,8 @@ def test_a_store_down_past_the_budget_keeps_the_news_pending_for_later(
     out = send_notifications([nid], settings)
     assert list(out.retry) == [nid] and out.sent == []
     pending = notifications(settings, order_id)["label_bought"]
-    assert pending.status == "pending" and "503" in pending.last_error
+    assert pending.status == "pending" and pending.last_error is not None
+    assert "503" in pending.last_error
     storefront.state.failures.clear()
     assert send_notifications([nid], settings).sent == [nid]
 

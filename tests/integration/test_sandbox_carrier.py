@@ -438,8 +438,7 @@ def scripted_server() -> Iterator[Callable[[list[Reply]], Scripted]]:
         server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
-        host, port = server.server_address[:2]
-        return Scripted(url=f"http://{host}:{port}", requests=received)
+        return Scripted(url=f"http://127.0.0.1:{server.server_port}", requests=received)
 
     yield start
     for server in servers:

@@ -65,7 +65,7 @@ def test_an_order_goes_from_paid_to_delivered_through_every_stage(db, broker, se
     eventually(delivered, 20, "the backfill to deliver both orders")
     assert states(settings) == {"delivered": 2}
     with unit_of_work(settings) as uow:
-        events = uow.session.execute(select(func.count()).select_from(TrackingEvent)).scalar()
+        events = uow.session.execute(select(func.count()).select_from(TrackingEvent)).scalar_one()
         path = list(uow.session.execute(select(OrderEvent.to_state).where(
             OrderEvent.order_id == ids[0]).order_by(OrderEvent.id)).scalars())
     assert events >= 10

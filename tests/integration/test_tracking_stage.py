@@ -126,6 +126,7 @@ def test_a_carrier_exception_flags_the_parcel_for_a_person(labelled, settings, s
     with unit_of_work(settings) as uow:
         s = uow.session.get_one(Shipment, ship["EXC-1"])
         label_id = s.label_id
+    assert label_id is not None
     client.void_label(label_id)  # the carrier now reports the parcel as an exception
 
     backfill_shipments([ship["EXC-1"]], settings, client)
@@ -291,6 +292,7 @@ def test_silent_tracking_is_flagged_after_24h_and_cleared_by_news(
     assert out.silent_flagged == [ship["SIL-1"]]
     with unit_of_work(settings) as uow:
         s = uow.session.get_one(Shipment, ship["SIL-1"])
+        assert s.flag_reason is not None
         assert s.flag_reason.startswith("tracking silent since")
         (alert,) = open_alerts(uow.session, "tracking_silent")
         assert "no tracking news from sbx-post for 25 h" in alert.message

@@ -3,6 +3,7 @@
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,8 +12,8 @@ from domain.schemas import OrderValidationError, parse_order
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
-def native(**over: object) -> dict:
-    order = {
+def native(**over: object) -> dict[str, Any]:
+    order: dict[str, Any] = {
         "order_id": "1001", "store": "acme", "paid_at": "2026-11-27T10:00:00Z",
         "customer": {"id": "c1", "email": "a@example.com", "order_count": 2},
         "lines": [{"sku": "TEE-M", "quantity": 2, "unit_price": "20.00", "weight_g": 200}],

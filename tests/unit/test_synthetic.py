@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from sandbox.synthetic import (
     CATALOGUE,
     KINDS,
     WAREHOUSES,
+    OrderKind,
     Product,
     generate_labelled_orders,
     generate_orders,
@@ -49,7 +51,7 @@ def _within(observed: int, n: int, rate: float) -> bool:
 
 
 @pytest.fixture(scope="module")
-def labelled() -> list[tuple[str, dict]]:
+def labelled() -> list[tuple[OrderKind, dict[str, Any]]]:
     return generate_labelled_orders(2000, seed=7, paid_at=PAID_AT)
 
 
@@ -59,7 +61,7 @@ def parsed(labelled) -> list[tuple[str, dict, Order]]:
 
 
 @pytest.fixture(scope="module")
-def big() -> list[tuple[str, dict]]:
+def big() -> list[tuple[OrderKind, dict[str, Any]]]:
     return generate_labelled_orders(10_000, seed=11, paid_at=PAID_AT)
 
 
@@ -88,7 +90,8 @@ def test_different_seeds_differ():
 
 
 def test_generate_orders_is_the_payloads_of_the_labelled_ones():
-    kwargs = {"seed": 3, "paid_at": PAID_AT, "invalid_rate": 0.1, "shopify_rate": 0.5}
+    kwargs: dict[str, Any] = {"seed": 3, "paid_at": PAID_AT, "invalid_rate": 0.1,
+                              "shopify_rate": 0.5}
     assert generate_orders(200, **kwargs) == [p for _, p in generate_labelled_orders(200, **kwargs)]
 
 
@@ -168,7 +171,7 @@ def test_kind_shares_match_default_rates(big):
 
 
 def test_kind_shares_match_custom_rates():
-    rates = {"invalid_rate": 0.1, "high_value_rate": 0.2, "risky_rate": 0.15}
+    rates: dict[str, Any] = {"invalid_rate": 0.1, "high_value_rate": 0.2, "risky_rate": 0.15}
     n = 4000
     counts = Counter(k for k, _ in generate_labelled_orders(n, seed=1, paid_at=PAID_AT, **rates))
     assert _within(counts["invalid"], n, 0.1)
@@ -187,7 +190,7 @@ def test_zero_rates_give_only_normal_orders():
 
 
 def test_high_value_above_and_normal_below_threshold(big_parsed):
-    seen = Counter()
+    seen: Counter[str] = Counter()
     for kind, payload, order in big_parsed:
         usd = _usd(order)
         seen[kind] += 1
@@ -251,9 +254,9 @@ def test_order_ids_unique_across_batches():
 
 
 def test_destinations_currencies_and_scripts(big_parsed):
-    countries = Counter()
-    currencies = Counter()
-    non_latin = Counter()
+    countries: Counter[str] = Counter()
+    currencies: Counter[str] = Counter()
+    non_latin: Counter[str] = Counter()
     for _, _, order in big_parsed:
         addr = order.shipping_address
         countries[addr.country] += 1
