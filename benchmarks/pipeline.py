@@ -15,7 +15,7 @@ from rich.console import Console
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from domain.lifecycle import LABELLED_OR_LATER, SETTLED, State
+from domain.lifecycle import LABELLED_OR_LATER, LABELLED_OR_SETTLED, State
 from workers.demo import wait_until
 from workers.fleet import BENCH_REDIS_DB, Fleet, reset_run_database, run_settings, use_settings
 
@@ -62,7 +62,7 @@ def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7) -> dict
         accepted += len(submit_orders(payloads[i : i + 1000], settings=settings).accepted)
     submitted = time.time() - t0
     # The fraud check may hold a few synthetic "normal" orders for review: they are done too.
-    counts = wait_until(settings, lambda c: sum(c.get(s.value, 0) for s in SETTLED),
+    counts = wait_until(settings, lambda c: sum(c.get(s.value, 0) for s in LABELLED_OR_SETTLED),
                         accepted, label="pipeline: orders done", quiet=quiet,
                         timeout=max(300.0, n * 0.2))
     with unit_of_work(settings) as uow:

@@ -20,7 +20,7 @@ from rich.console import Console
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from domain.lifecycle import SETTLED, State
+from domain.lifecycle import LABELLED_OR_SETTLED, State
 from sandbox.storefront import shopify_headers
 from workers.demo import wait_until
 from workers.fleet import (
@@ -120,7 +120,7 @@ def run_webhook_bench(*, n_orders: int, concurrency: int, workers: int, quiet: b
         console.print(f"accepted {accepted}/{n_orders} webhooks in {seconds:.2f}s: "
                       f"{accepted / seconds:.0f} webhooks/s (statuses {statuses})")
         # Settled: labelled (or further), or parked for a person (fraud review, no stock).
-        counts = wait_until(settings, lambda c: sum(c.get(s.value, 0) for s in SETTLED),
+        counts = wait_until(settings, lambda c: sum(c.get(s.value, 0) for s in LABELLED_OR_SETTLED),
                             accepted, label="fleet: orders settled", quiet=quiet,
                             timeout=max(300.0, n_orders * 0.3))
         with unit_of_work(settings) as uow:

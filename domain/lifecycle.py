@@ -84,6 +84,9 @@ SETTLED: frozenset[State] = frozenset(
     {S.DELIVERED, S.ON_HOLD, S.REJECTED, S.BACKORDERED, S.CANCELLED, S.RETURNED,
      S.LABEL_FAILED})
 
+# Past the label stage: labelled (the parcel moves on carrier time) or at rest. A run that
+# measures paid -> labelled is over when every order is in one of these.
+LABELLED_OR_SETTLED: frozenset[State] = LABELLED_OR_LATER | SETTLED
 
 def values(states: Iterable[State]) -> list[str]:
     """The column values of ``states`` (for ``OrderRow.state.in_(...)``), sorted."""
