@@ -55,7 +55,9 @@ def test_thresholds_are_the_settings_defaults():
     rules = alert_rules()
 
     def threshold(name: str) -> float:
-        return float(re.search(r"[<>]=?\s*([0-9.]+)\s*$", rules[name]["expr"].strip()).group(1))
+        found = re.search(r"[<>]=?\s*([0-9.]+)\s*$", rules[name]["expr"].strip())
+        assert found is not None, name
+        return float(found.group(1))
 
     assert threshold("OrderfleetSlaAttainmentLow") == defaults["sla_attainment_alert"].default
     assert threshold("OrderfleetStatusLag") == defaults["status_lag_alert_s"].default
@@ -70,7 +72,8 @@ def test_thresholds_are_the_settings_defaults():
 
 def test_every_alert_has_promtool_unit_tests_that_fire_it_and_keep_it_quiet():
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
-    fired, quiet = set(), set()
+    fired: set[str] = set()
+    quiet: set[str] = set()
     for group in tests:
         for case in group["alert_rule_test"]:
             (fired if case["exp_alerts"] else quiet).add(case["alertname"])
