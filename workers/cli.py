@@ -271,7 +271,7 @@ def alerts(kind: str | None, as_json: bool, check: bool) -> None:
     if check:
         from workers.cli_ops import check_health_rules
 
-        firing, raised, resolved = check_health_rules()
+        firing, raised, resolved = check_health_rules(_settings())
         console.print(f"alert rules: {firing} firing ({raised} newly raised), "
                       f"{resolved} resolved")
     with unit_of_work(_settings()) as uow:
@@ -571,6 +571,20 @@ def flower(port: int, address: str) -> None:
     _exec_celery(["flower", *flower_args(settings, port, address)])
 
 
+@main.command()
+@click.option("--host", default=None, help="Default: ORDERFLEET_METRICS_HOST (127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Default: ORDERFLEET_METRICS_PORT (9808).")
+def exporter(host: str | None, port: int | None) -> None:
+    """Serve the fleet's Prometheus metrics (/metrics), read from PostgreSQL and Redis.
+
+    Run one per fleet, whatever the number of workers; Prometheus scrapes it.
+    """
+    from workers.metrics import run_exporter
+
+    settings = _settings()
+    run_exporter(settings, host or settings.metrics_host, port or settings.metrics_port)
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True)
@@ -865,10 +879,6 @@ def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: 
     if as_json:
         click.echo(json.dumps(result))
 
-
-from workers.cli_ops import exporter  # noqa: E402 - ops commands live in their own module
-
-main.add_command(exporter)
 
 if __name__ == "__main__":
     main()

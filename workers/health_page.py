@@ -67,7 +67,8 @@ def health_view(settings: Settings, now: datetime) -> dict[str, Any]:
         "status_lagging": snap.status_lagging,
         "backlog_oldest_s": round(snap.backlog_oldest_s, 1),
         "sla_24h": snap.sla_24h.ratio,
-        "sla_by_day": [{"day": start.date().isoformat(), "ratio": sla.ratio,
+        # Each 24-hour period ending at this time of day, named by the day it ends.
+        "sla_by_day": [{"day": (start + DAY).date().isoformat(), "ratio": sla.ratio,
                         "on_time": sla.on_time, "late": sla.late} for start, sla in days],
         "sla_target": settings.sla_attainment_alert,
         "inventory": {
@@ -173,7 +174,9 @@ def render_page(view: dict[str, Any]) -> str:
              ("oldest order in pipeline", _dur(view["backlog_oldest_s"])),
              ("on hold", pay["on_hold"]), ("tracking silent 24 h", log["tracking_silent"]),
              ("cost / GMV (7 d)", _pct(log["cost_share_7d"]))]
-    sla_days = {d["day"][5:]: (d["ratio"] or 0.0) * 100 for d in view["sla_by_day"]}
+    # Days without an order due have no ratio: no bar rather than a misleading 0%.
+    sla_days = {d["day"][5:]: d["ratio"] * 100 for d in view["sla_by_day"]
+                if d["ratio"] is not None}
     lag_min = {k: v / 60 for k, v in view["status_lag_by_state"].items()}
     failing = "".join(f"<tr><td>{_esc(sku)}</td><td>{v['failed']}/{v['attempts']}</td></tr>"
                       for sku, v in list(inv["skus_failing"].items())[:10]) or \

@@ -250,3 +250,23 @@ def test_the_order_health_page_needs_the_ops_credentials(db, broker, settings):
     assert data["backlog_by_state"]["received"] == 1
     # The page never shows customer data.
     assert "jo@example.com" not in page.text and "Main St" not in page.text
+
+
+def test_orderfleet_alerts_checks_the_rules_for_stores_without_prometheus(db, broker, settings):
+    from click.testing import CliRunner
+
+    from workers.cli import main as cli
+
+    (order_id,) = submit(settings, "cli-1")
+    age(settings, order_id, minutes=16)
+
+    # No worker consumes this test's broker: the ping finds none.
+    result = CliRunner().invoke(cli, ["alerts", "--json"])
+
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    by_kind = {r["kind"]: r for r in rows}
+    assert by_kind["rule:OrderfleetStatusLag"]["severity"] == "warning"
+    assert "16 min" in by_kind["rule:OrderfleetStatusLag"]["message"]
+    assert by_kind["rule:OrderfleetWorkersDown"]["severity"] == "critical"
+    assert by_kind["rule:OrderfleetWorkersDown"]["detail"]["runbook"].startswith("Orders wait")
