@@ -138,7 +138,7 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     settings, generated = with_ops_credentials(_settings(), export=True)
     if generated:
         console.print(f"order health page (/ops/health): {describe(settings)} (generated: set "
-                      "ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)")
+                      "ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)", soft_wrap=True)
     run(settings, host or settings.api_host, port or settings.api_port, workers=workers,
         access_log=access_log)
 
@@ -565,7 +565,7 @@ def flower(port: int, address: str) -> None:
     settings, generated = with_ops_credentials(_settings())
     if generated:
         console.print(f"Flower: {describe(settings)} (generated: set "
-                      "ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)")
+                      "ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)", soft_wrap=True)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(flower_env(settings))
     _exec_celery(["flower", *flower_args(settings, port, address)])
@@ -737,7 +737,7 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
         console.print(("Flower and " if flower else "") + "the order health page "
                       f"(/ops/health): {describe(fleet.settings)}"
                       + (" (generated: set ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)"
-                         if fleet.generated_ops_credentials else ""))
+                         if fleet.generated_ops_credentials else ""), soft_wrap=True)
     console.print("submit orders from another shell: orderfleet submit orders.jsonl")
     try:
         while not stop["now"]:

@@ -89,7 +89,7 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
         console.print(f"order health at http://127.0.0.1:{settings.api_port}/ops/health"
                       + (" and Flower" if flower else "") + f": {describe(fleet.settings)}"
                       + (" (generated: set ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)"
-                         if fleet.generated_ops_credentials else ""))
+                         if fleet.generated_ops_credentials else ""), soft_wrap=True)
         stock_rows = generate_stock(seed=seed, units_per_sku=max(40, n_orders // 12))
         with unit_of_work(settings) as uow:
             set_stock_levels(uow, [StockLevel.model_validate(r) for r in stock_rows])
