@@ -28,6 +28,7 @@ from domain.models import (
     RejectedTrackingPush,
     Shipment,
     SkuHealth,
+    SkuHold,
 )
 
 # An order reaching one of these needs more than the happy path: a person (on hold, label
@@ -235,6 +236,7 @@ class Snapshot:
     reservation_attempts: int
     reservation_failures: int
     on_hold: int
+    on_hold_for_sku: int  # of which held for a frozen SKU (the rest wait for fraud review)
     on_hold_oldest_s: float
     intake_rejections: int
     tracking_push_rejections: int
@@ -278,6 +280,10 @@ def snapshot(session: Session, settings: Settings, now: datetime) -> Snapshot:
     on_hold, hold_oldest = session.execute(
         select(func.count(), func.min(OrderRow.updated_at))
         .where(OrderRow.state == State.ON_HOLD.value)).one()
+    held_for_sku = session.execute(
+        select(func.count(func.distinct(SkuHold.order_id)))
+        .join(OrderRow, OrderRow.id == SkuHold.order_id)
+        .where(OrderRow.state == State.ON_HOLD.value)).scalar_one()
     return Snapshot(
         at=now,
         orders_by_state=by_state,
@@ -293,6 +299,7 @@ def snapshot(session: Session, settings: Settings, now: datetime) -> Snapshot:
         reservation_attempts=attempts,
         reservation_failures=failures,
         on_hold=on_hold,
+        on_hold_for_sku=held_for_sku,
         on_hold_oldest_s=0.0 if hold_oldest is None
         else max((now - hold_oldest).total_seconds(), 0.0),
         intake_rejections=session.execute(

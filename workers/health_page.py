@@ -82,6 +82,7 @@ def health_view(settings: Settings, now: datetime) -> dict[str, Any]:
         },
         "payment": {
             "on_hold": snap.on_hold,
+            "on_hold_for_sku": snap.on_hold_for_sku,
             "on_hold_oldest_s": round(snap.on_hold_oldest_s, 1),
             "rejected_by_fraud": snap.orders_by_state.get(State.REJECTED.value, 0),
             "refused_at_intake": snap.intake_rejections,
@@ -216,7 +217,9 @@ table {{ border-collapse: collapse; font-size: 12px; }} td {{ padding: 2px 8px; 
 reservation failures: {_pct(inv["reservation_failure_ratio"])}</p>
 <table><tr><th>SKU</th><th>failed / attempts</th></tr>{failing}</table></section>
 <section class="panel" id="payment"><h2>Payment and review</h2>
-<p>on hold for a person: {pay["on_hold"]} (longest {_dur(pay["on_hold_oldest_s"])});
+<p>on hold for a person: {pay["on_hold"]} ({pay["on_hold"] - pay["on_hold_for_sku"]} for
+fraud review, {pay["on_hold_for_sku"]} for a frozen SKU; longest
+{_dur(pay["on_hold_oldest_s"])});
 rejected by the fraud check: {pay["rejected_by_fraud"]};
 refused at the door (kept with reasons): {pay["refused_at_intake"]}</p></section>
 <section class="panel" id="logistics"><h2>Logistics</h2>

@@ -192,8 +192,10 @@ class FleetCollector(Collector):
             res.add_metric([], snap.reservation_failures / snap.reservation_attempts)
         yield res
         holds = GaugeMetricFamily("orderfleet_review_backlog",
-                                  "Orders on hold for a person (fraud review, frozen SKU).")
-        holds.add_metric([], snap.on_hold)
+                                  "Orders on hold for a person, by why they are held.",
+                                  labels=["reason"])
+        holds.add_metric(["fraud_review"], snap.on_hold - snap.on_hold_for_sku)
+        holds.add_metric(["sku_frozen"], snap.on_hold_for_sku)
         yield holds
         hold_age = GaugeMetricFamily("orderfleet_review_oldest_seconds",
                                      "How long the longest-held order has waited.")

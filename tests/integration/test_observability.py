@@ -140,6 +140,22 @@ def test_the_exporter_exposes_queues_unacked_messages_surge_breakers_and_latency
     assert m["orderfleet_orders_received_total"][()] == 1
 
 
+def test_holds_are_split_between_fraud_review_and_frozen_skus(db, broker, settings):
+    from domain.models import SkuHold
+
+    review, frozen, moving = submit(settings, "h-1", "h-2", "h-3")
+    for order_id in (review, frozen):
+        age(settings, order_id, minutes=5, state="on_hold")
+    with unit_of_work(settings) as uow:
+        uow.session.add(SkuHold(order_id=frozen, sku="TEE-M", held_at=utcnow()))
+
+    m = scrape(settings)
+
+    assert m["orderfleet_review_backlog"][(("reason", "fraud_review"),)] == 1
+    assert m["orderfleet_review_backlog"][(("reason", "sku_frozen"),)] == 1
+    assert m["orderfleet_review_oldest_seconds"][()] >= 5 * 60
+
+
 def test_surge_gauges_are_absent_until_the_surge_controller_publishes(db, broker, settings):
     m = scrape(settings)
     assert "orderfleet_fleet_load" not in m
