@@ -62,7 +62,7 @@ def health_view(settings: Settings, now: datetime) -> dict[str, Any]:
         "orders_by_state": snap.orders_by_state,
         "status_lag_s": round(snap.status_lag_s, 1),
         "status_lag_by_state": {st.value: round(snap.lag_by_state.get(st.value, (0, 0.0))[1], 1)
-                                for st in sorted(PROCESSING)},
+                                for st in BACKLOG_STATES if st in PROCESSING},
         "status_lag_alert_s": settings.status_lag_alert_s,
         "status_lagging": snap.status_lagging,
         "backlog_oldest_s": round(snap.backlog_oldest_s, 1),
@@ -116,15 +116,16 @@ def bar_chart(values: dict[str, float], *, unit: str = "", line: float | None = 
     parts = [f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" '
              f'height="{height}" role="img">',
              f'<line x1="{left}" y1="{base_y}" x2="{width - 5}" y2="{base_y}" stroke="#888"/>']
+    bar = min(slot * 0.7, 60.0)  # one day's bar does not fill the whole panel
     for i, (label, v) in enumerate(values.items()):
         h = plot_h * (v / top)
-        x = left + i * slot + slot * 0.15
-        parts.append(f'<rect x="{x:.1f}" y="{base_y - h:.1f}" width="{slot * 0.7:.1f}" '
+        x = left + i * slot + (slot - bar) / 2
+        parts.append(f'<rect x="{x:.1f}" y="{base_y - h:.1f}" width="{bar:.1f}" '
                      f'height="{h:.1f}" fill="#3b7dd8"><title>{_esc(label)}: '
                      f'{_esc(fmt.format(v))}{unit}</title></rect>')
-        parts.append(f'<text x="{x + slot * 0.35:.1f}" y="{base_y - h - 4:.1f}" '
+        parts.append(f'<text x="{x + bar / 2:.1f}" y="{base_y - h - 4:.1f}" '
                      f'font-size="11" text-anchor="middle">{_esc(fmt.format(v))}</text>')
-        parts.append(f'<text x="{x + slot * 0.35:.1f}" y="{base_y + 14}" font-size="10" '
+        parts.append(f'<text x="{x + bar / 2:.1f}" y="{base_y + 14}" font-size="10" '
                      f'text-anchor="middle">{_esc(label)}</text>')
     if line is not None:
         ly = base_y - plot_h * (line / top)

@@ -55,15 +55,19 @@ def test_a_running_fleet_is_observable(start_fleet, settings, tmp_path):
     s = fleet.settings
     put_stock(s, [("TEE-M", "us-east", "US", 100)])
 
-    # When orders go through it
+    # When orders go through it: 20 plain ones, one over $500 (a person reviews it) and one
+    # the schema refuses at the door (kept with its reason)
     ids = [f"obs-{i}" for i in range(20)]
     paid_at = utcnow().isoformat().replace("+00:00", "Z")
-    accepted = submit_orders([native_order(i, paid_at=paid_at) for i in ids],
-                             settings=s).accepted
-    assert len(accepted) == 20
+    payloads = [native_order(i, paid_at=paid_at) for i in ids]
+    payloads.append(native_order("obs-big", paid_at=paid_at, quantity=40, price="25.00"))
+    payloads.append(native_order("obs-bad", paid_at=paid_at, quantity=0))
+    result = submit_orders(payloads, settings=s)
+    assert (len(result.accepted), len(result.rejected)) == (21, 1)
     labelled = {st.value for st in LABELLED_OR_LATER}
     eventually(lambda: sum(n for st, n in state_counts(s).items() if st in labelled) == 20,
                180, "20 orders labelled")
+    eventually(lambda: state_counts(s).get("on_hold") == 1, 60, "the $1,000 order on hold")
 
     # Then /metrics shows the workers, the orders and each stage's latency
     metrics_url = f"http://127.0.0.1:{s.metrics_port}/metrics"
@@ -75,6 +79,9 @@ def test_a_running_fleet_is_observable(start_fleet, settings, tmp_path):
     assert m is not None
     assert sum(v for k, v in m["orderfleet_orders"].items()
                if dict(k)["state"] in labelled) == 20
+    assert m["orderfleet_review_backlog"][(("reason", "fraud_review"),)] == 1
+    assert m["orderfleet_exceptions_total"][(("stage", "fraud"), ("state", "on_hold"))] == 1
+    assert m["orderfleet_intake_rejections_total"][(("door", "orders"),)] == 1
     assert {dict(k)["stage"] for k in m["orderfleet_stage_latency_seconds_count"]} >= {
         "fraud", "inventory", "labels"}
     # Paid just now and labelled within seconds: all within the promised dispatch.
