@@ -176,6 +176,25 @@ class Settings(BaseSettings):
     pushback_timeout_s: float = Field(10.0, gt=0)
     pushback_retry_max_s: float = Field(20.0, gt=0)
 
+    # --- observability: metrics exporter, alert thresholds, Flower and the health page ------
+    # "user:password" for Flower's basic auth and the order-health page (/ops/health).
+    # `up`, `demo` and `serve` generate and print one when unset; nothing runs without it.
+    ops_basic_auth: SecretStr | None = None
+    # The Prometheus exporter (`orderfleet exporter`): one process reading PostgreSQL and Redis.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9808, ge=1, le=65535)
+    # Promised dispatch (paid -> label bought) per lane in hours ("standard" covers the rest):
+    # SLA attainment is the share of orders labelled within it.
+    sla_dispatch_hours: dict[str, float] = Field(
+        default_factory=lambda: {"standard": 48.0, "vip": 24.0, "custom": 120.0})
+    # Alert thresholds, the same in ops/prometheus/rules/orderfleet.rules.yml.
+    sla_attainment_alert: float = Field(0.95, gt=0, le=1)
+    backlog_age_alert_s: float = Field(3600.0, gt=0)
+    cost_share_alert: float = Field(0.05, gt=0, lt=1)
+    exception_rise_alert: float = Field(1.5, gt=1)
+    # Handling cost per order beyond its label (picking, packing), when a store knows it.
+    handling_cost_per_order_usd: Decimal | None = Field(None, ge=0)
+
     @field_validator("shopify_secrets", "shopify_admin_tokens", "woocommerce_secrets",
                      "store_secrets")
     @classmethod
@@ -261,6 +280,14 @@ class Settings(BaseSettings):
             # A deferred label task waits in a worker with its ETA: Redis must not redeliver it.
             raise ValueError("visibility_timeout_s must exceed task_time_limit_s + "
                              "label_retry_max_countdown_s")
+        if self.ops_basic_auth is not None:
+            user, sep, password = self.ops_basic_auth.get_secret_value().partition(":")
+            if not sep or not user or len(password) < 8:
+                raise ValueError("ops_basic_auth must be user:password with 8+ characters of "
+                                 "password")
+        if "standard" not in self.sla_dispatch_hours or any(
+                h <= 0 for h in self.sla_dispatch_hours.values()):
+            raise ValueError("sla_dispatch_hours needs a 'standard' entry; hours must be > 0")
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ValueError("visibility_timeout_s must exceed task_time_limit_s")
         return self

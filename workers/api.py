@@ -8,7 +8,7 @@ Routes:
 * ``POST /webhooks/woocommerce/{store}``: WooCommerce ``order.*`` webhooks (``X-WC-Webhook-*``).
 * ``POST /orders``: the native schema for custom storefronts; ``Authorization: Bearer <store
   secret>`` (``ORDERFLEET_STORE_SECRETS``) and an ``Idempotency-Key`` header.
-* ``GET /healthz``; the review desk under ``/review``.
+* ``GET /healthz``; the review desk under ``/review``; the order-health page under ``/ops``.
 
 Every request is checked in this order, before anything is parsed: body size (413), signature
 or token (401; an unknown shop gets the same 401), content type (415); then the JSON (422
@@ -384,6 +384,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from workers.review_api import routes as review_routes  # the review desk
 
     routes.append(Mount("/review", routes=review_routes))
+    from workers.health_page import routes as ops_routes  # the order-health page
+
+    routes.append(Mount("/ops", routes=ops_routes))
     from workers.tracking_api import tracking_routes_for  # carrier tracking pushes
 
     routes.extend(tracking_routes_for(settings))

@@ -133,8 +133,12 @@ def submit(path: str, store: str | None, as_json: bool, fmt: str) -> None:
 def serve(host: str | None, port: int | None, workers: int, access_log: bool) -> None:
     """Run the HTTP intake service: Shopify/WooCommerce webhooks and POST /orders."""
     from workers.api import serve as run
+    from workers.ops_auth import describe, with_ops_credentials
 
-    settings = _settings()
+    settings, generated = with_ops_credentials(_settings(), export=True)
+    if generated:
+        console.print(f"order health page (/ops/health): {describe(settings)} (generated: set "
+                      "ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)", soft_wrap=True)
     run(settings, host or settings.api_host, port or settings.api_port, workers=workers,
         access_log=access_log)
 
@@ -225,12 +229,15 @@ def status(order_id: str, store: str | None, as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def report(as_json: bool) -> None:
-    """Counts by state, labels, reservations, rejects and stage latencies p50/p95."""
+    """Counts by state, labels, reservations, rejects, stage latencies p50/p95, and ops
+    figures: cancellation rate, SLA attainment, handling-time variance against the baseline,
+    delayed status updates, cost share of GMV, the exception heatmap."""
     from domain.db import unit_of_work
     from domain.report import build_report
 
-    with unit_of_work(_settings()) as uow:
-        rep = build_report(uow.session)
+    settings = _settings()
+    with unit_of_work(settings) as uow:
+        rep = build_report(uow.session, settings)
     if as_json:
         click.echo(json.dumps(rep))
         return
@@ -253,11 +260,20 @@ class AlertRow(TypedDict):
 @main.command()
 @click.option("--kind", default=None, help="Only alerts of this kind.")
 @click.option("--json", "as_json", is_flag=True)
-def alerts(kind: str | None, as_json: bool) -> None:
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="First evaluate the alert rules (those of ops/prometheus/rules) against "
+                   "the database and the workers, raising and resolving rule:* alerts.")
+def alerts(kind: str | None, as_json: bool, check: bool) -> None:
     """Open alerts: what a person must look at."""
     from domain.alerts import open_alerts
     from domain.db import unit_of_work
 
+    if check:
+        from workers.cli_ops import check_health_rules
+
+        firing, raised, resolved = check_health_rules(_settings())
+        console.print(f"alert rules: {firing} firing ({raised} newly raised), "
+                      f"{resolved} resolved")
     with unit_of_work(_settings()) as uow:
         rows = [AlertRow(kind=a.kind, key=a.key, severity=a.severity, message=a.message,
                          raised_at=a.raised_at.isoformat(), detail=a.detail)
@@ -543,8 +559,30 @@ def beat(loglevel: str) -> None:
 @click.option("--port", default=5555, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True)
 def flower(port: int, address: str) -> None:
-    """Run the Flower dashboard."""
-    _exec_celery(["flower", f"--port={port}", f"--address={address}", "--max_tasks=10000"])
+    """Run the Flower dashboard: basic auth always on, state kept in var_dir."""
+    from workers.ops_auth import describe, flower_args, flower_env, with_ops_credentials
+
+    settings, generated = with_ops_credentials(_settings())
+    if generated:
+        console.print(f"Flower: {describe(settings)} (generated: set "
+                      "ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)", soft_wrap=True)
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(flower_env(settings))
+    _exec_celery(["flower", *flower_args(settings, port, address)])
+
+
+@main.command()
+@click.option("--host", default=None, help="Default: ORDERFLEET_METRICS_HOST (127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Default: ORDERFLEET_METRICS_PORT (9808).")
+def exporter(host: str | None, port: int | None) -> None:
+    """Serve the fleet's Prometheus metrics (/metrics), read from PostgreSQL and Redis.
+
+    Run one per fleet, whatever the number of workers; Prometheus scrapes it.
+    """
+    from workers.metrics import run_exporter
+
+    settings = _settings()
+    run_exporter(settings, host or settings.metrics_host, port or settings.metrics_port)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -664,14 +702,18 @@ def breakers(as_json: bool, history: int) -> None:
 @click.option("--carrier-time-scale", default=60.0, show_default=True)
 @click.option("--api/--no-api", default=True, show_default=True,
               help="Run the HTTP intake service (orderfleet serve) on ORDERFLEET_API_PORT.")
+@click.option("--metrics/--no-metrics", default=True, show_default=True,
+              help="Run the Prometheus exporter on ORDERFLEET_METRICS_PORT.")
 def up(workers: int, concurrency: int, flower: bool, flower_port: int,
-       carrier_time_scale: float, api: bool) -> None:
+       carrier_time_scale: float, api: bool, metrics: bool) -> None:
     """Run the whole local fleet in the foreground until Ctrl-C or SIGTERM."""
     from workers.fleet import Fleet
+    from workers.ops_auth import describe
 
     settings = _settings()
     fleet = Fleet(settings, workers=workers, concurrency=concurrency, flower=flower,
-                  flower_port=flower_port, carrier_time_scale=carrier_time_scale, api=api)
+                  flower_port=flower_port, carrier_time_scale=carrier_time_scale, api=api,
+                  exporter=metrics)
     stop = {"now": False}
 
     def _stop(*_: Any) -> None:
@@ -689,6 +731,13 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
     if api:
         console.print(f"intake API at http://{settings.api_host}:{settings.api_port} "
                       "(POST /webhooks/shopify/{shop}, /webhooks/woocommerce/{store}, /orders)")
+    if metrics:
+        console.print(f"metrics at http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    if flower or api:
+        console.print(("Flower and " if flower else "") + "the order health page "
+                      f"(/ops/health): {describe(fleet.settings)}"
+                      + (" (generated: set ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)"
+                         if fleet.generated_ops_credentials else ""), soft_wrap=True)
     console.print("submit orders from another shell: orderfleet submit orders.jsonl")
     try:
         while not stop["now"]:

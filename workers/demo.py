@@ -84,6 +84,12 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
                       f"http://127.0.0.1:{settings.api_port}"
                       + (", Flower at http://127.0.0.1:5555" if flower else "")
                       + f"; database {settings.database_url}")
+        from workers.ops_auth import describe
+
+        console.print(f"order health at http://127.0.0.1:{settings.api_port}/ops/health"
+                      + (" and Flower" if flower else "") + f": {describe(fleet.settings)}"
+                      + (" (generated: set ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)"
+                         if fleet.generated_ops_credentials else ""), soft_wrap=True)
         stock_rows = generate_stock(seed=seed, units_per_sku=max(40, n_orders // 12))
         with unit_of_work(settings) as uow:
             set_stock_levels(uow, [StockLevel.model_validate(r) for r in stock_rows])
@@ -173,3 +179,41 @@ def render_report(rep: dict[str, Any], console: Console) -> None:
     console.print(lat)
     console.print(f"paid -> label: p50 {rep['p50_paid_to_label_s']} s, "
                   f"p95 {rep['p95_paid_to_label_s']} s")
+    render_ops(rep["ops"], console)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2%}"
+
+
+def render_ops(ops: dict[str, Any], console: Console) -> None:
+    """The figures ops review: rates, variance against the baseline, the exception heatmap."""
+    ht, delayed = ops["handling_time"], ops["delayed_status_updates_7d"]
+    figures = Table(title="ops figures", show_header=False)
+    figures.add_row("cancellation rate", f"{_pct(ops['cancellation_rate'])} "
+                    f"({ops['cancelled']} orders)")
+    figures.add_row("SLA attainment 24 h / 7 d", f"{_pct(ops['sla_attainment_24h'])} / "
+                    f"{_pct(ops['sla_attainment_7d'])} (7 d: {ops['sla_orders_7d']['on_time']} "
+                    f"on time, {ops['sla_orders_7d']['late']} late)")
+    figures.add_row("handling time (paid -> label), last 24 h",
+                    f"mean {ht['current_mean_s']} s over {ht['orders']} orders; baseline "
+                    f"{ht['baseline_mean_s']} s ({ht['baseline_orders']} orders); change "
+                    f"{_pct(ht['change'])} (review above 20%); spread (CV) "
+                    f"{_pct(ht['current_cv'])}")
+    figures.add_row("delayed status updates (7 d)",
+                    f"{_pct(delayed['share'])} ({delayed['delayed']} of {delayed['orders']})")
+    figures.add_row("cost share of GMV (7 d)", f"{_pct(ops['cost_share_of_gmv_7d'])} "
+                    f"({ops['cost_usd_7d']} of {ops['gmv_usd_7d']} USD)")
+    figures.add_row("exceptions per order 24 h / previous",
+                    f"{_pct(ops['exceptions_per_order_24h'])} / "
+                    f"{_pct(ops['exceptions_per_order_previous_24h'])}")
+    console.print(figures)
+    heat = ops["exception_heatmap_7d"]
+    if heat:
+        grid = Table(title="exceptions by stage and hour (UTC, 7 days)")
+        grid.add_column("stage")
+        for h in range(24):
+            grid.add_column(f"{h:02d}", justify="right")
+        for stage, counts in heat.items():
+            grid.add_row(stage, *(str(n) if n else "." for n in counts))
+        console.print(grid)

@@ -90,6 +90,8 @@ class Fleet:
     carrier_time_scale: float = 1.0
     # The HTTP intake service (``orderfleet serve``) on settings.api_port.
     api: bool = False
+    # The Prometheus exporter (``orderfleet exporter``) on settings.metrics_port.
+    exporter: bool = False
     queues: tuple[str, ...] = QUEUES
     log_dir: Path | None = None
     loglevel: str = "warning"
@@ -98,6 +100,8 @@ class Fleet:
     owner: str | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started_redis: str | None = None  # what was started, for the README's "which Redis" line
+    # Flower and the order-health page always need credentials: True when start() made them.
+    generated_ops_credentials: bool = False
 
     @property
     def env(self) -> dict[str, str]:
@@ -105,12 +109,14 @@ class Fleet:
         return {**_without_fleet_env(os.environ), **settings_env(self.settings),
                 "PYTHONUNBUFFERED": "1"}
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str],
+               extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         log_dir = self.log_dir or (self.settings.var_dir / "logs")
         log_dir.mkdir(parents=True, exist_ok=True)
         out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(args, env={**self.env, **(extra_env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
         out.close()
         self.procs[name] = proc
         return proc
@@ -192,9 +198,36 @@ class Fleet:
                              "-s", str(schedule), "--loglevel", self.loglevel])
 
     def start_flower(self) -> None:
+        from workers.ops_auth import flower_args, flower_env
+
         self._spawn("flower", [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
-                               f"--port={self.flower_port}", "--address=127.0.0.1",
-                               "--max_tasks=10000"])
+                               *flower_args(self.settings, self.flower_port, "127.0.0.1")],
+                    extra_env=flower_env(self.settings))
+        url = f"http://127.0.0.1:{self.flower_port}/healthcheck"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(url, timeout=0.5).is_success
+            except httpx.HTTPError:
+                return False
+
+        self._wait(healthy, "flower", 30)
+
+    def start_exporter(self) -> None:
+        port = self.settings.metrics_port
+        if not port_free("127.0.0.1", port):
+            raise RuntimeError(f"port {port} for the metrics exporter is taken")
+        self._spawn("exporter", [sys.executable, "-m", "workers.metrics",
+                                 "--host", self.settings.metrics_host, "--port", str(port)])
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(url, timeout=5).is_success
+            except httpx.HTTPError:
+                return False
+
+        self._wait(healthy, "exporter", 30)
 
     def _wait(self, ready: Any, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -211,8 +244,11 @@ class Fleet:
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> Fleet:
         from domain.migrate import upgrade
+        from workers.ops_auth import with_ops_credentials
 
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
+        if self.flower or self.api:
+            self.settings, self.generated_ops_credentials = with_ops_credentials(self.settings)
         try:
             self.ensure_redis()
             if self.owner is not None:
@@ -227,6 +263,8 @@ class Fleet:
                 self.start_beat()
             if self.flower:
                 self.start_flower()
+            if self.exporter:
+                self.start_exporter()
         except BaseException:
             self.stop()
             raise

@@ -20,7 +20,8 @@ def start_fleet(db, broker, settings, tmp_path) -> Iterator[Callable[..., Fleet]
     Keyword arguments override settings (e.g. wave_size) or Fleet options (workers=...).
     """
     started: list[Fleet] = []
-    fleet_opts = {"workers", "concurrency", "beat", "carrier_time_scale", "queues"}
+    fleet_opts = {"workers", "concurrency", "beat", "carrier_time_scale", "queues", "flower",
+                  "flower_port", "api", "exporter"}
 
     def start(**overrides: Any) -> Fleet:
         opts = {k: overrides.pop(k) for k in list(overrides) if k in fleet_opts}
