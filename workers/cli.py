@@ -215,6 +215,9 @@ def status(order_id: str, store: str | None, as_json: bool) -> None:
         sh = info["shipment"]
         console.print(f"  shipment {sh['carrier']}/{sh['service']} tracking "
                       f"{sh['tracking_number']} ({sh['status']})")
+    for dl in info["dead_letters"]:
+        console.print(f"  [red]dead letter {dl['id']}[/red] ({dl['status']}): {dl['task']} "
+                      f"{dl['reason']}: {dl['error']}")
     table = Table("at", "stage", "from", "to", "detail")
     for ev in info["events"]:
         table.add_row(str(ev["at"]), ev["stage"], ev["from_state"] or "", ev["to_state"],
@@ -830,6 +833,16 @@ def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: 
     if as_json:
         click.echo(json.dumps(result))
 
+
+# --- reliability: dead letters, re-drive, chaos (workers/cli_reliability.py) --------------------
+def _add_reliability_commands() -> None:
+    from workers.cli_reliability import chaos, dlq, redrive
+
+    for command in (dlq, redrive, chaos):
+        main.add_command(command)
+
+
+_add_reliability_commands()
 
 if __name__ == "__main__":
     main()
