@@ -219,14 +219,14 @@ class Stream:
     """Orders submitted at a steady pace in a thread, through any disruption: a chunk that
     fails (database or broker away) is submitted again (intake is idempotent per order id)."""
 
-    def __init__(self, run: Run, n: int) -> None:
+    def __init__(self, run: Run, n: int, over_s: float) -> None:
         from sandbox.synthetic import generate_orders
 
         self.payloads = generate_orders(n, seed=run.rng.randrange(1 << 30), store=STORE,
                                         invalid_rate=0.0, high_value_rate=0.0, risky_rate=0.0,
                                         shopify_rate=0.0, start_id=run.next_id)
         run.next_id += n
-        self.run = run
+        self.run, self.over_s = run, over_s
         self.failures = 0
         self.thread = threading.Thread(target=self._submit, name="order-stream", daemon=True)
 
@@ -242,7 +242,7 @@ class Stream:
         from tasks.intake import submit_orders
 
         chunk = 10
-        pause = self.run.opts.stream_s / max(len(self.payloads) / chunk, 1)
+        pause = self.over_s / max(len(self.payloads) / chunk, 1)
         for i in range(0, len(self.payloads), chunk):
             part = self.payloads[i:i + chunk]
             while True:
@@ -270,6 +270,10 @@ def _orders(run: Run, stream: Stream) -> dict[str, tuple[int, str, str]]:
             .where(OrderRow.store == STORE, OrderRow.source_order_id.in_(ids))).all()
     return {r.source_order_id: (r.id, r.state, f"{r.store}/{r.source_order_id}")
             for r in rows}
+
+
+def _settled_count(run: Run, stream: Stream) -> int:
+    return sum(1 for _, state, _ in _orders(run, stream).values() if state in EXPECTED)
 
 
 def _settle(run: Run, stream: Stream) -> float | None:
@@ -366,7 +370,10 @@ def kill_workers(run: Run, stream: Stream) -> float:
 
 
 def redis_restart(run: Run, stream: Stream) -> float:
-    time.sleep(run.opts.stream_s / 2)
+    # Mid-burst: every order submitted at once, Redis lost while most still wait in queues.
+    stream.join()
+    _wait(lambda: _settled_count(run, stream) >= len(stream.payloads) // 4, "a quarter settled",
+          run.opts.settle_timeout_s)
     run.redis.kill()
     time.sleep(1.0)
     run.redis.start()  # empty: no persistence
@@ -413,6 +420,9 @@ def rolling_restart(run: Run, stream: Stream) -> float:
             _wait(back, f"{name} back", 60)
     return time.time()
 
+
+# Orders arrive over stream_s, except where the scenario wants a burst.
+BURST = frozenset({"redis-restart"})
 
 SCENARIOS: dict[str, Callable[[Run, Stream], float]] = {
     "kill-workers": kill_workers,
@@ -473,11 +483,11 @@ def run_chaos(names: list[str], opts: ChaosOptions, *, quiet: bool = False) -> d
 
 
 def _scenario(run: Run, name: str) -> dict[str, Any]:
-    run.console.print(f"[bold]{name}[/bold]: {run.opts.orders} orders over "
-                      f"{run.opts.stream_s:.0f}s")
+    over_s = 0.0 if name in BURST else run.opts.stream_s
+    run.console.print(f"[bold]{name}[/bold]: {run.opts.orders} orders over {over_s:.0f}s")
     restarts_before = len(run.supervisor.restarts)
     t0 = time.time()
-    stream = Stream(run, run.opts.orders).start()
+    stream = Stream(run, run.opts.orders, over_s).start()
     disruption_end = SCENARIOS[name](run, stream)
     stream.join()
     settled = _settle(run, stream)

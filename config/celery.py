@@ -157,7 +157,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
     }
     # --- recovery: notice a broker that restarted empty within seconds ---
-    if settings.broker_epoch_check_s is not None:
+    if settings.broker_epoch_check_s > 0:
         schedule["broker-epoch"] = {
             "task": "orderfleet.sweeps.broker_epoch",
             "schedule": timedelta(seconds=settings.broker_epoch_check_s),

@@ -180,9 +180,8 @@ def redrive_stuck(settings: Settings, app: Celery, *, dry_run: bool = False,
     queue_of = {state: TASK_ROUTES[task] for state, task in STAGE_FOR_STATE.items()}
     labels_queue = TASK_ROUTES[BUY_LABELS]
     queues = sorted({*queue_of.values(), labels_queue})
-    grace = 0.0 if broker_lost else (settings.redrive_missing_after_s or 0.0)
-    flight = (in_flight(app, queues, grace) if settings.redrive_missing_after_s is not None
-              else None)
+    grace = 0.0 if broker_lost else settings.redrive_missing_after_s
+    flight = in_flight(app, queues, grace) if settings.redrive_missing_after_s > 0 else None
     counts: dict[str, Any] = {}
     plan: dict[str, list[int]] = {state.value: [] for state in STAGE_FOR_STATE}
     with unit_of_work(settings) as uow:

@@ -131,7 +131,7 @@ def redrive(dry_run: bool, as_json: bool) -> None:
 @click.option("--port-base", default=None, type=int,
               help="First of the ports for its own Redis and PostgreSQL (default: free ports).")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=JSON",
-              help="A fleet setting for the run, e.g. redrive_missing_after_s=null (repeatable).")
+              help="A fleet setting for the run, e.g. redrive_missing_after_s=0 (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 def chaos(scenarios: tuple[str, ...], n_orders: int, kills: int, outage_s: float, workers: int,
           concurrency: int, short: bool, port_base: int | None, overrides: tuple[str, ...],
