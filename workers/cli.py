@@ -715,8 +715,10 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
 @click.option("--database-url", default=None,
               help="A PostgreSQL database whose name contains 'demo' (wiped unless --keep-db); "
                    "default var/demo.db (SQLite).")
+@click.option("--loglevel", default="warning", show_default=True,
+              help="The fleet's log level (logs in var/logs).")
 def demo(n_orders: int, seed: int, workers: int, as_json: bool, flower: bool,
-         keep_db: bool, database_url: str | None) -> None:
+         keep_db: bool, database_url: str | None, loglevel: str) -> None:
     """Start a local fleet, push synthetic orders through it, and print a summary.
 
     The demo keeps to its own data whatever ORDERFLEET_* says: Redis db 14 of the configured
@@ -725,7 +727,8 @@ def demo(n_orders: int, seed: int, workers: int, as_json: bool, flower: bool,
     from workers.demo import run_demo
 
     summary = run_demo(n_orders=n_orders, seed=seed, workers=workers, flower=flower,
-                       fresh_db=not keep_db, quiet=as_json, database_url=database_url)
+                       fresh_db=not keep_db, quiet=as_json, database_url=database_url,
+                       loglevel=loglevel)
     if as_json:
         click.echo(json.dumps(summary))
 
