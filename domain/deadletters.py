@@ -20,14 +20,17 @@ from domain.alerts import raise_alert, resolve_alert
 from domain.clock import utcnow
 from domain.db import UnitOfWork, insert_ignoring_conflicts
 from domain.models import DeadLetter, DeadLetterOrder, DeadLetterStatus, OrderRow
+from domain.pipeline import ASSIGN_WAVES, BUY_LABELS, FRAUD_CHECK, RESERVE, VOID_LABELS
 
 log = logging.getLogger(__name__)
 
 ALERT_KIND, ALERT_KEY = "dead_letters", "open"
 RAW_LIMIT = 64 * 1024
 ERROR_LIMIT = 4000
-# Tasks whose first argument is a wave id rather than order ids.
-WAVE_TASKS = frozenset({"orderfleet.labels.buy"})
+# Tasks whose first argument is a list of order ids, and those whose first argument is a wave
+# (others take notification or shipment ids, which name no order directly).
+ORDER_TASKS = frozenset({FRAUD_CHECK, RESERVE, ASSIGN_WAVES, VOID_LABELS})
+WAVE_TASKS = frozenset({BUY_LABELS})
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def order_ids_of(session: Session, task: str | None, args: Sequence[Any] | None)
     if task in WAVE_TASKS and isinstance(first, int) and not isinstance(first, bool):
         return list(session.execute(select(OrderRow.id).where(OrderRow.wave_id == first))
                     .scalars())
-    if isinstance(first, list):
+    if task in ORDER_TASKS and isinstance(first, list):
         return sorted({i for i in first if isinstance(i, int) and not isinstance(i, bool)})
     return []
 

@@ -91,3 +91,14 @@ def test_the_dlq_commands_list_retry_and_drop(db, broker, settings) -> None:
     assert runner.invoke(main, ["dlq", "drop", str(second)]).exit_code == 0
     assert runner.invoke(main, ["dlq", "drop", str(second)]).exit_code == 1  # already closed
     assert json.loads(runner.invoke(main, ["dlq", "list", "--json"]).output) == []
+
+
+def test_only_tasks_that_take_order_ids_link_orders(db, broker, settings) -> None:
+    ids = submit_orders([native_order("DL-5")], settings=settings).accepted
+    pushback = Letter(reason="failed", task="orderfleet.pushback.send", args=[ids],
+                      error_type="ValueError", error="notification ids, not order ids")
+    with unit_of_work(settings) as uow:
+        record(uow.session, pushback)
+        record(uow.session, _failed(ids))
+    with unit_of_work(settings) as uow:
+        assert [r["order_ids"] for r in list_letters(uow.session)] == [[], ids]
