@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
 import psutil
 import psycopg
 import redis
@@ -414,8 +415,13 @@ def rolling_restart(run: Run, stream: Stream) -> float:
             prefix = node.split("@")[0] + "@"
 
             def back(p: str = prefix) -> bool:
-                return any(k.startswith(p) for r in (app.control.ping(timeout=0.5) or [])
-                           for k in r)
+                try:
+                    # A fresh connection: pooled ones may predate a Redis restart.
+                    with app.connection_for_write() as conn:
+                        replies = app.control.ping(timeout=0.5, connection=conn) or []
+                except (redis.ConnectionError, OSError, kombu.exceptions.OperationalError):
+                    return False
+                return any(k.startswith(p) for r in replies for k in r)
 
             _wait(back, f"{name} back", 60)
     return time.time()
