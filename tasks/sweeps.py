@@ -38,7 +38,7 @@ from domain.db import UnitOfWork, unit_of_work
 from domain.lifecycle import State, values
 from domain.models import OrderRow, Wave, WaveStatus
 from domain.pipeline import BUY_LABELS, STAGE_FOR_STATE, advance, label_waves
-from tasks.base import retry_on_transient, stage_task
+from tasks.base import is_transient, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
 
@@ -258,5 +258,10 @@ def redrive(task: Task) -> None:
 
 @stage_task("orderfleet.sweeps.broker_epoch", max_retries=0)
 def broker_epoch(task: Task) -> None:
-    # No retries: beat sends the next check within seconds.
-    recover_lost_broker(get_settings(), task.app)
+    # No retries, and a blip is no dead letter: beat sends the next check within seconds.
+    try:
+        recover_lost_broker(get_settings(), task.app)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("broker epoch check skipped: %s", type(exc).__name__)

@@ -114,3 +114,22 @@ def test_a_broker_that_lost_its_data_is_redriven_at_once(db, broker, settings) -
     assert broker.exists(EPOCH_KEY)
     assert broker.smembers("_kombu.binding.orderfleet")  # queues declared again
     assert recover_lost_broker(settings, app) is None
+
+
+def test_the_redrive_command_shows_then_sends(db, broker, settings) -> None:
+    from click.testing import CliRunner
+
+    from workers.cli import main
+
+    _, lost = _two_submissions(settings, broker)
+    runner = CliRunner()
+
+    dry = runner.invoke(main, ["redrive", "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.output)["ids"] == {"received": sorted(lost)}
+    assert broker.llen("fraud") == 1
+
+    sent = runner.invoke(main, ["redrive"])
+    assert sent.exit_code == 0, sent.output
+    assert "re-sent (missing mode): received 3" in sent.output
+    assert broker.llen("fraud") == 2
