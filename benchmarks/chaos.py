@@ -19,7 +19,8 @@ Each scenario streams synthetic orders through the fleet while it breaks somethi
 After each: every order is in an expected state (labelled or at rest), none is lost; the
 carrier's own books show no parcel charged twice; no order line holds two live reservations;
 no SKU sold more units than it had, and stock is conserved; and ``recovered_s``, the seconds
-from the end of the disruption until every order of the scenario had settled.
+from the end of the disruption (and of the stream, when it ran longer) until every order of
+the scenario had settled.
 
 An SMTP-down scenario (non-core mail while the mail server is away) plugs in next to these
 once the fleet sends mail through an SMTP server it can stop: add a function to ``SCENARIOS``
@@ -496,10 +497,11 @@ def _scenario(run: Run, name: str) -> dict[str, Any]:
     stream = Stream(run, run.opts.orders, over_s).start()
     disruption_end = SCENARIOS[name](run, stream)
     stream.join()
+    # Recovery is counted once the disruption is over and the last order has arrived.
+    over = max(disruption_end, time.time())
     settled = _settle(run, stream)
     result = {"name": name, **check(run, stream),
-              "recovered_s": None if settled is None else round(
-                  max(settled - disruption_end, 0.0), 1),
+              "recovered_s": None if settled is None else round(max(settled - over, 0.0), 1),
               "seconds": round(time.time() - t0, 1),
               "restarts": len(run.supervisor.restarts) - restarts_before,
               "submit_retries": stream.failures}
