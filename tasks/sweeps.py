@@ -210,6 +210,7 @@ def redrive_stuck(settings: Settings, app: Celery, *, dry_run: bool = False,
                 label_waves(uow, ids)
             else:
                 advance(uow, State(name), ids)
+    log.info("re-drive sweep (%s): %s", counts["mode"], counts)
     if dry_run:
         counts["ids"] = {k: v for k, v in plan.items() if v}
     elif any(v for k, v in counts.items() if k != "mode"):
