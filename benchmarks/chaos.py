@@ -349,24 +349,28 @@ def _count(states: Any) -> dict[str, int]:
 # --- scenarios -----------------------------------------------------------------------------
 # Each breaks something while ``stream`` runs and returns when the disruption ended.
 
-def _worker_pids(run: Run) -> list[int]:
-    pids = []
-    for name, proc in run.fleet.procs.items():
+def _worker_pids(run: Run) -> tuple[list[int], list[int]]:
+    """(main processes, pool children) of the live workers."""
+    mains: list[int] = []
+    children: list[int] = []
+    for name, proc in list(run.fleet.procs.items()):
         if name.startswith("worker") and proc.poll() is None:
-            pids.append(proc.pid)
+            mains.append(proc.pid)
             with contextlib.suppress(psutil.NoSuchProcess):
-                pids.extend(c.pid for c in psutil.Process(proc.pid).children())
-    return pids
+                children.extend(c.pid for c in psutil.Process(proc.pid).children())
+    return mains, children
 
 
 def kill_workers(run: Run, stream: Stream) -> float:
+    """kill -9 of a random worker process, main processes and pool children in turn (a dead
+    child is replaced by its main process; a dead main by the supervisor)."""
     gap = max(run.opts.stream_s / max(run.opts.kills, 1), 0.3)
-    for _ in range(run.opts.kills):
-        pids = _worker_pids(run)
+    for i in range(run.opts.kills):
+        mains, children = _worker_pids(run)
+        pids = (mains if i % 2 == 0 else children) or mains or children
         if pids:
-            pid = run.rng.choice(pids)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(run.rng.choice(pids), signal.SIGKILL)
         time.sleep(gap)
     return time.time()
 
