@@ -45,6 +45,8 @@ TASK_ROUTES: dict[str, str] = {
     "orderfleet.pushback.sweep": "sweeps",
     "orderfleet.cancellation.void_labels": "cancellation",
     "orderfleet.cancellation.sweep": "sweeps",
+    # --- recovery: a broker that lost its data ---
+    "orderfleet.sweeps.broker_epoch": "sweeps",
 }
 
 TASK_MODULES: tuple[str, ...] = (
@@ -116,7 +118,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Periodic sweeps: the sweeps, not the canvas, guarantee that every order progresses."""
-    return {
+    schedule: dict[str, dict[str, Any]] = {
         "redrive-stuck-orders": {
             "task": "orderfleet.sweeps.redrive",
             "schedule": timedelta(seconds=settings.sweep_interval_s),
@@ -154,3 +156,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": timedelta(seconds=max(settings.sweep_interval_s, 5.0)),
         },
     }
+    # --- recovery: notice a broker that restarted empty within seconds ---
+    if settings.broker_epoch_check_s > 0:
+        schedule["broker-epoch"] = {
+            "task": "orderfleet.sweeps.broker_epoch",
+            "schedule": timedelta(seconds=settings.broker_epoch_check_s),
+            # A check older than two periods is stale: the next one is on its way.
+            "options": {"expires": 2 * settings.broker_epoch_check_s},
+        }
+    return schedule

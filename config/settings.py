@@ -147,6 +147,16 @@ class Settings(BaseSettings):
     stage_deadline_s: float = Field(120.0, gt=0)
     sweep_interval_s: float = Field(15.0, gt=0)
 
+    # --- recovery and dead letters ---------------------------------------------------------
+    # A broker that lost its data (restarted empty) is noticed by a key it no longer holds;
+    # beat checks it this often and re-drives every order in an automated stage at once.
+    # 0: no check (the re-drive sweep alone).
+    broker_epoch_check_s: float = Field(5.0, ge=0)
+    # On Redis the sweep reads the queues and the unacknowledged messages: an order in no
+    # message for this long is missing and re-sent at once, whatever else waits in its queue.
+    # 0: wait for stage_deadline_s and an empty queue, as on a broker the sweep cannot read.
+    redrive_missing_after_s: float = Field(10.0, ge=0)
+
     # --- Celery reliability -----------------------------------------------------------------
     # Must stay above the longest task including countdowns, or Redis redelivers a running task.
     visibility_timeout_s: int = Field(3600, ge=60)

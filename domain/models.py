@@ -497,3 +497,46 @@ sku_health_table = _table_of(SkuHealth)
 sku_holds_table = _table_of(SkuHold)
 customer_profiles_table = _table_of(CustomerProfile)
 customer_keys_table = _table_of(CustomerKey)
+
+
+class DeadLetterStatus(StrEnum):
+    OPEN = "open"  # waiting for a person
+    RETRIED = "retried"  # sent again (orderfleet dlq retry)
+    DROPPED = "dropped"  # looked at and let go (orderfleet dlq drop)
+
+
+class DeadLetter(Base):
+    """A message no worker could complete: a task that failed for good, or a message that could
+    not be decoded. Kept with its error until a person retries or drops it."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_status_created", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # failed (the task raised for good) | undecodable | unknown_task | invalid (refused content)
+    reason: Mapped[str] = mapped_column(String(32))
+    task: Mapped[str | None] = mapped_column(String(255))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    queue: Mapped[str | None] = mapped_column(String(64))
+    # The task's JSON arguments (ids), so that a retry sends exactly the same message.
+    args: Mapped[list[Any] | None] = mapped_column(Json)
+    # The raw body of a message that could not be decoded (cut to 64 kB): never logged.
+    raw: Mapped[str | None] = mapped_column(Text)
+    error_type: Mapped[str] = mapped_column(String(255))
+    error: Mapped[str] = mapped_column(Text)
+    retries: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    status: Mapped[str] = mapped_column(String(16))  # DeadLetterStatus
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_by: Mapped[str | None] = mapped_column(String(255))
+
+
+class DeadLetterOrder(Base):
+    """The orders a dead letter was about, so that an order's status shows why it stopped."""
+
+    __tablename__ = "dead_letter_orders"
+
+    dead_letter_id: Mapped[int] = mapped_column(
+        ForeignKey("dead_letters.id", ondelete="CASCADE"), primary_key=True)
+    order_id: Mapped[int] = mapped_column(
+        ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True, index=True)

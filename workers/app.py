@@ -16,12 +16,15 @@ from celery.signals import worker_process_init
 from config.celery import TASK_MODULES, celery_config
 from config.settings import get_settings
 from domain.db import dispose_engines, use_task_sender
+from workers import deadletters  # noqa: F401 - stores tasks that fail for good
 
 
 def create_app() -> Celery:
     settings = get_settings()  # validated here: a bad setting stops the worker at start
     app = Celery("orderfleet", include=list(TASK_MODULES), set_as_current=True)
     app.conf.update(celery_config(settings))
+    # What a worker cannot complete or read goes to the dead-letter store, not only to a log.
+    app.conf.worker_consumer = "workers.deadletters:DeadLetterConsumer"
 
     def send(task: str, args: tuple[Any, ...], options: dict[str, Any]) -> None:
         # By name: routed to the stage's queue by config.celery, no stage module imported.

@@ -219,6 +219,9 @@ def status(order_id: str, store: str | None, as_json: bool) -> None:
         sh = info["shipment"]
         console.print(f"  shipment {sh['carrier']}/{sh['service']} tracking "
                       f"{sh['tracking_number']} ({sh['status']})")
+    for dl in info["dead_letters"]:
+        console.print(f"  [red]dead letter {dl['id']}[/red] ({dl['status']}): {dl['task']} "
+                      f"{dl['reason']}: {dl['error']}")
     table = Table("at", "stage", "from", "to", "detail")
     for ev in info["events"]:
         table.add_row(str(ev["at"]), ev["stage"], ev["from_state"] or "", ev["to_state"],
@@ -761,8 +764,10 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
 @click.option("--database-url", default=None,
               help="A PostgreSQL database whose name contains 'demo' (wiped unless --keep-db); "
                    "default var/demo.db (SQLite).")
+@click.option("--loglevel", default="warning", show_default=True,
+              help="The fleet's log level (logs in var/logs).")
 def demo(n_orders: int, seed: int, workers: int, as_json: bool, flower: bool,
-         keep_db: bool, database_url: str | None) -> None:
+         keep_db: bool, database_url: str | None, loglevel: str) -> None:
     """Start a local fleet, push synthetic orders through it, and print a summary.
 
     The demo keeps to its own data whatever ORDERFLEET_* says: Redis db 14 of the configured
@@ -771,7 +776,8 @@ def demo(n_orders: int, seed: int, workers: int, as_json: bool, flower: bool,
     from workers.demo import run_demo
 
     summary = run_demo(n_orders=n_orders, seed=seed, workers=workers, flower=flower,
-                       fresh_db=not keep_db, quiet=as_json, database_url=database_url)
+                       fresh_db=not keep_db, quiet=as_json, database_url=database_url,
+                       loglevel=loglevel)
     if as_json:
         click.echo(json.dumps(summary))
 
@@ -879,6 +885,16 @@ def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: 
     if as_json:
         click.echo(json.dumps(result))
 
+
+# --- reliability: dead letters, re-drive, chaos (workers/cli_reliability.py) --------------------
+def _add_reliability_commands() -> None:
+    from workers.cli_reliability import chaos, dlq, redrive
+
+    for command in (dlq, redrive, chaos):
+        main.add_command(command)
+
+
+_add_reliability_commands()
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,15 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from domain.lifecycle import SETTLED, State
-from workers.fleet import DEMO_REDIS_DB, Fleet, reset_run_database, run_settings, use_settings
+from workers.fleet import (
+    DEMO_REDIS_DB,
+    Fleet,
+    free_port,
+    port_free,
+    reset_run_database,
+    run_settings,
+    use_settings,
+)
 
 
 def state_counts(settings: Settings) -> dict[str, int]:
@@ -47,7 +55,8 @@ def wait_until(settings: Settings, done: Any, total: int, *, label: str, quiet: 
 
 
 def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: bool,
-             quiet: bool, database_url: str | None = None) -> dict[str, Any]:
+             quiet: bool, database_url: str | None = None,
+             loglevel: str = "warning") -> dict[str, Any]:
     from domain.db import dispose_engines, unit_of_work
     from domain.report import build_report
     from domain.stock import StockLevel, set_stock_levels
@@ -63,8 +72,13 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
                 if p.exists():
                     p.unlink()
     # The demo's own Redis db and database, whatever ORDERFLEET_* points at.
+    defaults = Settings.model_construct()
+    # The usual ports when they are free; others when something else (another demo) has them.
+    api_port = defaults.api_port if port_free("127.0.0.1", defaults.api_port) else free_port()
+    carrier_port = 8765 if port_free("127.0.0.1", 8765) else free_port()
     settings = run_settings(
-        "demo", DEMO_REDIS_DB, database_url,
+        "demo", DEMO_REDIS_DB, database_url, api_port=api_port,
+        carrier_url=f"http://127.0.0.1:{carrier_port}",
         # Short waves and frequent tracking sweeps so a few thousand orders finish in minutes.
         wave_max_age_s=2.0, tracking_sweep_interval_s=3.0, sweep_interval_s=10.0,
         stage_deadline_s=60.0)
@@ -76,7 +90,7 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
 
     # 3,600 carrier hours pass per real hour... times 10: a parcel is delivered in ~15 s.
     fleet = Fleet(settings, workers=workers, flower=flower, carrier_time_scale=12_000,
-                  api=True, owner="demo")
+                  api=True, owner="demo", loglevel=loglevel)
     with fleet:
         if fleet.started_redis:
             console.print(f"started Redis: {fleet.started_redis}")

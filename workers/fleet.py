@@ -99,6 +99,8 @@ class Fleet:
     # emptied at start (see claim_redis_db). None: the broker is used as configured.
     owner: str | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # How each process was started, so that a supervisor can start it again.
+    commands: dict[str, list[str]] = field(default_factory=dict)
     started_redis: str | None = None  # what was started, for the README's "which Redis" line
     # Flower and the order-health page always need credentials: True when start() made them.
     generated_ops_credentials: bool = False
@@ -119,6 +121,7 @@ class Fleet:
                                 start_new_session=True)
         out.close()
         self.procs[name] = proc
+        self.commands[name] = args
         return proc
 
     # --- services -------------------------------------------------------------------------
