@@ -127,6 +127,7 @@ def woocommerce_to_native(o: dict[str, Any], *, store: str) -> dict[str, Any]:
     Malformed values pass through unchanged so that validation names the native field.
     """
     lines: list[Any] = []
+    notes: list[str] = []
     subtotal = Decimal("0")
     raw_lines = o.get("line_items")
     for li in raw_lines if isinstance(raw_lines, list) else [raw_lines]:
@@ -147,7 +148,13 @@ def woocommerce_to_native(o: dict[str, Any], *, store: str) -> dict[str, Any]:
             if isinstance(meta, dict) and meta.get("key") and not str(meta["key"]).startswith("_"):
                 props[str(meta.get("display_key") or meta["key"])] = str(
                     meta.get("display_value", meta.get("value", "")))
-        lines.append({"sku": li.get("sku") or "", "quantity": qty, "unit_price": unit_price,
+        sku = li.get("sku") or ""
+        product = li.get("variation_id") or li.get("product_id")
+        if not sku and product not in (None, "", 0):
+            # Stores without SKUs are common: the product stands in, and a person looks first.
+            sku = f"woo-product-{product}"[:128]
+            notes.append(f"line {len(lines) + 1} has no SKU: {sku} stands in for it")
+        lines.append({"sku": sku, "quantity": qty, "unit_price": unit_price,
                       "title": li.get("name") or "", "properties": props})
     raw_billing = o.get("billing")
     billing: dict[str, Any] = raw_billing if isinstance(raw_billing, dict) else {}
@@ -181,6 +188,7 @@ def woocommerce_to_native(o: dict[str, Any], *, store: str) -> dict[str, Any]:
         "payment": {"gateway": o.get("payment_method") or ""},
         "client": {"browser_ip": o.get("customer_ip_address") or "",
                    "user_agent": o.get("customer_user_agent") or ""},
+        "intake_notes": notes,
         "payment_status": "" if o.get("status") in (None, *WOO_PAID_STATUSES)
         else str(o.get("status")),
     }

@@ -139,6 +139,8 @@ class Order(_Strict):
     tags: tuple[str, ...] = ()
     skipped_lines: tuple[SkippedLine, ...] = ()
     test: bool = False  # the platform's test order flag
+    # What the mapping had to assume (a line without a SKU): each holds the order for a person.
+    intake_notes: tuple[str, ...] = ()
     payment_status: str = ""  # the platform's own word (Shopify financial_status)
 
     @field_validator("paid_at")
@@ -181,7 +183,7 @@ def totals_mismatch(order: Order) -> str | None:
 
 def hold_reasons(order: Order) -> list[str]:
     """What a person must look at before this valid order is fulfilled (empty: nothing)."""
-    reasons = []
+    reasons = list(order.intake_notes)
     mismatch = totals_mismatch(order)
     if mismatch:
         reasons.append(mismatch)
@@ -330,6 +332,7 @@ def shopify_to_native(o: dict[str, Any], *, store: str | None = None) -> dict[st
     gateways = gateways if isinstance(gateways, list) else []
     lines: list[Any] = []
     skipped = []
+    notes: list[str] = []
     subtotal: Decimal | None = Decimal("0")
     raw_lines = o.get("line_items")
     for li in raw_lines if isinstance(raw_lines, list) else [raw_lines]:
@@ -351,6 +354,11 @@ def shopify_to_native(o: dict[str, Any], *, store: str | None = None) -> dict[st
                 props[str(p["name"])] = str(p.get("value", ""))
         price = _shop_money(li, "price")
         qty = li.get("quantity")
+        sku = li.get("sku") or ""
+        if not sku and li.get("variant_id") not in (None, ""):
+            # Stores without SKUs are common: the variant stands in, and a person looks first.
+            sku = f"shopify-variant-{li['variant_id']}"[:128]
+            notes.append(f"line {len(lines) + 1} has no SKU: {sku} stands in for it")
         dprice, dqty = _decimal(price), _decimal(qty)
         if subtotal is not None and dprice is not None and dqty is not None and dprice >= 0 \
                 and dqty >= 0:
@@ -359,7 +367,7 @@ def shopify_to_native(o: dict[str, Any], *, store: str | None = None) -> dict[st
             subtotal = None
         lines.append(
             {
-                "sku": li.get("sku") or "",
+                "sku": sku,
                 "quantity": qty,
                 "unit_price": price,
                 "weight_g": li.get("grams") or 0,
@@ -416,6 +424,7 @@ def shopify_to_native(o: dict[str, Any], *, store: str | None = None) -> dict[st
         },
         "tags": _tags(o.get("tags")),
         "skipped_lines": skipped,
+        "intake_notes": notes,
         "test": o.get("test") is True,
         "payment_status": str(o.get("financial_status") or ""),
     }

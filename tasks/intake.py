@@ -33,6 +33,14 @@ from domain.alerts import raise_alert
 from domain.cancellation import cancel_orders
 from domain.clock import utcnow
 from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
+from domain.intake_exceptions import (
+    HELD_ALERT,
+    ExceptionDeskError,
+    get_exception,
+    parsed_body,
+    require_open,
+    settle,
+)
 from domain.lifecycle import EDITABLE, FINAL, State
 from domain.models import (
     OrderEvent,
@@ -55,6 +63,7 @@ from domain.schemas import (
     OrderValidationError,
     hold_reasons,
     parse_order,
+    shopify_to_native,
 )
 
 log = logging.getLogger(__name__)
@@ -469,10 +478,6 @@ def accept_delivery(uow: UnitOfWork, d: Delivery, settings: Settings, *,
     return result
 
 
-# The alert raised when a store's deliveries are held at the door (one open alert per store).
-HELD_ALERT = "intake_held"
-
-
 def hold_at_door(uow: UnitOfWork, d: Delivery, exc: OrderValidationError,
                  source_order_id: str | None) -> DeliveryResult:
     """Keep a delivery that cannot become an order (yet) as an intake exception.
@@ -737,3 +742,71 @@ def _on_updated(uow: UnitOfWork, d: Delivery, settings: Settings,
                                    from_state=row.state, to_state=row.state,
                                    detail={"updated": sorted(changed)}))
     return DeliveryResult("updated", 200, row.id)
+
+
+# --------------------------------------------------------------------------------------------
+# The exceptions desk: replay a held delivery, corrected
+# --------------------------------------------------------------------------------------------
+
+
+def _merge(base: Any, fix: Any) -> Any:
+    """``fix`` laid over ``base``: objects merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(fix, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in fix.items()}}
+    return fix
+
+
+def native_form(source: str, store: str | None, body: Any) -> dict[str, Any]:
+    """A kept body in the native schema, as the door mapped it (corrections apply to this)."""
+    if not isinstance(body, dict):
+        return {}
+    if source == "woocommerce":
+        return woocommerce_to_native(body, store=store or "")
+    if source == "shopify" or "line_items" in body:
+        return shopify_to_native(body, store=store)
+    return {**body, "store": body.get("store") or store or ""}
+
+
+def replay_exception(uow: UnitOfWork, exception_id: int, settings: Settings, *, by: Any,
+                     corrections: Any = None) -> dict[str, Any]:
+    """Turn a held delivery into an order: its body, mapped to the native schema, with a
+    person's ``corrections`` (native field names, e.g. ``{"shipping_address": {...}}``) laid
+    over it. The order starts the pipeline after the commit (or waits ``on_hold`` when a hold
+    reason remains). Raises :class:`ExceptionDeskError` (422 with the fields still failing)
+    and leaves the exception open when it still cannot become an order.
+    """
+    if not isinstance(by, str) or not by.strip():
+        raise ExceptionDeskError("by: is required (who replays it)", status=422)
+    if corrections is not None and not isinstance(corrections, dict):
+        raise ExceptionDeskError("corrections: must be a JSON object", status=422)
+    row = get_exception(uow.session, exception_id, lock=True)
+    require_open(row)
+    native = native_form(row.source, row.store, parsed_body(row))
+    if not native and not corrections:
+        raise ExceptionDeskError("the kept body is no JSON object: give the whole order in "
+                                 "corrections", status=422)
+    payload = _merge(native, corrections or {})
+    try:
+        order = validate(payload, settings, store=row.store)
+    except OrderValidationError as exc:
+        raise ExceptionDeskError(f"exception {row.id} still cannot become an order: {exc}",
+                                 status=422, errors=exc.errors) from None
+    held: set[int] = set()
+    new_ids: dict[tuple[str, str, str], int] = {}
+    insert_orders(uow, [order], settings, held=held, new_ids=new_ids)
+    key = (order.source, order.store, order.order_id)
+    if key in new_ids:
+        order_id, outcome = new_ids[key], "replayed"
+        if order_id not in held:
+            start_pipeline(uow, [order_id])
+        resolution = "replayed" + (" with corrections to " + ", ".join(sorted(corrections))
+                                   if corrections else "")
+    else:  # the order exists already (another delivery made it)
+        existing = _existing_ids(uow, [key])
+        order_id, outcome = existing[key], "superseded"
+        resolution = "the order already existed"
+    row.corrections = corrections or None
+    settle(row, outcome, by.strip()[:255], resolution, order_id)
+    log.info("exceptions desk: %s %s as order %s", row.id, outcome, order_id)
+    return {"id": row.id, "status": outcome, "order_id": order_id,
+            "on_hold": order_id in held}

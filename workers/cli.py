@@ -831,5 +831,9 @@ def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: 
         click.echo(json.dumps(result))
 
 
+from workers.cli_exceptions import exceptions  # noqa: E402 - the exceptions desk
+
+main.add_command(exceptions)
+
 if __name__ == "__main__":
     main()
