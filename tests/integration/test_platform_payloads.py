@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,24 @@ from sqlalchemy import select
 from domain.db import unit_of_work
 from domain.models import OrderRow, RejectedOrder
 from sandbox.storefront import woocommerce_headers
+from sandbox.threaded_server import ThreadedServer
 from tests.integration.test_http_intake import (
     WOO_SECRET,
-    api,  # noqa: F401 - the fixture
+    api_settings,
     orders,
     post_shopify,
     rejected,
     wait_fraud_ids,
 )
+from workers.api import create_app
+
+
+@pytest.fixture
+def api(db, broker, settings) -> Iterator[tuple[str, Any]]:
+    s = api_settings(settings)
+    with ThreadedServer(create_app(s), lifespan="on") as server:
+        yield server.url, s
+
 
 PLATFORMS = Path(__file__).resolve().parent.parent / "fixtures" / "platforms"
 
@@ -52,8 +63,9 @@ EXPECTED: dict[str, tuple[int, str, str, list[str]]] = {
 
 
 def load(name: str) -> dict[str, Any]:
-    data = json.loads((PLATFORMS / name).read_text())
-    return data.get("order", data) if isinstance(data, dict) else data
+    data: dict[str, Any] = json.loads((PLATFORMS / name).read_text())
+    order: dict[str, Any] = data.get("order", data)
+    return order
 
 
 def post_woo(url: str, payload: Any, topic: str = "order.created") -> httpx.Response:
@@ -77,7 +89,7 @@ def test_every_published_body_has_its_source_and_expected_outcome() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_a_published_order_body_is_accepted_and_held_with_its_reasons(api, settings,  # noqa: F811
+def test_a_published_order_body_is_accepted_and_held_with_its_reasons(api, settings,
                                                                       name: str) -> None:
     url, _ = api
     code, status, state, words = EXPECTED[name]
