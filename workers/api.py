@@ -466,8 +466,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from workers.exceptions_api import routes as exception_routes  # held at the door
     from workers.review_api import routes as review_routes  # the review desk
 
-    routes.append(Mount("/review/exceptions", routes=exception_routes))
-    routes.append(Mount("/review", routes=review_routes))
+    routes.append(Mount("/review", routes=[*exception_routes, *review_routes]))
     from workers.tracking_api import tracking_routes_for  # carrier tracking pushes
 
     routes.extend(tracking_routes_for(settings))

@@ -1,4 +1,4 @@
-"""The exceptions desk over HTTP (JSON), mounted under ``/review/exceptions`` by ``serve``.
+"""The exceptions desk over HTTP (JSON), mounted with the review desk under ``/review``.
 
     GET  /review/exceptions                  held deliveries, oldest first
                                              (?status=open|replayed|superseded|dropped|all,
@@ -123,8 +123,8 @@ async def drop(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/", list_held, methods=["GET"]),
-    Route("/{exception_id}", show_held, methods=["GET"]),
-    Route("/{exception_id}/replay", replay, methods=["POST"]),
-    Route("/{exception_id}/drop", drop, methods=["POST"]),
+    Route("/exceptions", list_held, methods=["GET"]),
+    Route("/exceptions/{exception_id}", show_held, methods=["GET"]),
+    Route("/exceptions/{exception_id}/replay", replay, methods=["POST"]),
+    Route("/exceptions/{exception_id}/drop", drop, methods=["POST"]),
 ]
