@@ -243,7 +243,7 @@ def test_limits_and_bad_input_are_refused_with_the_failing_field(api, settings) 
     assert missing.json()["errors"] == [{"field": "header x-shopify-event-id",
                                          "message": "required"}]
     bad = shopify_order()
-    bad["line_items"][0]["sku"] = ""
+    bad["line_items"][0].update(sku="", variant_id=None)  # nothing to stand in for the SKU
     invalid = post_shopify(url, "orders/paid", bad)
     # A signed order that does not validate is held at the door: 200, so Shopify stops retrying.
     assert invalid.status_code == 200 and invalid.json()["status"] == "held"
