@@ -91,7 +91,7 @@ WOO_CANCELLED_STATUSES = frozenset({"cancelled", "refunded"})
 def _woo_address(a: Any) -> dict[str, Any] | None:
     if not isinstance(a, dict) or not any(a.get(k) for k in ("address_1", "city", "country")):
         return None
-    name = " ".join(p for p in (a.get("first_name"), a.get("last_name")) if p)
+    name = " ".join(str(p) for p in (a.get("first_name"), a.get("last_name")) if p)
     return {
         "name": name,
         "company": a.get("company") or "",

@@ -108,9 +108,18 @@ def validate(payload: Any, settings: Settings, *, store: str | None = None,
     ``platform="woocommerce"`` maps a WooCommerce order object first; Shopify bodies are
     recognised by ``parse_order`` itself.
     """
-    if platform == "woocommerce" and isinstance(payload, dict):
-        payload = woocommerce_to_native(payload, store=store or "")
-    order = parse_order(payload, store=store)
+    try:
+        if platform == "woocommerce" and isinstance(payload, dict):
+            payload = woocommerce_to_native(payload, store=store or "")
+        order = parse_order(payload, store=store)
+    except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        if isinstance(exc, OrderValidationError):
+            raise
+        # A shape no mapping foresaw: kept with a reason like any other, never a 5xx.
+        log.warning("could not map a %s payload: %s", platform or "native/shopify",
+                    type(exc).__name__)
+        raise OrderValidationError([{"field": "(order)", "message":
+                                     f"could not be read ({type(exc).__name__})"}]) from None
     if order.currency not in settings.fx_rates_to_usd:
         raise OrderValidationError(
             [{"field": "currency", "message": f"no exchange rate configured for {order.currency}"}]
@@ -407,21 +416,26 @@ def _source_order_id(d: Delivery) -> str | None:
     return None if value in (None, "") else str(value)[:255]
 
 
+def _word(value: Any) -> str:
+    """A status as sent, when it is a string at all."""
+    return value if isinstance(value, str) else ""
+
+
 def _is_cancelled(d: Delivery) -> bool:
     p = d.payload
     if d.source == "shopify":
         return bool(p.get("cancelled_at"))
     if d.source == "woocommerce":
-        return p.get("status") in WOO_CANCELLED_STATUSES
+        return _word(p.get("status")) in WOO_CANCELLED_STATUSES
     return False
 
 
 def _is_paid(d: Delivery) -> bool:
     p = d.payload
     if d.source == "shopify":
-        return p.get("financial_status") in SHOPIFY_PAID
+        return _word(p.get("financial_status")) in SHOPIFY_PAID
     if d.source == "woocommerce":
-        return p.get("status") in WOO_PAID_STATUSES
+        return _word(p.get("status")) in WOO_PAID_STATUSES
     return True
 
 

@@ -351,8 +351,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await run_in_threadpool(_keep, source, store, body, err)
         return JSONResponse(err.to_json(), status_code=err.status)
 
+    def _keep_unprocessed(delivery: Delivery, exc: Exception) -> int:
+        with unit_of_work(settings) as uow:
+            return record_rejection(
+                uow, source=delivery.source, store=delivery.store,
+                raw=delivery.body.decode("utf-8", "replace"), topic=delivery.topic,
+                http_status=200, errors=[{"field": "(delivery)", "message":
+                                          f"could not be processed ({type(exc).__name__})"}])
+
     async def _deliver(delivery: Delivery) -> JSONResponse:
-        result = await writer.write(delivery)
+        try:
+            result = await writer.write(delivery)
+        except (OperationalError, DBAPIError):
+            raise  # not stored: 503, the platform delivers it again
+        except Exception as exc:
+            # A body our code could not handle is still a paid order: kept for a person.
+            log.exception("could not process a %s %s delivery for store %s; kept",
+                          delivery.source, delivery.topic, delivery.store)
+            kept = await run_in_threadpool(_keep_unprocessed, delivery, exc)
+            return JSONResponse({"status": "held", "exception_id": kept},
+                                status_code=202 if delivery.source == "native" else 200)
         batcher.add(result.new_order_ids)
         log.debug("%s %s for store %s: %s", delivery.source, delivery.topic, delivery.store,
                   result.status)

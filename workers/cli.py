@@ -831,6 +831,28 @@ def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: 
         click.echo(json.dumps(result))
 
 
+@bench.command("fuzz")
+@click.option("--inputs", "n_inputs", default=10_000, show_default=True,
+              help="Requests to fire (signed and unsigned, every kind of bad input).")
+@click.option("--concurrency", default=16, show_default=True, help="Requests in flight.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--database-url", default=None,
+              help="A database named *bench* (wiped); default var/bench-fuzz.db (SQLite).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_fuzz(n_inputs: int, concurrency: int, seed: int, database_url: str | None,
+               as_json: bool) -> None:
+    """Bad input at a real `orderfleet serve`: response codes, 5xx, crashes, rows written."""
+    from benchmarks.fuzz import run_fuzz_bench
+
+    result = run_fuzz_bench(n_inputs=n_inputs, concurrency=concurrency, seed=seed,
+                            database_url=database_url, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(result))
+    if result["server_errors"] or result["connection_errors"] or \
+            not result["server_alive_after"] or result["unsigned_rows_written"]:
+        raise SystemExit(1)
+
+
 from workers.cli_exceptions import exceptions  # noqa: E402 - the exceptions desk
 
 main.add_command(exceptions)
