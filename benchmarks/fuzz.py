@@ -227,12 +227,13 @@ class FuzzResult:
     codes: Counter[str] = field(default_factory=Counter)
     by_kind: dict[str, Counter[str]] = field(default_factory=dict)
     server_errors: int = 0  # 5xx answers
-    connection_errors: int = 0  # no answer at all
+    connection_errors: int = 0  # no answer at all, even on a fresh connection
+    retried: int = 0  # requests sent again after a stale keep-alive connection
 
     def to_json(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "seconds": round(self.seconds, 2),
                 "codes": dict(sorted(self.codes.items())), "server_errors": self.server_errors,
-                "connection_errors": self.connection_errors,
+                "connection_errors": self.connection_errors, "retried": self.retried,
                 "by_kind": {k: dict(sorted(v.items())) for k, v in sorted(self.by_kind.items())}}
 
 
@@ -246,13 +247,24 @@ async def _fire(base_url: str, inputs: list[FuzzInput], concurrency: int) -> Fuz
             while queue:
                 item = queue.pop()
                 path, headers = _request(item)
-                try:
-                    answer = await client.post(path, content=item.body, headers=headers)
-                    code = str(answer.status_code)
-                except httpx.HTTPError as exc:
-                    # A 413 may close the connection before the body is sent: not a crash,
-                    # provided the server answers the next request (checked after the run).
-                    code = "closed" if item.kind == "huge_body" else f"error {type(exc).__name__}"
+                code = ""
+                for attempt in (1, 2):
+                    try:
+                        answer = await client.post(path, content=item.body, headers=headers)
+                        code = str(answer.status_code)
+                        break
+                    except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+                        # A pooled keep-alive connection the server had closed (idle timeout,
+                        # or after refusing a 10 MB body): once more on a fresh connection
+                        # tells a stale connection from a server that stopped answering.
+                        code = f"error {type(exc).__name__}"
+                        if attempt == 1:
+                            result.retried += 1
+                    except httpx.HTTPError as exc:
+                        code = f"error {type(exc).__name__}"
+                        break
+                if code.startswith("error") and item.kind == "huge_body":
+                    code = "closed"  # a 413 may close the connection before the body is sent
                 result.codes[code] += 1
                 result.by_kind.setdefault(item.kind, Counter())[code] += 1
                 if code.startswith("5"):

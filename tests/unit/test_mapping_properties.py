@@ -53,7 +53,7 @@ BASES = {"shopify": SHOPIFY, "woocommerce": WOO, "native": NATIVE}
 @st.composite
 def mutated(draw: st.DrawFn, platform: str) -> dict[str, Any]:
     """A real body with a few values replaced by anything, or removed."""
-    body = copy.deepcopy(BASES[platform])
+    body: dict[str, Any] = copy.deepcopy(BASES[platform])
     for path in draw(st.lists(st.sampled_from(PATHS[platform]), min_size=1, max_size=4)):
         target: Any = body
         try:
