@@ -12,9 +12,18 @@ from rich.table import Table
 
 
 def _settings() -> Any:
-    from workers.cli import _settings as settings
+    """Validated settings; loads the Celery app (a replay enqueues the fraud check)."""
+    from pydantic import ValidationError
 
-    return settings()
+    from config.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid configuration:\n{exc}") from None
+    import workers.app  # noqa: F401
+
+    return settings
 
 
 @click.group()
