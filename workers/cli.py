@@ -397,6 +397,31 @@ def review_cancel(order_id: str, by: str | None, reason: str, store: str | None,
     _review_decide("cancel", order_id, by, reason, store, as_json)
 
 
+@review.command("address")
+@click.argument("order_id")
+@click.argument("address_json")
+@click.option("--by", default=None, help="Who corrects (default: the login name).")
+@click.option("--store", default=None, help="Disambiguate a store order id.")
+def review_address(order_id: str, address_json: str, by: str | None,
+                   store: str | None) -> None:
+    """Correct the shipping address (JSON: line1, city, country, ...) before approving."""
+    import getpass
+
+    from domain.db import unit_of_work
+    from domain.review import ReviewError, correct_address
+
+    try:
+        address = json.loads(address_json)
+        with unit_of_work(_settings()) as uow:
+            out = correct_address(uow, order_id, address, by=by or getpass.getuser(),
+                                  store=store)
+    except ValueError as exc:
+        raise click.ClickException(f"the address is not JSON: {exc}") from None
+    except ReviewError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"order {out['order_id']}: shipping address corrected ({out['state']})")
+
+
 # --- stock ------------------------------------------------------------------------------------
 @main.group()
 def stock() -> None:

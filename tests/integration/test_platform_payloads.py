@@ -225,3 +225,30 @@ def test_approving_an_intake_hold_sends_the_order_to_the_fraud_check(api, broker
     assert wait_fraud_ids(broker, 1) == [order_id]
     with unit_of_work(settings) as uow:
         assert uow.session.get_one(OrderRow, order_id).state == "received"
+
+
+def test_the_desk_corrects_an_address_then_approves(api, broker, settings) -> None:
+    url, _ = api
+    body = json.loads((PLATFORMS.parent / "shopify" / "orders_paid_us.json").read_text())
+    body["test"] = True  # held at intake
+    order_id = post_shopify(url, "orders/paid", body).json()["order_id"]
+    bad = httpx.post(f"{url}/review/orders/{order_id}/address",
+                     json={"by": "ops@acme", "address": {"line1": "", "country": "US"}})
+    assert bad.status_code == 422 and bad.json()["field"].startswith("address.")
+    fixed = httpx.post(f"{url}/review/orders/{order_id}/address", json={
+        "by": "ops@acme", "address": {"line1": "500 Congress Ave", "city": "Austin",
+                                      "region": "TX", "postal_code": "78701", "country": "US"}})
+    assert fixed.status_code == 200, fixed.text
+    approve = httpx.post(f"{url}/review/orders/{order_id}/approve",
+                         json={"by": "ops@acme", "reason": "test order wanted end to end"})
+    assert approve.json()["state"] == "received"
+    assert wait_fraud_ids(broker, 1) == [order_id]
+    with unit_of_work(settings) as uow:
+        row = uow.session.get_one(OrderRow, order_id)
+        assert row.payload["shipping_address"]["line1"] == "500 Congress Ave"
+    # Once reserved (or further) the address is no longer the desk's to change
+    with unit_of_work(settings) as uow:
+        uow.session.get_one(OrderRow, order_id).state = "reserved"
+    late = httpx.post(f"{url}/review/orders/{order_id}/address", json={
+        "by": "ops@acme", "address": {"line1": "1 Other St", "city": "Austin", "country": "US"}})
+    assert late.status_code == 409
