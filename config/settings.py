@@ -164,6 +164,11 @@ class Settings(BaseSettings):
 
     var_dir: Path = DEFAULT_VAR_DIR
 
+    # --- intake exceptions desk (deliveries held at the door) -------------------------------
+    # Alert when this many exceptions are open at once, or the oldest has waited this long.
+    exceptions_alert_count: int = Field(20, ge=1)
+    exceptions_overdue_s: float = Field(30 * 60, gt=0)
+
     # --- storefront intake over HTTP (``orderfleet serve``) ----------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=1, le=65535)

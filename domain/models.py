@@ -169,7 +169,7 @@ class OrderEvent(Base):
 
 
 class RejectedOrder(Base):
-    """A payload that could not become an order, kept whole for ops."""
+    """A payload that could not become an order, kept whole for ops (an intake exception)."""
 
     __tablename__ = "rejected_orders"
 
@@ -181,6 +181,15 @@ class RejectedOrder(Base):
     reason: Mapped[str] = mapped_column(Text)
     errors: Mapped[list[dict[str, str]]] = mapped_column(Json)
     raw: Mapped[str] = mapped_column(Text)
+    # The exceptions desk: open until a person replays (corrected) or drops it.
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'open'"), index=True)
+    topic: Mapped[str | None] = mapped_column(String(64))
+    http_status: Mapped[int | None] = mapped_column(Integer)  # what the sender was answered
+    corrections: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    order_id: Mapped[int | None] = mapped_column(BigId)  # the order a replay created
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_by: Mapped[str | None] = mapped_column(String(255))
+    resolution: Mapped[str | None] = mapped_column(Text)
 
 
 class Warehouse(Base):

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
+from domain.intake_exceptions import exception_counts
 from domain.lifecycle import State
 from domain.models import OrderEvent, OrderRow, RejectedOrder, Reservation, Shipment, UTCDateTime
 
@@ -116,6 +117,7 @@ def build_report(session: Session, settings: Settings | None = None,
         "reservations": {k: reservations.get(k, 0)
                          for k in ("active", "consumed", "released", "restocked")},
         "rejected_at_intake": rejected_total,
+        "intake_exceptions": exception_counts(session),
         "rejected_by_fraud": fraud_rejected,
         "rejected_reasons": dict(reasons.most_common(10)),
         "stage_latency_s": stage_latencies(session),

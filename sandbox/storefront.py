@@ -2,8 +2,10 @@
 
 It plays both ends of a store's integration:
 
-* **receiving push-back**: the Shopify Admin REST endpoints push-back uses, per shop under
-  ``/{shop}/admin/api/{version}/`` (so ``ORDERFLEET_SHOPIFY_ADMIN_URL=http://host:port/{shop}``):
+* **receiving push-back**: the Shopify Admin GraphQL endpoint push-back uses
+  (``/{shop}/admin/api/{version}/graphql.json``, :mod:`sandbox.shopify_graphql`) and the legacy
+  REST endpoints, per shop under ``/{shop}/admin/api/{version}/`` (so
+  ``ORDERFLEET_SHOPIFY_ADMIN_URL=http://host:port/{shop}``):
   fulfilment orders (one per order, created on first sight), fulfilments (a closed fulfilment
   order refuses a second one with 422, as Shopify does) and fulfilment events; and a generic
   webhook receiver at ``POST /hooks/{store}`` that checks ``X-Orderfleet-Signature``.
@@ -35,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from domain.platforms import sign_body, signature_matches
+from sandbox.shopify_graphql import execute as execute_graphql
 from sandbox.threaded_server import ThreadedServer
 
 SHOPIFY_EVENT_STATUSES = frozenset({
@@ -158,6 +161,13 @@ def create_app(tokens: dict[str, str] | None = None,
             return JSONResponse({"errors": "[API] Invalid API key or access token"}, 401)
         rest = request.path_params["rest"]
         parts = rest.removesuffix(".json").split("/")
+        if request.method == "POST" and parts == ["graphql"]:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            with state.lock:
+                return JSONResponse(execute_graphql(state, shop, body))
         with state.lock:
             if request.method == "GET" and len(parts) == 3 and parts[0] == "orders" \
                     and parts[2] == "fulfillment_orders":

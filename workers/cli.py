@@ -416,6 +416,31 @@ def review_cancel(order_id: str, by: str | None, reason: str, store: str | None,
     _review_decide("cancel", order_id, by, reason, store, as_json)
 
 
+@review.command("address")
+@click.argument("order_id")
+@click.argument("address_json")
+@click.option("--by", default=None, help="Who corrects (default: the login name).")
+@click.option("--store", default=None, help="Disambiguate a store order id.")
+def review_address(order_id: str, address_json: str, by: str | None,
+                   store: str | None) -> None:
+    """Correct the shipping address (JSON: line1, city, country, ...) before approving."""
+    import getpass
+
+    from domain.db import unit_of_work
+    from domain.review import ReviewError, correct_address
+
+    try:
+        address = json.loads(address_json)
+        with unit_of_work(_settings()) as uow:
+            out = correct_address(uow, order_id, address, by=by or getpass.getuser(),
+                                  store=store)
+    except ValueError as exc:
+        raise click.ClickException(f"the address is not JSON: {exc}") from None
+    except ReviewError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"order {out['order_id']}: shipping address corrected ({out['state']})")
+
+
 # --- stock ------------------------------------------------------------------------------------
 @main.group()
 def stock() -> None:
@@ -895,6 +920,33 @@ def _add_reliability_commands() -> None:
 
 
 _add_reliability_commands()
+
+
+@bench.command("fuzz")
+@click.option("--inputs", "n_inputs", default=10_000, show_default=True,
+              help="Requests to fire (signed and unsigned, every kind of bad input).")
+@click.option("--concurrency", default=16, show_default=True, help="Requests in flight.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--database-url", default=None,
+              help="A database named *bench* (wiped); default var/bench-fuzz.db (SQLite).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_fuzz(n_inputs: int, concurrency: int, seed: int, database_url: str | None,
+               as_json: bool) -> None:
+    """Bad input at a real `orderfleet serve`: response codes, 5xx, crashes, rows written."""
+    from benchmarks.fuzz import run_fuzz_bench
+
+    result = run_fuzz_bench(n_inputs=n_inputs, concurrency=concurrency, seed=seed,
+                            database_url=database_url, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(result))
+    if result["server_errors"] or result["connection_errors"] or \
+            not result["server_alive_after"] or result["unsigned_rows_written"]:
+        raise SystemExit(1)
+
+
+from workers.cli_exceptions import exceptions  # noqa: E402 - the exceptions desk
+
+main.add_command(exceptions)
 
 if __name__ == "__main__":
     main()

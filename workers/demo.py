@@ -183,6 +183,12 @@ def render_report(rep: dict[str, Any], console: Console) -> None:
     console.print(f"labels bought: {rep['labels']}; reservations: {rep['reservations']}")
     console.print(f"rejected at intake: {rep['rejected_at_intake']}; "
                   f"rejected by fraud: {rep['rejected_by_fraud']}")
+    exc = rep.get("intake_exceptions")
+    if exc:
+        oldest = exc["oldest_open_s"]
+        console.print(f"intake exceptions: {exc['open']} open"
+                      + (f" (oldest {oldest // 60} min)" if oldest is not None else "") + ", "
+                      + ", ".join(f"{n} {s}" for s, n in exc["by_status"].items() if s != "open"))
     for reason, n in rep["rejected_reasons"].items():
         console.print(f"  {n:>5}  {reason}")
     lat = Table(title="stage latency (s)")
