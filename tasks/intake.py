@@ -32,6 +32,7 @@ from config.settings import Settings, get_settings
 from domain.cancellation import cancel_orders
 from domain.clock import utcnow
 from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
+from domain.fastlane import is_fast_lane
 from domain.lifecycle import EDITABLE, FINAL, State
 from domain.models import (
     OrderEvent,
@@ -121,6 +122,7 @@ def _order_row(order: Order, settings: Settings, now: Any,
         "weight_g": order.weight_g,
         "payload": order.model_dump(mode="json"),
         "source_updated_at": source_updated_at,
+        "fast_lane": is_fast_lane(order.model_dump(mode="json", include={"tags", "customer"})),
     }
 
 

@@ -20,12 +20,15 @@ def start_fleet(db, broker, settings, tmp_path) -> Iterator[Callable[..., Fleet]
     Keyword arguments override settings (e.g. wave_size) or Fleet options (workers=...).
     """
     started: list[Fleet] = []
-    fleet_opts = {"workers", "concurrency", "beat", "carrier_time_scale", "queues"}
+    fleet_opts = {"workers", "concurrency", "beat", "carrier_time_scale", "queues", "autoscale",
+                  "noncore_sinks"}
 
     def start(**overrides: Any) -> Fleet:
         opts = {k: overrides.pop(k) for k in list(overrides) if k in fleet_opts}
         fleet_settings = settings.model_copy(update={
             "carrier_url": f"http://127.0.0.1:{free_port()}",
+            "smtp_port": free_port(),
+            "marketing_url": f"http://127.0.0.1:{free_port()}",
             "wave_max_age_s": 1.0,
             "tracking_sweep_interval_s": 2.0,
             "sweep_interval_s": 5.0,
