@@ -78,14 +78,16 @@ NONCORE_QUEUES: dict[str, str] = {
 # The queues whose backlog is the order pipeline's (the load monitor's "core backlog").
 CORE_QUEUES: tuple[str, ...] = (*CORE_STAGE_QUEUES, *FAST_LANE_QUEUES.values())
 QUEUES = (*QUEUES, CONTROL_QUEUE, *FAST_LANE_QUEUES.values(), *NONCORE_QUEUES.values())
-# What a worker of the whole fleet consumes, first to last: the control loop, the fast lanes
-# and the core stages downstream first (finish orders under way before starting new ones), the
-# other stage work, and non-core jobs last.
+# What a worker of the whole fleet consumes, first to last: the control loop and the short
+# housekeeping that keeps orders moving (wave closing, re-drive, voids), the fast lanes, push-back,
+# the core stages downstream first (finish orders under way before starting new ones), tracking,
+# and non-core jobs last.
 WORKER_QUEUE_ORDER: tuple[str, ...] = (
-    CONTROL_QUEUE,
+    CONTROL_QUEUE, "sweeps", "cancellation",
     *(FAST_LANE_QUEUES[q] for q in reversed(CORE_STAGE_QUEUES)),
+    "pushback",
     *reversed(CORE_STAGE_QUEUES),
-    "cancellation", "pushback", "tracking", "sweeps", "bench",
+    "tracking", "bench",
     *NONCORE_QUEUES.values(),
 )
 TASK_ROUTES.update({

@@ -146,6 +146,7 @@ class ControlState:
     stage: int = 0  # 0 none, 1 shed non-core, 2 scale out, 3 VIP first + compensation
     surge_since: float = 0.0
     at: float | None = None
+    learning_since: float | None = None  # first tick: no surge before a full rate window
 
     @classmethod
     def from_redis(cls, raw: dict[str, str]) -> ControlState:
@@ -155,7 +156,8 @@ class ControlState:
         return cls(load=num("load"), arrival_rate=num("arrival_rate"), baseline=num("baseline"),
                    breaker=raw.get("breaker", "closed"),
                    breaker_since=num("breaker_since") or 0.0, stage=int(raw.get("stage", 0)),
-                   surge_since=num("surge_since") or 0.0, at=num("at"))
+                   surge_since=num("surge_since") or 0.0, at=num("at"),
+                   learning_since=num("learning_since"))
 
     def to_redis(self) -> dict[str, str]:
         return {k: ("" if v is None else str(v)) for k, v in asdict(self).items()}
@@ -185,10 +187,14 @@ def decide(prev: ControlState, m: Measurement, settings: Settings) -> Decision:
                                 "load": round(st.load or 0.0, 3), "reason": reason})
 
     # --- the three-stage response to an intake jump over baseline ---------------------------
+    if st.learning_since is None:
+        st.learning_since = m.at
     baseline = max(st.baseline if st.baseline is not None else arrival,
                    settings.surge_min_baseline_per_s)
     ratio = st.arrival_rate / baseline
-    surging = ratio >= settings.surge_intake_ratio
+    # A baseline learnt over less than one rate window says nothing yet (a fleet just started).
+    learnt = m.at - st.learning_since >= m.window_s
+    surging = learnt and ratio >= settings.surge_intake_ratio
     if st.stage == 0:
         if surging:
             st.stage, st.surge_since = 1, m.at
@@ -336,6 +342,28 @@ def park(r: redis.Redis, kind: str, order_ids: Sequence[int]) -> None:
     pipe.hincrby(COUNTS_KEY, "parked", len(order_ids))
     pipe.hincrby(COUNTS_KEY, f"parked:{kind}", len(order_ids))
     pipe.execute()
+
+
+class NoncoreGate:
+    """Parks a new non-core job instead of queueing it while the breaker is open (one Redis
+    read per job sent; the client is made per process, as prefork children need their own)."""
+
+    def __init__(self, settings: Settings, kinds: dict[str, str]) -> None:
+        self.settings = settings
+        self.kinds = kinds  # task name -> job kind
+        self._client: redis.Redis | None = None
+        self._pid = 0
+
+    def park(self, task: str, order_ids: Sequence[int]) -> bool:
+        """True when the job was parked (the breaker is open)."""
+        import os
+
+        if self._client is None or self._pid != os.getpid():
+            self._client, self._pid = client(self.settings), os.getpid()
+        if not breaker_open(self._client):
+            return False
+        park(self._client, self.kinds[task], [int(i) for i in order_ids])
+        return True
 
 
 Resend = Callable[[str, list[int]], None]
