@@ -527,7 +527,9 @@ def _exec_celery(args: list[str]) -> None:
               metavar="MAX,MIN", help="Grow the pool up to MAX under load, shrink to MIN when "
               "idle; without a value, ORDERFLEET_WORKER_AUTOSCALE (4,1).")
 @click.option("--loglevel", default="info", show_default=True)
-def worker(queues: str | None, concurrency: int, autoscale: str | None, loglevel: str) -> None:
+@click.option("--hostname", "-n", default=None, help="Node name (Celery's -n), e.g. w1@%h.")
+def worker(queues: str | None, concurrency: int, autoscale: str | None, loglevel: str,
+           hostname: str | None) -> None:
     """Run a Celery worker of the fleet."""
     from config.celery import WORKER_QUEUE_ORDER
 
@@ -540,7 +542,7 @@ def worker(queues: str | None, concurrency: int, autoscale: str | None, loglevel
             raise click.BadParameter(f"{autoscale!r}: expected MAX,MIN", param_hint="--autoscale")
     pool = ["--autoscale", autoscale] if autoscale else ["-c", str(concurrency)]
     _exec_celery(["worker", "-Q", queues or ",".join(WORKER_QUEUE_ORDER), *pool,
-                  "--loglevel", loglevel])
+                  "--loglevel", loglevel, *(["-n", hostname] if hostname else [])])
 
 
 @main.command()
