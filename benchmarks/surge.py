@@ -71,8 +71,13 @@ def _orders(n: int, seed: int, start_id: int, vip_share: float) -> list[dict[str
     for i, (_kind, p) in enumerate(generate_labelled_orders(
             n, seed=seed, start_id=start_id, invalid_rate=0.0, high_value_rate=0.0,
             shopify_rate=0.0, risky_rate=0.0, paid_at=datetime.now(UTC))):
+        # Exactly vip_share VIP orders: the generator's own VIP customers become standard ones.
+        p["tags"] = [t for t in p.get("tags", []) if t.lower() != "vip"]
+        if p.get("customer"):
+            p["customer"]["tags"] = [t for t in p["customer"].get("tags", [])
+                                     if t.lower() != "vip"]
         if (start_id + i) % round(1 / vip_share) == 0:
-            p["tags"] = [*p.get("tags", []), "vip"]
+            p["tags"].append("vip")
         out.append(p)
     return out
 
@@ -203,7 +208,8 @@ def run_surge_bench(*, n_orders: int = 3000, surge_s: float = 30.0, baseline_s: 
         replay_done = round(after[0]["t"] + sampler.t0 - closed[-1]["at"], 1) if after else None
     # Scale advice vs what was then measured: the drain rate the advice assumed while the fleet
     # was saturated, against the surge's measured mean drain rate.
-    saturated = [s["drain_rate"] for s in samples if s["utilisation"] >= 0.9 and s["drain_rate"]]
+    saturated = [s["drain_rate"] for s in samples if s["utilisation"] >= 0.9 and s["drain_rate"]
+                 and s["backlog_orders"] >= 100]
     measured_rate = len(rows) / drain_s if drain_s else None
     advised_rate = statistics.median(saturated) if saturated else None
     advice_error = (round(abs(advised_rate - measured_rate) / measured_rate, 3)
@@ -257,15 +263,18 @@ def draw(samples: list[dict[str, Any]], path: Path, surge_at: float,
     fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True)
     series = [
         ("intake (orders/s)", [s["intake"] for s in samples]),
-        ("core queue depth (messages)", [s["backlog"] for s in samples]),
+        ("core backlog (orders)", [s["backlog_orders"] for s in samples]),
         ("load %", [100 * (s["load"] or 0) for s in samples]),
-        ("breaker open / parked jobs", [s["parked_waiting"] for s in samples]),
+        ("parked non-core (messages)", [s["parked_waiting"] for s in samples]),
     ]
     for ax, (label, ys) in zip(axes, series, strict=True):
         ax.plot(t, ys, lw=1.2)
         ax.set_ylabel(label, fontsize=8)
         ax.axvline(surge_at, color="grey", ls=":", lw=1)
         ax.grid(alpha=0.3)
+    depth = axes[1].twinx()
+    depth.plot(t, [s["backlog"] for s in samples], color="grey", lw=0.8)
+    depth.set_ylabel("queue depth (messages)", fontsize=8, color="grey")
     axes[2].axhline(80, color="red", ls="--", lw=0.8)
     axes[2].axhline(60, color="green", ls="--", lw=0.8)
     opened = [s["breaker"] == "open" for s in samples]

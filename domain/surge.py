@@ -6,7 +6,7 @@ task every ``surge_monitor_interval_s`` and does what needs Celery (worker slots
 Load (README, "Surge control"), each tick::
 
     utilisation = core messages reserved by workers (kombu's ``unacked`` hash, core queues only)
-                  / worker pool slots
+                  / (worker pool slots - slots running this control loop)
     wait        = age of the oldest order waiting in an automated stage / surge_wait_target_s
     load_raw    = max(utilisation, wait)
     load        = EWMA(load_raw), alpha = 1 - exp(-dt / surge_ewma_tau_s)
@@ -61,7 +61,7 @@ class Measurement:
     """One tick's raw readings."""
 
     at: float
-    slots: int  # worker pool processes consuming the fleet's queues
+    slots: int  # pool processes of workers on core queues, less those running the control loop
     busy_core: int  # core-queue messages reserved by workers and not yet acknowledged
     queued_core: int  # core-queue messages waiting in the lists
     backlog_orders: int  # orders in an automated stage (received .. in_wave)
@@ -92,7 +92,8 @@ def queue_lengths(r: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
 
 
 def measure(r: redis.Redis, session: Session, settings: Settings, *, slots: int,
-            core_queues: Sequence[str], now: float | None = None) -> Measurement:
+            core_queues: Sequence[str], control_queues: Sequence[str] = ("control",),
+            now: float | None = None) -> Measurement:
     now = time.time() if now is None else now
     unacked = unacked_by_queue(r)
     lengths = queue_lengths(r, core_queues)
@@ -108,7 +109,9 @@ def measure(r: redis.Redis, session: Session, settings: Settings, *, slots: int,
     drained = session.scalar(select(func.count()).select_from(OrderEvent).where(
         OrderEvent.to_state == State.LABELLED.value, OrderEvent.at >= since)) or 0
     oldest_wait = max((utcnow() - oldest).total_seconds(), 0.0) if oldest else 0.0
-    return Measurement(at=now, slots=slots,
+    # The tick itself holds a slot while it measures: that slot is not the fleet's to give.
+    control = sum(unacked.get(q, 0) for q in control_queues)
+    return Measurement(at=now, slots=max(slots - control, 0),
                        busy_core=sum(unacked.get(q, 0) for q in core_queues),
                        queued_core=sum(lengths.values()), backlog_orders=int(count or 0),
                        oldest_wait_s=oldest_wait, arrivals=int(arrivals), drained=int(drained),
