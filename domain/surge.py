@@ -180,7 +180,9 @@ def decide(prev: ControlState, m: Measurement, settings: Settings) -> Decision:
     dt = m.at - prev.at if prev.at is not None else 0.0
     st = ControlState(**asdict(prev))
     st.at = m.at
-    st.load = ewma(prev.load, raw, dt, settings.surge_ewma_tau_s)
+    # The first tick starts the average from idle: one busy instant at start opens nothing.
+    st.load = (ewma(0.0, raw, settings.surge_monitor_interval_s, settings.surge_ewma_tau_s)
+               if prev.load is None else ewma(prev.load, raw, dt, settings.surge_ewma_tau_s))
     arrival = m.arrivals / m.window_s
     st.arrival_rate = ewma(prev.arrival_rate, arrival, dt, settings.surge_ewma_tau_s)
     out = Decision(st, raw, utilisation)

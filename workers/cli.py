@@ -704,6 +704,9 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
     if api:
         console.print(f"intake API at http://{settings.api_host}:{settings.api_port} "
                       "(POST /webhooks/shopify/{shop}, /webhooks/woocommerce/{store}, /orders)")
+    if "smtp" in fleet.procs:
+        console.print(f"SMTP sink on port {settings.smtp_port} (non-core e-mails kept in "
+                      f"{fleet.mail_file}); marketing list at {settings.marketing_url}")
     console.print("submit orders from another shell: orderfleet submit orders.jsonl")
     try:
         while not stop["now"]:

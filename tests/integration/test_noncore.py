@@ -139,3 +139,29 @@ def test_measure_reads_unacked_core_messages_lists_and_waiting_orders(db, redis_
         assert uow.session.scalar(select(func.count()).select_from(OrderRow)) == 4
     assert (m.busy_core, m.queued_core, m.backlog_orders, m.arrivals) == (2, 4, 4, 4)
     assert m.oldest_wait_s >= 0
+
+
+def test_a_tick_publishes_load_that_load_and_scale_show(db, redis_client, settings) -> None:
+    from click.testing import CliRunner
+
+    from tasks.surge import SLOTS_KEY, run_tick
+    from workers.app import app
+    from workers.cli import main as cli
+
+    # Given 30 orders waiting, two busy core slots of two (the slot count as last inspected)
+    _orders(settings, 30)
+    r = client(settings)
+    r.set(SLOTS_KEY, 2)
+    r.hset(UNACKED_KEY, mapping={f"t{i}": json.dumps([{}, "orderfleet", "fraud"])
+                                 for i in range(2)})
+    # When the control loop ticks
+    d = run_tick(app, settings, r)
+    # Then the published load shows a saturated fleet and the breaker open
+    assert d.state.breaker == "open" and d.utilisation == 1.0
+    shown = json.loads(CliRunner().invoke(cli, ["load", "--json"]).output)
+    assert shown["load"]["breaker"] == "open" and shown["load"]["backlog_orders"] == 30
+    assert shown["load"]["backlog"] == 3  # the intake's fraud message plus two reserved
+    assert shown["transitions"][-1]["to"] == "open"
+    # ... and scale advises nothing before a drain was measured
+    advice = json.loads(CliRunner().invoke(cli, ["scale", "--json"]).output)
+    assert advice["slots_needed"] is None and advice["backlog_orders"] == 30

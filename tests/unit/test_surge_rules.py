@@ -42,6 +42,12 @@ def test_ewma_follows_the_time_constant_for_irregular_ticks() -> None:
     assert ewma(0.5, 1.0, 0, 10) == 0.5
 
 
+def test_the_first_tick_averages_from_idle() -> None:
+    slow = S.model_copy(update={"surge_ewma_tau_s": 10.0, "surge_monitor_interval_s": 2.0})
+    st = decide(ControlState(), m(0, busy=10), slow).state
+    assert st.breaker == "closed" and math.isclose(st.load or 0, 1 - math.exp(-0.2))
+
+
 def test_breaker_opens_above_80_and_stays_open_between_60_and_80() -> None:
     states = run([m(0, busy=5), m(1, busy=9), m(100, busy=7), m(200, busy=7)])
     assert [s.breaker for s in states] == ["closed", "open", "open", "open"]
