@@ -17,7 +17,7 @@ import redis
 from celery import Celery, Task
 from sqlalchemy import select
 
-from config.celery import CORE_QUEUES
+from config.celery import CONTROL_QUEUE, CORE_QUEUES
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
 from domain.db import send_task, unit_of_work
@@ -44,21 +44,26 @@ COMPENSATED_KEY = "orderfleet:surge:compensated"  # orders already sent a compen
 SLOTS_CACHE_S = 10
 
 
-def fleet_slots(app: Celery, r: redis.Redis) -> int:
-    """Pool processes (the autoscale maximum where set) of workers consuming a core queue."""
-    cached = r.get(SLOTS_KEY)
-    if cached is not None:
-        return int(cached)
+def fleet_slots(app: Celery, r: redis.Redis) -> tuple[int, bool]:
+    """Pool processes (the autoscale maximum where set) of workers consuming a core queue, and
+    whether those workers also run the control loop (its slot is then not the pipeline's)."""
+    cached = r.hmget(SLOTS_KEY, "slots", "shared")
+    if cached[0] is not None:
+        return int(cached[0]), cached[1] in ("1", b"1")
     inspect = app.control.inspect(timeout=1.0)
     stats: dict[str, Any] = inspect.stats() or {}
     queues: dict[str, Any] = inspect.active_queues() or {}
-    slots = 0
+    slots, shared = 0, False
     for worker, st in stats.items():
         consumed = {q.get("name") for q in queues.get(worker, [])}
         if consumed & set(CORE_QUEUES):
             slots += int((st.get("pool") or {}).get("max-concurrency") or 0)
-    r.set(SLOTS_KEY, slots, ex=SLOTS_CACHE_S)
-    return slots
+            shared = shared or CONTROL_QUEUE in consumed
+    pipe = r.pipeline()
+    pipe.hset(SLOTS_KEY, mapping={"slots": slots, "shared": int(shared)})
+    pipe.expire(SLOTS_KEY, SLOTS_CACHE_S)
+    pipe.execute()
+    return slots, shared
 
 
 def resend(kind: str, order_ids: list[int]) -> None:
@@ -67,9 +72,10 @@ def resend(kind: str, order_ids: list[int]) -> None:
 
 def run_tick(app: Celery, settings: Settings, r: redis.Redis) -> Decision:
     prev = read_state(r)
-    slots = fleet_slots(app, r)
+    slots, shared = fleet_slots(app, r)
     with unit_of_work(settings) as uow:
-        m = measure(r, uow.session, settings, slots=slots, core_queues=CORE_QUEUES)
+        m = measure(r, uow.session, settings, slots=slots, core_queues=CORE_QUEUES,
+                    control_queues=(CONTROL_QUEUE,) if shared else ())
     d = decide(prev, m, settings)
     advice = slots_needed(m.backlog_orders, d.state.arrival_rate or 0.0,
                           m.drained / m.window_s, m.slots, settings.scale_target_drain_s)

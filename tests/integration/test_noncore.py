@@ -151,11 +151,11 @@ def test_a_tick_publishes_load_that_load_and_scale_show(db, redis_client, settin
     # Given 30 orders waiting, two busy core slots of two (the slot count as last inspected)
     _orders(settings, 30)
     r = client(settings)
-    r.set(SLOTS_KEY, 2)
+    r.hset(SLOTS_KEY, mapping={"slots": 2, "shared": 0})
     r.hset(UNACKED_KEY, mapping={f"t{i}": json.dumps([{}, "orderfleet", "fraud"])
                                  for i in range(2)})
-    # When the control loop ticks
-    d = run_tick(app, settings, r)
+    # When the control loop ticks (with next to no smoothing, so that one tick tells)
+    d = run_tick(app, settings.model_copy(update={"surge_ewma_tau_s": 0.001}), r)
     # Then the published load shows a saturated fleet and the breaker open
     assert d.state.breaker == "open" and d.utilisation == 1.0
     shown = json.loads(CliRunner().invoke(cli, ["load", "--json"]).output)
