@@ -201,7 +201,8 @@ def decide(prev: ControlState, m: Measurement, settings: Settings) -> Decision:
     learnt = m.at - st.learning_since >= m.window_s
     surging = learnt and ratio >= settings.surge_intake_ratio
     if st.stage == 0:
-        if surging:
+        # A jump the fleet absorbs (load below the close threshold) is traffic, not a surge.
+        if surging and st.load >= settings.surge_close_load:
             st.stage, st.surge_since = 1, m.at
             note("stage", 0, 1, f"intake {st.arrival_rate:.2f}/s is {ratio:.1f}x the baseline "
                  f"{baseline:.2f}/s: shed non-core jobs, pause low-priority sweeps")

@@ -33,6 +33,8 @@ def start_fleet(db, broker, settings, tmp_path) -> Iterator[Callable[..., Fleet]
             "tracking_sweep_interval_s": 2.0,
             "sweep_interval_s": 5.0,
             "stage_deadline_s": 30.0,
+            # The surge stages pause tracking sweeps; tests that want them lower the ratio.
+            "surge_intake_ratio": 1000.0,
             "var_dir": tmp_path,
             **overrides,
         })

@@ -27,8 +27,6 @@ SURGE = {
     "surge_wait_target_s": 10.0,
     "surge_min_dwell_s": 3.0,
     "surge_replay_per_tick": 100,
-    # This test is about the breaker and the fast lanes; the stages have their unit tests.
-    "surge_intake_ratio": 1000.0,
 }
 AFTER_LABEL = ("post_purchase_email", "coupon", "marketing_sync")
 

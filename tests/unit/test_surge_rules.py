@@ -78,6 +78,11 @@ def test_an_intake_jump_over_300_percent_walks_the_three_stages_and_reverts() ->
     assert math.isclose(calm[-1].baseline or 0, 1.0)
 
 
+def test_a_jump_the_fleet_absorbs_is_no_surge() -> None:
+    states = run([m(t, arrivals=10) for t in range(0, 50, 10)] + [m(60, arrivals=50, busy=2)])
+    assert states[-1].stage == 0
+
+
 def test_a_rise_below_the_ratio_is_no_surge() -> None:
     states = run([m(t, arrivals=10) for t in range(0, 50, 10)]
                  + [m(60, arrivals=35), m(70, arrivals=35)])
