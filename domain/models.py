@@ -136,6 +136,8 @@ class OrderRow(Base):
     # When the store last changed the order (X-Shopify-Triggered-At, WooCommerce
     # date_modified): a delivery older than this is stale and must not roll the order back.
     source_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # VIP or express (domain.fastlane): its stage messages go to the stages' fast-lane queues.
+    fast_lane: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
 
 
 class OrderLine(Base):
@@ -488,6 +490,36 @@ class RejectedTrackingPush(Base):
     reason: Mapped[str] = mapped_column(Text)
     errors: Mapped[list[dict[str, str]]] = mapped_column(Json)
     raw: Mapped[str] = mapped_column(Text)
+
+
+class NoncoreJob(Base):
+    """A non-core job done for an order: one row per (order, kind), written in the transaction
+    of its side effect (or just before an e-mail is handed to SMTP), so it happens once."""
+
+    __tablename__ = "noncore_jobs"
+
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    done_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    outcome: Mapped[str] = mapped_column(String(32))  # sent | issued | synced | skipped:...
+    replayed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+
+
+class Coupon(Base):
+    """The coupon ledger: one coupon per (order, reason), its code unique."""
+
+    __tablename__ = "coupons"
+    __table_args__ = (UniqueConstraint("order_id", "reason", name="uq_coupons_order_reason"),
+                      UniqueConstraint("code", name="uq_coupons_code"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    reason: Mapped[str] = mapped_column(String(32))  # loyalty | delay_compensation
+    code: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+    currency: Mapped[str] = mapped_column(String(3))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 def _table_of(entity: type[Base]) -> Table:

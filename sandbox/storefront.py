@@ -12,6 +12,9 @@ It plays both ends of a store's integration:
 * **sending webhooks**: :func:`shopify_headers` / :func:`woocommerce_headers` sign bodies the
   way Shopify and WooCommerce do, for tests, the demo and the load generator.
 
+``POST /marketing/{store}/members`` stands in for a store's marketing list (orderfleet's
+non-core marketing sync), deduplicated by ``Idempotency-Key``.
+
 Everything received is recorded (``GET /_sandbox/received``). Failures on purpose:
 ``POST /_sandbox/fail {"status": 503, "times": 2, "path_contains": "fulfillments"}`` makes the
 next two matching requests fail (``"retry_after": 1`` adds the header). ``POST /_sandbox/reset``
@@ -98,13 +101,16 @@ class StorefrontState:
     fulfillments: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     webhooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Marketing-list members per store, by Idempotency-Key (a repeated call changes nothing).
+    marketing: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(9_000_000_001))
 
     def reset(self) -> None:
         with self.lock:
             for store in (self.received, self.failures):
                 store.clear()
-            for d in (self.fulfillment_orders, self.fulfillments, self.events, self.webhooks):
+            for d in (self.fulfillment_orders, self.fulfillments, self.events, self.webhooks,
+                      self.marketing):
                 d.clear()
 
     def fulfillment_order(self, shop: str, order_id: str) -> dict[str, Any]:
@@ -240,6 +246,29 @@ def create_app(tokens: dict[str, str] | None = None,
                 "x-orderfleet-topic"), "json": json.loads(body)})
         return JSONResponse({"status": "ok"})
 
+    async def marketing(request: Request) -> Response:
+        """A store's marketing list (a newsletter/CRM audience): add a member, idempotently."""
+        body, failed = await record(request)
+        if failed is not None:
+            return failed
+        key = request.headers.get("idempotency-key", "")
+        try:
+            member = json.loads(body)
+        except ValueError:
+            return JSONResponse({"error": "not JSON"}, 400)
+        if not key or not isinstance(member, dict) or "@" not in str(member.get("email", "")):
+            return JSONResponse({"error": "Idempotency-Key and an email are required"}, 422)
+        with state.lock:
+            members = state.marketing.setdefault(request.path_params["store"], {})
+            if key in members:
+                return JSONResponse({"status": "duplicate"})
+            members[key] = member
+        return JSONResponse({"status": "added"}, 201)
+
+    async def marketing_list(request: Request) -> Response:
+        with state.lock:
+            return JSONResponse(state.marketing.get(request.path_params["store"], {}))
+
     async def fail(request: Request) -> Response:
         spec = await request.json()
         with state.lock:
@@ -275,6 +304,8 @@ def create_app(tokens: dict[str, str] | None = None,
         Route("/_sandbox/state", snapshot, methods=["GET"]),
         Route("/_sandbox/reset", reset, methods=["POST"]),
         Route("/hooks/{store}", hook, methods=["POST"]),
+        Route("/marketing/{store}/members", marketing, methods=["POST"]),
+        Route("/marketing/{store}/members", marketing_list, methods=["GET"]),
         Route("/{shop}/admin/api/{version}/{rest:path}", shopify, methods=["GET", "POST"]),
     ])
     app.state.storefront = state

@@ -41,6 +41,7 @@ from domain.intake_exceptions import (
     require_open,
     settle,
 )
+from domain.fastlane import is_fast_lane
 from domain.lifecycle import EDITABLE, FINAL, State
 from domain.models import (
     OrderEvent,
@@ -155,6 +156,7 @@ def _order_row(order: Order, settings: Settings, now: Any,
         "weight_g": order.weight_g,
         "payload": order.model_dump(mode="json"),
         "source_updated_at": source_updated_at,
+        "fast_lane": is_fast_lane(order.model_dump(mode="json", include={"tags", "customer"})),
     }
 
 

@@ -563,15 +563,30 @@ def _exec_celery(args: list[str]) -> None:
 
 
 @main.command()
-@click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: all).")
+@click.option("--queues", "-Q", default=None,
+              help="Comma-separated queues, consumed in this order (default: all, control and "
+                   "fast lanes first, non-core last).")
 @click.option("--concurrency", "-c", default=2, show_default=True)
+@click.option("--autoscale", default=None, is_flag=False, flag_value="settings",
+              metavar="MAX,MIN", help="Grow the pool up to MAX under load, shrink to MIN when "
+              "idle; without a value, ORDERFLEET_WORKER_AUTOSCALE (4,1).")
 @click.option("--loglevel", default="info", show_default=True)
-def worker(queues: str | None, concurrency: int, loglevel: str) -> None:
+@click.option("--hostname", "-n", default=None, help="Node name (Celery's -n), e.g. w1@%h.")
+def worker(queues: str | None, concurrency: int, autoscale: str | None, loglevel: str,
+           hostname: str | None) -> None:
     """Run a Celery worker of the fleet."""
-    from config.celery import QUEUES
+    from config.celery import WORKER_QUEUE_ORDER
 
-    _exec_celery(["worker", "-Q", queues or ",".join(QUEUES), "-c", str(concurrency),
-                  "--loglevel", loglevel])
+    settings = _settings()
+    if autoscale == "settings":
+        autoscale = settings.worker_autoscale
+    if autoscale is not None:
+        high, sep, low = autoscale.partition(",")
+        if not (high.isdigit() and (not sep or low.isdigit())) or (sep and int(low) > int(high)):
+            raise click.BadParameter(f"{autoscale!r}: expected MAX,MIN", param_hint="--autoscale")
+    pool = ["--autoscale", autoscale] if autoscale else ["-c", str(concurrency)]
+    _exec_celery(["worker", "-Q", queues or ",".join(WORKER_QUEUE_ORDER), *pool,
+                  "--loglevel", loglevel, *(["-n", hostname] if hostname else [])])
 
 
 @main.command()
@@ -766,6 +781,9 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
                       f"(/ops/health): {describe(fleet.settings)}"
                       + (" (generated: set ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)"
                          if fleet.generated_ops_credentials else ""), soft_wrap=True)
+    if "smtp" in fleet.procs:
+        console.print(f"SMTP sink on port {settings.smtp_port} (non-core e-mails kept in "
+                      f"{fleet.mail_file}); marketing list at {settings.marketing_url}")
     console.print("submit orders from another shell: orderfleet submit orders.jsonl")
     try:
         while not stop["now"]:
@@ -791,13 +809,23 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
                    "default var/demo.db (SQLite).")
 @click.option("--loglevel", default="warning", show_default=True,
               help="The fleet's log level (logs in var/logs).")
+@click.option("--surge", is_flag=True, help="Run a short Black-Friday spike with surge control "
+              "(load, breaker, parked and replayed jobs, VIP first) instead.")
 def demo(n_orders: int, seed: int, workers: int, as_json: bool, flower: bool,
-         keep_db: bool, database_url: str | None, loglevel: str) -> None:
+         keep_db: bool, database_url: str | None, loglevel: str, surge: bool) -> None:
     """Start a local fleet, push synthetic orders through it, and print a summary.
 
     The demo keeps to its own data whatever ORDERFLEET_* says: Redis db 14 of the configured
     Redis server (refused unless empty or the demo's own) and its own database.
     """
+    if surge:
+        from workers.cli_surge import run_surge_demo
+
+        summary = run_surge_demo(n_orders=n_orders, workers=workers, quiet=as_json,
+                                 database_url=database_url)
+        if as_json:
+            click.echo(json.dumps(summary))
+        return
     from workers.demo import run_demo
 
     summary = run_demo(n_orders=n_orders, seed=seed, workers=workers, flower=flower,
@@ -947,6 +975,14 @@ def bench_fuzz(n_inputs: int, concurrency: int, seed: int, database_url: str | N
 from workers.cli_exceptions import exceptions  # noqa: E402 - the exceptions desk
 
 main.add_command(exceptions)
+
+
+# --- surge control (workers/cli_surge.py) ------------------------------------------------------
+from workers.cli_surge import bench_surge, load_command, scale_command  # noqa: E402
+
+main.add_command(load_command)
+main.add_command(scale_command)
+bench.add_command(bench_surge)
 
 if __name__ == "__main__":
     main()

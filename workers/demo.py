@@ -33,6 +33,26 @@ def state_counts(settings: Settings) -> dict[str, int]:
             select(OrderRow.state, func.count()).group_by(OrderRow.state)).all())
 
 
+def surge_line(settings: Settings) -> str:
+    """Load %, breaker and parked/replayed non-core jobs, as the control loop published them."""
+    import redis
+
+    from domain.surge import client, read_counts, read_load
+
+    r = client(settings)
+    try:
+        load, counts = read_load(r), read_counts(r)
+    except redis.RedisError:
+        return ""
+    finally:
+        r.close()
+    if not load:
+        return ""
+    return (f"load {100 * (load.get('load') or 0):.0f}% breaker {load.get('breaker')} "
+            f"stage {load.get('surge_stage')} parked {counts['parked']} "
+            f"replayed {counts['replayed']} |")
+
+
 def wait_until(settings: Settings, done: Any, total: int, *, label: str, quiet: bool,
                timeout: float) -> dict[str, int]:
     """Poll the database until ``done(counts)`` reaches ``total``, drawing a progress bar."""
@@ -46,6 +66,7 @@ def wait_until(settings: Settings, done: Any, total: int, *, label: str, quiet: 
             counts = state_counts(settings)
             n = done(counts)
             shown = " ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
+            shown = f"{surge_line(settings)} {shown}".strip()
             progress.update(task, completed=n, states=shown)
             if n >= total:
                 return counts

@@ -26,7 +26,7 @@ import psycopg
 import redis
 from pydantic import SecretStr
 
-from config.celery import QUEUES
+from config.celery import WORKER_QUEUE_ORDER
 from config.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,12 @@ class Fleet:
     api: bool = False
     # The Prometheus exporter (``orderfleet exporter``) on settings.metrics_port.
     exporter: bool = False
-    queues: tuple[str, ...] = QUEUES
+    queues: tuple[str, ...] = WORKER_QUEUE_ORDER
+    # Non-core jobs' stand-ins: the SMTP sink on smtp_port and the sandbox storefront (its
+    # marketing list) on marketing_url's port, when those point at this machine.
+    noncore_sinks: bool = True
+    # "MAX,MIN": workers run with --autoscale instead of a fixed pool of ``concurrency``.
+    autoscale: str | None = None
     log_dir: Path | None = None
     loglevel: str = "warning"
     # A demo or benchmark run: its Redis db must be empty or carry this owner's mark, and is
@@ -178,11 +183,45 @@ class Fleet:
 
         self._wait(healthy, "api", 30)
 
+    def start_noncore_sinks(self) -> None:
+        """The local SMTP sink and sandbox storefront that non-core jobs talk to."""
+        s = self.settings
+        if s.smtp_host in ("127.0.0.1", "localhost"):
+            if not port_free("127.0.0.1", s.smtp_port):
+                raise RuntimeError(f"port {s.smtp_port} for the SMTP sink is taken")
+            if self.owner is not None:  # a demo or benchmark counts only its own mail
+                self.mail_file.unlink(missing_ok=True)
+            self._spawn("smtp", [sys.executable, "-m", "sandbox.smtp", "--port",
+                                 str(s.smtp_port), "--out", str(self.mail_file)])
+            self._wait(lambda: not port_free("127.0.0.1", s.smtp_port), "smtp", 20)
+        parsed = urlparse(s.marketing_url)
+        if parsed.hostname in ("127.0.0.1", "localhost"):
+            port = parsed.port or 80
+            if not port_free("127.0.0.1", port):
+                raise RuntimeError(f"port {port} for the sandbox storefront is taken")
+            self._spawn("storefront", [sys.executable, "-m", "sandbox.storefront",
+                                       "--port", str(port)])
+
+            def healthy() -> bool:
+                try:
+                    return httpx.get(f"{s.marketing_url}/healthz", timeout=0.5).is_success
+                except httpx.HTTPError:
+                    return False
+
+            self._wait(healthy, "storefront", 20)
+
+    @property
+    def mail_file(self) -> Path:
+        """Where the SMTP sink keeps the messages it accepted (JSON lines)."""
+        return (self.log_dir or self.settings.var_dir / "logs").parent / "mail" / "messages.jsonl"
+
     def start_workers(self) -> None:
+        pool = (["--autoscale", self.autoscale] if self.autoscale
+                else ["-c", str(self.concurrency)])
         for i in range(1, self.workers + 1):
             self._spawn(f"worker{i}", [
                 sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-                "-Q", ",".join(self.queues), "-c", str(self.concurrency),
+                "-Q", ",".join(self.queues), *pool,
                 "-n", f"w{i}-{os.getpid()}@%h", "--loglevel", self.loglevel,
                 "--without-mingle", "--without-gossip",
             ])
@@ -261,6 +300,8 @@ class Fleet:
                 self.start_carrier()
             if self.api:
                 self.start_api()
+            if self.noncore_sinks and self.settings.noncore_jobs:
+                self.start_noncore_sinks()
             self.start_workers()
             if self.beat:
                 self.start_beat()
