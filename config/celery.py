@@ -25,6 +25,10 @@ QUEUES: tuple[str, ...] = (
     "bench",
     "pushback",
     "cancellation",
+    # --- lanes and routing: custom-made waves' labels, the returns lane, model training ---
+    "labels_custom",
+    "returns",
+    "routing",
 )
 
 TASK_ROUTES: dict[str, str] = {
@@ -45,6 +49,11 @@ TASK_ROUTES: dict[str, str] = {
     "orderfleet.pushback.sweep": "sweeps",
     "orderfleet.cancellation.void_labels": "cancellation",
     "orderfleet.cancellation.sweep": "sweeps",
+    # --- lanes and routing ---
+    "orderfleet.returns.issue_labels": "returns",
+    "orderfleet.returns.settle": "returns",
+    "orderfleet.returns.sweep": "sweeps",
+    "orderfleet.routing.retrain": "routing",
 }
 
 TASK_MODULES: tuple[str, ...] = (
@@ -58,6 +67,8 @@ TASK_MODULES: tuple[str, ...] = (
     "benchmarks.noop",
     "tasks.pushback",
     "tasks.cancellation",
+    "tasks.returns",
+    "tasks.routing",
 )
 
 
@@ -152,5 +163,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "cancellation-sweep": {
             "task": "orderfleet.cancellation.sweep",
             "schedule": timedelta(seconds=max(settings.sweep_interval_s, 5.0)),
+        },
+        # --- lanes and routing ---
+        "returns-sweep": {
+            "task": "orderfleet.returns.sweep",
+            "schedule": timedelta(seconds=max(settings.sweep_interval_s, 5.0)),
+        },
+        "routing-retrain": {
+            "task": "orderfleet.routing.retrain",
+            "schedule": timedelta(seconds=settings.routing_retrain_interval_s),
         },
     }

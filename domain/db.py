@@ -90,12 +90,16 @@ class NoTaskSender(RuntimeError):
                          "process before enqueueing work")
 
 
-def send_task(task: str, *args: Any, countdown: float | None = None) -> None:
+def send_task(task: str, *args: Any, countdown: float | None = None,
+              queue: str | None = None) -> None:
     """Send a task now, for work whose transaction has already committed (a unit of work
     sends its outbox through here; the HTTP intake batches ids across transactions)."""
     if _task_sender is None:
         raise NoTaskSender()
-    _task_sender(task, args, {} if countdown is None else {"countdown": countdown})
+    options: dict[str, Any] = {} if countdown is None else {"countdown": countdown}
+    if queue is not None:
+        options["queue"] = queue
+    _task_sender(task, args, options)
 
 
 class UnitOfWork:
@@ -111,11 +115,16 @@ class UnitOfWork:
         self.settings = settings
         self._outbox: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
-    def enqueue(self, task: str, *args: Any, countdown: float | None = None) -> None:
-        """Send ``task(*args)`` after the commit (JSON arguments: ids, never objects)."""
+    def enqueue(self, task: str, *args: Any, countdown: float | None = None,
+                queue: str | None = None) -> None:
+        """Send ``task(*args)`` after the commit (JSON arguments: ids, never objects).
+
+        ``queue`` overrides the task's routed queue (a lane's own queue)."""
         if _task_sender is None:
             raise NoTaskSender()  # inside the transaction: it rolls back, nothing is half-done
         options: dict[str, Any] = {} if countdown is None else {"countdown": countdown}
+        if queue is not None:
+            options["queue"] = queue
         self._outbox.append((task, args, options))
 
     def enqueue_chunks(self, task: str, ids: Sequence[int], *args: Any) -> None:

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy import select
+
 from domain.db import UnitOfWork, chunks, send_task
 from domain.lifecycle import State
+from domain.models import Wave
 
 # --- the order pipeline --------------------------------------------------------------------
 FRAUD_CHECK = "orderfleet.fraud.check"
@@ -63,7 +66,24 @@ def advance_committed(state: State, order_ids: Sequence[int], batch_size: int) -
     return sent
 
 
+# Lanes whose waves have a label queue of their own: a flood of made-to-order parcels (slow,
+# hand-checked) never delays standard ones, and the reverse. Other lanes share "labels"; which
+# of those is served first under a backlog is surge control's business.
+LANE_LABEL_QUEUES: dict[str, str] = {"custom": "labels_custom"}
+LABELS_QUEUE = "labels"
+
+
+def label_queue(lane: str | None) -> str:
+    """The queue a wave of ``lane`` buys its labels on."""
+    return LANE_LABEL_QUEUES.get(lane or "", LABELS_QUEUE)
+
+
 def label_waves(uow: UnitOfWork, wave_ids: Sequence[int]) -> None:
-    """Closed pick waves go to the label stage (one message per wave) after the commit."""
+    """Closed pick waves go to their lane's label queue (one message per wave) after the
+    commit."""
+    if not wave_ids:
+        return
+    lanes = dict(uow.session.execute(
+        select(Wave.id, Wave.lane).where(Wave.id.in_(list(wave_ids)))).all())
     for wave_id in wave_ids:
-        uow.enqueue(BUY_LABELS, wave_id)
+        uow.enqueue(BUY_LABELS, wave_id, queue=label_queue(lanes.get(wave_id)))

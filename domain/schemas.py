@@ -107,6 +107,9 @@ class Order(_Strict):
     payment: Payment = Payment()
     client: ClientDetails = ClientDetails()
     tags: tuple[str, ...] = ()
+    # The shipping method the customer chose (Shopify shipping_lines title, WooCommerce
+    # method_title): an express method puts the order in the express lane.
+    shipping_method: str = Field("", max_length=255)
 
     @field_validator("paid_at")
     @classmethod
@@ -183,6 +186,13 @@ def _shopify_address(a: dict[str, Any] | None) -> dict[str, Any] | None:
         "country": a.get("country_code") or "",
         "phone": a.get("phone") or "",
     }
+
+
+def shipping_method_of(lines: Any, *keys: str) -> str:
+    """The first shipping line's name (``keys`` in order of preference), or ''."""
+    if not isinstance(lines, list) or not lines or not isinstance(lines[0], dict):
+        return ""
+    return next((str(lines[0][k])[:255] for k in keys if lines[0].get(k)), "")
 
 
 def _tags(value: Any) -> list[str]:
@@ -264,4 +274,5 @@ def shopify_to_native(o: dict[str, Any], *, store: str | None = None) -> dict[st
             "user_agent": (o.get("client_details") or {}).get("user_agent") or "",
         },
         "tags": _tags(o.get("tags")),
+        "shipping_method": shipping_method_of(o.get("shipping_lines"), "title", "code"),
     }

@@ -48,6 +48,7 @@ from domain.platforms import (
     parse_order_csv,
     woocommerce_to_native,
 )
+from domain.routing import lane_for
 from domain.schemas import Order, OrderValidationError, parse_order
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ def _raw_id(payload: Any) -> str | None:
 
 def _order_row(order: Order, settings: Settings, now: Any,
                source_updated_at: datetime | None = None) -> dict[str, Any]:
+    payload = order.model_dump(mode="json")
     return {
         "source": order.source,
         "store": order.store,
@@ -119,7 +121,9 @@ def _order_row(order: Order, settings: Settings, now: Any,
         "customer_id": order.customer.id,
         "ship_country": order.shipping_address.country,
         "weight_g": order.weight_g,
-        "payload": order.model_dump(mode="json"),
+        # The lane is known on arrival, so every stage (and surge control) can serve it first.
+        "lane": lane_for(payload, settings.lanes_of(order.store)),
+        "payload": payload,
         "source_updated_at": source_updated_at,
     }
 

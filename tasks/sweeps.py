@@ -19,7 +19,13 @@ from domain.clock import utcnow
 from domain.db import UnitOfWork, unit_of_work
 from domain.lifecycle import State, values
 from domain.models import OrderRow, Wave, WaveStatus
-from domain.pipeline import BUY_LABELS, STAGE_FOR_STATE, advance, label_waves
+from domain.pipeline import (
+    BUY_LABELS,
+    LANE_LABEL_QUEUES,
+    STAGE_FOR_STATE,
+    advance,
+    label_waves,
+)
 from tasks.base import retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
@@ -61,10 +67,10 @@ def queue_depths(app: Celery, names: list[str]) -> dict[str, int]:
 
 def redrive_stuck(settings: Settings, app: Celery) -> dict[str, int]:
     queue_of = {state: TASK_ROUTES[task] for state, task in STAGE_FOR_STATE.items()}
-    labels_queue = TASK_ROUTES[BUY_LABELS]
+    labels_queues = {TASK_ROUTES[BUY_LABELS], *LANE_LABEL_QUEUES.values()}
     # During a surge orders wait in a deep queue for longer than the deadline: they are not
     # lost, and re-sending them would only deepen the queue. Re-drive a stage once it drained.
-    depths = queue_depths(app, sorted({*queue_of.values(), labels_queue}))
+    depths = queue_depths(app, sorted({*queue_of.values(), *labels_queues}))
     counts: dict[str, int] = {}
     with unit_of_work(settings) as uow:
         for state, ids in stuck_orders(uow, settings).items():
@@ -72,7 +78,7 @@ def redrive_stuck(settings: Settings, app: Celery) -> dict[str, int]:
                 continue
             counts[state.value] = len(ids)
             advance(uow, state, ids)
-        waves = [] if depths[labels_queue] else stuck_waves(uow, settings)
+        waves = [] if any(depths[q] for q in labels_queues) else stuck_waves(uow, settings)
         counts["waves"] = len(waves)
         label_waves(uow, waves)
     if any(counts.values()):

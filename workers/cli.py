@@ -831,5 +831,11 @@ def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: 
         click.echo(json.dumps(result))
 
 
+# Pick waves, the returns lane and routing live in their own module.
+from workers.cli_lanes import COMMANDS as _LANE_COMMANDS  # noqa: E402
+
+for _command in _LANE_COMMANDS:
+    main.add_command(_command)
+
 if __name__ == "__main__":
     main()
