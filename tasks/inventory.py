@@ -192,8 +192,10 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
             if state != State.BACKORDERED:
                 # Say whether a split across warehouses could ship it now (ops decide).
                 plan = plan_warehouses(wanted, available, warehouses, order.ship_country)
-                moves.append(Move(order.id, state, State.BACKORDERED,
-                                  {"short_skus": short, "plan": plan.reason}))
+                detail: dict[str, Any] = {"short_skus": short}
+                if plan.is_split:
+                    detail["plan"] = plan.reason
+                moves.append(Move(order.id, state, State.BACKORDERED, detail))
         else:
             for ln in lines:
                 available[(ln.sku, wh)] -= ln.quantity

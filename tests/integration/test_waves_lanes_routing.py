@@ -268,3 +268,21 @@ def test_skus_returned_more_than_five_percent_are_flagged(db, broker, settings) 
     with unit_of_work(settings) as uow:
         alerts = uow.session.execute(select(Alert.kind, Alert.key)).all()
     assert [tuple(a) for a in alerts] == [("sku_return_rate", "TEE-M")]
+
+
+def test_an_order_no_single_warehouse_can_ship_says_which_split_would(db, broker,
+                                                                      settings) -> None:
+    put_stock(settings, [("TEE-M", "US-EAST", "US", 5), ("MUG", "EU-DE", "DE", 5)])
+    lines = [{"sku": s, "quantity": 1, "unit_price": "10.00", "weight_g": 100}
+             for s in ("TEE-M", "MUG")]
+    (oid,) = submit_orders([native_order("SPLIT-1", lines=lines,
+                                         totals={"subtotal": "20.00", "total": "20.00"})],
+                           settings=settings).accepted
+    run(check_orders, settings, [oid], settings)
+    assert run(reserve_orders, settings, [oid], settings).backordered == [oid]
+    from domain.models import OrderEvent
+    with unit_of_work(settings) as uow:
+        detail = uow.session.execute(select(OrderEvent.detail).where(
+            OrderEvent.order_id == oid, OrderEvent.to_state == "backordered")).scalar_one()
+    assert detail == {"short_skus": [], "plan": "split: no single warehouse has every line "
+                                                "(MUG from EU-DE; TEE-M from US-EAST)"}
