@@ -13,14 +13,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import func, select, update
 
+from config.settings import Settings
 from domain.alerts import raise_alert
 from domain.carriers import CarrierAdapter, CarrierRejected, LabelRequest
 from domain.clock import utcnow
-from domain.db import UnitOfWork, insert_ignoring_conflicts
+from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions
 from domain.models import (
     OrderLine,
@@ -114,8 +114,8 @@ def _label_requests(uow: UnitOfWork, return_ids: list[int]) -> dict[int, LabelRe
     return out
 
 
-def issue_return_labels(return_ids: list[int], settings: Any, client: CarrierAdapter,
-                        unit_of_work: Any) -> ReturnLabelOutcome:
+def issue_return_labels(return_ids: list[int], settings: Settings,
+                        client: CarrierAdapter) -> ReturnLabelOutcome:
     """Buy the return labels of requested returns; no transaction is open during the calls.
 
     ``CarrierUnavailable`` propagates (the task retries); a refusal is recorded and alerted.

@@ -34,7 +34,7 @@ def issue_labels(task: Task, return_ids: list[int]) -> None:
     try:
         with retry_on_transient(task):
             out = issue_return_labels(parse_ids(return_ids), settings,
-                                      carrier_client(settings), unit_of_work)
+                                      carrier_client(settings))
     except CarrierUnavailable as exc:
         raise task.retry(exc=exc, countdown=retry_countdown(task.request.retries)) from exc
     if out.failed:
