@@ -176,6 +176,9 @@ def claim(
 
     SKIP LOCKED: an order another worker is already handling (a duplicate delivery) is left to
     it rather than waited for. SQLite has no row locks; its writers are serialised instead.
+    FOR NO KEY UPDATE, not FOR UPDATE: a stage changes the order's state, never its key, so a
+    transaction that only inserts a row referring to the order (a non-core job, a coupon, a
+    notification: a foreign key takes FOR KEY SHARE) must not make the order look taken.
     """
     ids = sorted(set(order_ids))
     if not ids:
@@ -184,7 +187,7 @@ def claim(
         select(OrderRow)
         .where(OrderRow.id.in_(ids), OrderRow.state.in_([State(s).value for s in states]))
         .order_by(OrderRow.id)
-        .with_for_update(skip_locked=True, of=OrderRow)
+        .with_for_update(skip_locked=True, key_share=True, of=OrderRow)
     )
     if not with_payload:
         # The order JSON is the widest column; stages that do not read it skip decoding it

@@ -38,7 +38,7 @@ from domain.carriers.shared import carrier_client
 from domain.clock import utcnow
 from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
-from domain.models import OPEN_SHIPMENTS, RejectedTrackingPush, Shipment, ShipmentStatus
+from domain.models import OPEN_SHIPMENTS, OrderRow, RejectedTrackingPush, Shipment, ShipmentStatus
 from domain.models import TrackingEvent as TrackingEventRow
 from domain.notifications import notify_store
 from domain.pipeline import TRACKING_BACKFILL, noncore_after
@@ -84,6 +84,8 @@ def record_trackers(uow: UnitOfWork, shipment_ids: list[int], trackers: list[Tra
     }
     events: list[dict[str, Any]] = []
     moves_by_order: dict[int, State] = {}
+    # A shipment's status before this call, to put back when its order cannot be moved now.
+    before: dict[int, tuple[str, Any]] = {}
     changed: list[int] = []
     for tr in trackers:
         s = shipments.get(tr.tracking_number)
@@ -111,9 +113,11 @@ def record_trackers(uow: UnitOfWork, shipment_ids: list[int], trackers: list[Tra
             changed.append(s.order_id)
             s.tracking_status = status
         if status == "delivered":
+            before[s.id] = (s.status, s.delivered_at)
             s.status, s.delivered_at = ShipmentStatus.DELIVERED, s.last_event_at or now
             moves_by_order[s.order_id] = State.DELIVERED
         elif status in IN_TRANSIT_STATUSES:
+            before[s.id] = (s.status, s.delivered_at)
             s.status = ShipmentStatus.IN_TRANSIT
             moves_by_order[s.order_id] = State.IN_TRANSIT
         elif status in PROBLEM_STATUSES and s.flagged_at is None:
@@ -127,6 +131,7 @@ def record_trackers(uow: UnitOfWork, shipment_ids: list[int], trackers: list[Tra
     _clear_silence(uow, {row.shipment_id for row in inserted}, shipments.values())
     orders = {o.id: State(o.state) for o in claim(
         session, moves_by_order, [State.LABELLED, State.IN_TRANSIT], with_payload=False)}
+    _keep_open_where_busy(session, shipments.values(), before, set(moves_by_order) - set(orders))
     moves = [Move(oid, src, moves_by_order[oid]) for oid, src in orders.items()
              if src != moves_by_order[oid]]
     applied = apply_transitions(session, moves, stage="tracking")
@@ -136,6 +141,21 @@ def record_trackers(uow: UnitOfWork, shipment_ids: list[int], trackers: list[Tra
     if changed:
         notify_store(uow, changed, "tracking_changed")
     return len(inserted)
+
+
+def _keep_open_where_busy(session: Any, shipments: Any, before: dict[int, tuple[str, Any]],
+                         unclaimed: set[int]) -> None:
+    """An order another transaction holds (claim skips it) is not moved now: its shipment keeps
+    its open status, so the next sweep reads the carrier again and moves the order then, rather
+    than leaving a delivered shipment under an order still in transit."""
+    if not unclaimed:
+        return
+    busy = set(session.scalars(select(OrderRow.id).where(
+        OrderRow.id.in_(sorted(unclaimed)),
+        OrderRow.state.in_([State.LABELLED.value, State.IN_TRANSIT.value]))))
+    for s in shipments:
+        if s.order_id in busy and s.id in before:
+            s.status, s.delivered_at = before[s.id]
 
 
 def _clear_silence(uow: UnitOfWork, with_news: set[int], shipments: Any) -> None:

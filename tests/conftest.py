@@ -105,6 +105,18 @@ os.environ["ORDERFLEET_VAR_DIR"] = str(Path(__file__).resolve().parent.parent / 
                                        / (WORKER or "main"))
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# The stand-ins a fleet starts for non-core jobs (SMTP sink, marketing list) listen on ports of
+# the tests' own: the defaults may be taken by a developer's running fleet or another run.
+os.environ["ORDERFLEET_SMTP_PORT"] = str(_free_port())
+os.environ["ORDERFLEET_MARKETING_URL"] = f"http://127.0.0.1:{_free_port()}"
+
+
 def redis_db_problem(url: str) -> str | None:
     """Mark the db as the tests' own if it is empty; why not, if it holds someone else's keys.
 

@@ -17,6 +17,7 @@ from sandbox.smtp import read_messages
 from tasks.intake import submit_orders
 from tests.integration.helpers import native_order, put_stock
 from tests.waiting import eventually
+from workers.app import app as celery_app
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +30,7 @@ SURGE = {
     "surge_replay_per_tick": 100,
 }
 AFTER_LABEL = ("post_purchase_email", "coupon", "marketing_sync")
+FIRST_STAGE = ("fraud_fast", "fraud")  # re-added in this order: fast lane first
 
 
 def order(ref: str, n: int, **over: Any) -> dict[str, Any]:
@@ -46,15 +48,24 @@ def test_breaker_parks_noncore_vip_overtakes_and_every_parked_job_replays_once(
     fleet = start_fleet(**SURGE)
     s = fleet.settings
     put_stock(s, [("TEE-M", "US-EAST", "US", 10_000)])
+    r = client(s)
+    # (the load monitor runs: a backlog that drained before beat's first tick shows nothing)
+    eventually(lambda: read_load(r).get("updated_at"), 60, "the load monitor's first tick")
+    # ... and the first stage's consumers paused: a backlog builds however fast this machine
+    # drains (idle, 820 orders can be labelled within seconds, before any tick sees them)
+    for queue in FIRST_STAGE:
+        assert len(celery_app.control.cancel_consumer(queue, reply=True, timeout=10)) == 2
     # When 800 standard orders arrive, and 20 VIP orders after them
     standard = submit_orders([order("S", i) for i in range(800)], settings=s).accepted
     vip = submit_orders([order("V", i, tags=["vip"]) for i in range(20)],
                         settings=s).accepted
     assert len(standard) == 800 and len(vip) == 20
-    r = client(s)
 
     # Then the breaker opens under the backlog
     eventually(lambda: read_load(r).get("breaker") == "open", 60, "the breaker to open")
+    # When the workers consume again (the fast lane first, as in a worker's queue order)
+    for queue in FIRST_STAGE:
+        assert len(celery_app.control.add_consumer(queue, reply=True, timeout=10)) == 2
 
     def labelled() -> int:
         with unit_of_work(s) as uow:
