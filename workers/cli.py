@@ -831,5 +831,9 @@ def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: 
         click.echo(json.dumps(result))
 
 
+from workers.cli_perf import bench_stages  # noqa: E402 - the benchmarks' own module
+
+bench.add_command(bench_stages)
+
 if __name__ == "__main__":
     main()
