@@ -24,7 +24,7 @@ import click
               help="Where the profiles go (default var/profiles).")
 @click.option("--callgrind", is_flag=True,
               help="Count instructions per stage (run under valgrind --tool=callgrind "
-                   "--collect-atstart=no).")
+                   "--instr-atstart=no).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_stages(n_orders: int, warmup: int, database_url: str | None, carrier_port: int | None,
                  profile: str | None, profile_dir: Path | None, callgrind: bool,
