@@ -184,8 +184,9 @@ def _drive(n: int, first_seed: int, settings: Settings, messages: MessageLog,
     from tasks.sharding import assign, close_waves_older_than
 
     # Valid, ordinary orders: every one can go all the way to a label.
+    # Each round's order numbers of their own: intake would drop repeats as duplicates.
     payloads = generate_orders(n, seed=first_seed, invalid_rate=0.0, high_value_rate=0.0,
-                               risky_rate=0.0)
+                               risky_rate=0.0, start_id=first_seed * 1_000_000 + 1)
     accepted = 0
     with meter.stage("intake"):
         for i in range(0, n, INTAKE_CHUNK):
