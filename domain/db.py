@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
-from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy import ColumnElement, Engine, Table, any_, bindparam, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -162,6 +162,20 @@ def unit_of_work(settings: Settings | None = None) -> Iterator[UnitOfWork]:
         with session.begin():
             yield uow
         uow.send_outbox()
+
+
+def any_of(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """``column IN values``, written ``column = ANY(:array)`` on PostgreSQL.
+
+    An IN list has one placeholder per value, so every batch size is a new statement text:
+    psycopg parses it again (``_split_query``) and never reuses a prepared statement. One
+    array parameter keeps one text for every size.
+    """
+    values = list(values)
+    if session.get_bind().dialect.name == "postgresql":
+        array = bindparam(None, values, type_=postgresql.ARRAY(column.type))
+        return cast(ColumnElement[bool], column == any_(array))
+    return cast(ColumnElement[bool], column.in_(values))
 
 
 def dialect_insert(session: Session, table: Table | type[DeclarativeBase]
