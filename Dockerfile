@@ -10,6 +10,8 @@ COPY workers ./workers
 COPY sandbox ./sandbox
 COPY benchmarks ./benchmarks
 COPY migrations ./migrations
-RUN pip install . && useradd --create-home orderfleet
+# /var/lib/orderfleet: Flower's persistent state (a named volume takes this owner).
+RUN pip install . && useradd --create-home orderfleet \
+    && mkdir -p /var/lib/orderfleet && chown orderfleet /var/lib/orderfleet
 USER orderfleet
 CMD ["orderfleet", "--help"]

@@ -6,7 +6,7 @@ BENCH_ORDERS ?= 5000
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 BENCH_DB_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/orderfleet_bench
 
-.PHONY: install test test-fast lint demo bench up clean
+.PHONY: install test test-fast lint demo bench up clean tools check-rules chaos
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,12 +23,23 @@ install: $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
-test: install
+test: install tools check-rules
 	bash scripts/ensure-services.sh
 	$(PYTEST)
 
+# promtool (Debian's prometheus) and headless Chromium, installed when missing: the alert
+# rules and the order-health page are tested with them.
+tools:
+	bash scripts/ensure-tools.sh
+
+# The alert rules parse, and each fires (and stays quiet) as its unit tests say.
+check-rules: tools
+	promtool check rules ops/prometheus/rules/*.yml
+	promtool test rules ops/prometheus/tests/*.yml
+	promtool check config --syntax-only ops/prometheus/prometheus.yml
+
 # The inner loop: unit and integration tests, not the end-to-end ones (real worker fleets).
-test-fast: install
+test-fast: install tools
 	bash scripts/ensure-services.sh
 	$(PYTEST) -m "not e2e"
 
@@ -48,6 +59,12 @@ bench: install
 	bash scripts/ensure-services.sh
 	$(PY) scripts/create_database.py "$(PG_ADMIN_URL)" orderfleet_bench
 	$(VENV)/bin/orderfleet bench --orders $(BENCH_ORDERS) --database-url "$(BENCH_DB_URL)"
+
+# Kill, restart and starve a supervised fleet (its own Redis and PostgreSQL) and check that no
+# order is lost or done twice. CHAOS_ARGS=--short for the form CI runs; --json for the figures.
+CHAOS_ARGS ?=
+chaos: install
+	$(VENV)/bin/orderfleet chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -45,6 +45,8 @@ TASK_ROUTES: dict[str, str] = {
     "orderfleet.pushback.sweep": "sweeps",
     "orderfleet.cancellation.void_labels": "cancellation",
     "orderfleet.cancellation.sweep": "sweeps",
+    # --- recovery: a broker that lost its data ---
+    "orderfleet.sweeps.broker_epoch": "sweeps",
 }
 
 TASK_MODULES: tuple[str, ...] = (
@@ -59,6 +61,46 @@ TASK_MODULES: tuple[str, ...] = (
     "tasks.pushback",
     "tasks.cancellation",
 )
+
+
+# --- surge control: a control queue, fast lanes per core stage, non-core jobs ---------------
+# Fast lanes (VIP and express orders, domain.fastlane) are separate queues that workers consume
+# before the standard ones (kombu's 'priority' queue order): countable by KEDA, not Redis
+# priority emulation. Non-core jobs each have their own queue, consumed last and parked by the
+# breaker under load; the control loop (load monitor + breaker) has its own queue, consumed first.
+CONTROL_QUEUE = "control"
+CORE_STAGE_QUEUES: tuple[str, ...] = ("fraud", "inventory", "sharding", "labels")
+FAST_LANE_QUEUES: dict[str, str] = {q: f"{q}_fast" for q in CORE_STAGE_QUEUES}
+NONCORE_QUEUES: dict[str, str] = {
+    "post_purchase_email": "email_post_purchase",
+    "review_request_email": "email_review_request",
+    "coupon": "coupons",
+    "marketing_sync": "marketing_sync",
+}
+# The queues whose backlog is the order pipeline's (the load monitor's "core backlog").
+CORE_QUEUES: tuple[str, ...] = (*CORE_STAGE_QUEUES, *FAST_LANE_QUEUES.values())
+QUEUES = (*QUEUES, CONTROL_QUEUE, *FAST_LANE_QUEUES.values(), *NONCORE_QUEUES.values())
+# What a worker of the whole fleet consumes, first to last: the control loop and the short
+# housekeeping that keeps orders moving (wave closing, re-drive, voids), the fast lanes, push-back,
+# the core stages downstream first (finish orders under way before starting new ones), tracking,
+# and non-core jobs last.
+WORKER_QUEUE_ORDER: tuple[str, ...] = (
+    CONTROL_QUEUE, "sweeps", "cancellation",
+    *(FAST_LANE_QUEUES[q] for q in reversed(CORE_STAGE_QUEUES)),
+    "pushback",
+    *reversed(CORE_STAGE_QUEUES),
+    "tracking", "bench",
+    *NONCORE_QUEUES.values(),
+)
+TASK_ROUTES.update({
+    "orderfleet.surge.tick": CONTROL_QUEUE,
+    "orderfleet.noncore.post_purchase_email": NONCORE_QUEUES["post_purchase_email"],
+    "orderfleet.noncore.review_request_email": NONCORE_QUEUES["review_request_email"],
+    "orderfleet.noncore.coupon": NONCORE_QUEUES["coupon"],
+    "orderfleet.noncore.compensation_coupon": NONCORE_QUEUES["coupon"],
+    "orderfleet.noncore.marketing_sync": NONCORE_QUEUES["marketing_sync"],
+})
+TASK_MODULES = (*TASK_MODULES, "tasks.surge", "tasks.noncore")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -85,6 +127,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             # Above the longest task (task_time_limit_s) and any countdown we use.
             "visibility_timeout": settings.visibility_timeout_s,
+            # Queues are polled in the order a worker lists them (WORKER_QUEUE_ORDER).
+            "queue_order_strategy": settings.queue_order_strategy,
         },
         "task_time_limit": settings.task_time_limit_s,
         "task_soft_time_limit": max(settings.task_time_limit_s - 30, 5),
@@ -116,7 +160,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Periodic sweeps: the sweeps, not the canvas, guarantee that every order progresses."""
-    return {
+    schedule: dict[str, dict[str, Any]] = {
         "redrive-stuck-orders": {
             "task": "orderfleet.sweeps.redrive",
             "schedule": timedelta(seconds=settings.sweep_interval_s),
@@ -153,4 +197,20 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "orderfleet.cancellation.sweep",
             "schedule": timedelta(seconds=max(settings.sweep_interval_s, 5.0)),
         },
+        # surge control: load monitor, non-core breaker, replay and the three-stage response
+        "surge-tick": {
+            "task": "orderfleet.surge.tick",
+            "schedule": timedelta(seconds=settings.surge_monitor_interval_s),
+            # A tick that waited longer than two intervals is stale: the next one is due.
+            "options": {"expires": settings.surge_monitor_interval_s * 2},
+        },
     }
+    # --- recovery: notice a broker that restarted empty within seconds ---
+    if settings.broker_epoch_check_s > 0:
+        schedule["broker-epoch"] = {
+            "task": "orderfleet.sweeps.broker_epoch",
+            "schedule": timedelta(seconds=settings.broker_epoch_check_s),
+            # A check older than two periods is stale: the next one is on its way.
+            "options": {"expires": 2 * settings.broker_epoch_check_s},
+        }
+    return schedule

@@ -147,12 +147,27 @@ class Settings(BaseSettings):
     stage_deadline_s: float = Field(120.0, gt=0)
     sweep_interval_s: float = Field(15.0, gt=0)
 
+    # --- recovery and dead letters ---------------------------------------------------------
+    # A broker that lost its data (restarted empty) is noticed by a key it no longer holds;
+    # beat checks it this often and re-drives every order in an automated stage at once.
+    # 0: no check (the re-drive sweep alone).
+    broker_epoch_check_s: float = Field(5.0, ge=0)
+    # On Redis the sweep reads the queues and the unacknowledged messages: an order in no
+    # message for this long is missing and re-sent at once, whatever else waits in its queue.
+    # 0: wait for stage_deadline_s and an empty queue, as on a broker the sweep cannot read.
+    redrive_missing_after_s: float = Field(10.0, ge=0)
+
     # --- Celery reliability -----------------------------------------------------------------
     # Must stay above the longest task including countdowns, or Redis redelivers a running task.
     visibility_timeout_s: int = Field(3600, ge=60)
     task_time_limit_s: int = Field(600, ge=10)
 
     var_dir: Path = DEFAULT_VAR_DIR
+
+    # --- intake exceptions desk (deliveries held at the door) -------------------------------
+    # Alert when this many exceptions are open at once, or the oldest has waited this long.
+    exceptions_alert_count: int = Field(20, ge=1)
+    exceptions_overdue_s: float = Field(30 * 60, gt=0)
 
     # --- storefront intake over HTTP (``orderfleet serve``) ----------------------------------
     api_host: str = "127.0.0.1"
@@ -175,6 +190,70 @@ class Settings(BaseSettings):
     store_webhook_urls: dict[str, str] = Field(default_factory=dict)
     pushback_timeout_s: float = Field(10.0, gt=0)
     pushback_retry_max_s: float = Field(20.0, gt=0)
+
+    # --- observability: metrics exporter, alert thresholds, Flower and the health page ------
+    # "user:password" for Flower's basic auth and the order-health page (/ops/health).
+    # `up`, `demo` and `serve` generate and print one when unset; nothing runs without it.
+    ops_basic_auth: SecretStr | None = None
+    # The Prometheus exporter (`orderfleet exporter`): one process reading PostgreSQL and Redis.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9808, ge=1, le=65535)
+    # Promised dispatch (paid -> label bought) per lane in hours ("standard" covers the rest):
+    # SLA attainment is the share of orders labelled within it.
+    sla_dispatch_hours: dict[str, float] = Field(
+        default_factory=lambda: {"standard": 48.0, "vip": 24.0, "custom": 120.0})
+    # Alert thresholds, the same in ops/prometheus/rules/orderfleet.rules.yml.
+    sla_attainment_alert: float = Field(0.95, gt=0, le=1)
+    backlog_age_alert_s: float = Field(3600.0, gt=0)
+    cost_share_alert: float = Field(0.05, gt=0, lt=1)
+    exception_rise_alert: float = Field(1.5, gt=1)
+    # Handling cost per order beyond its label (picking, packing), when a store knows it.
+    handling_cost_per_order_usd: Decimal | None = Field(None, ge=0)
+
+    # --- surge control: load monitor, non-core breaker, three-stage response ----------------
+    # Load (0..1+, README "Surge control"): max of the busy share of worker slots and the
+    # oldest waiting order's age over surge_wait_target_s; smoothed by an EWMA (tau).
+    surge_monitor_interval_s: float = Field(2.0, gt=0)
+    surge_ewma_tau_s: float = Field(10.0, gt=0)
+    surge_wait_target_s: float = Field(120.0, gt=0)
+    surge_rate_window_s: float = Field(60.0, gt=0)
+    # The breaker sheds non-core jobs above open, resumes below close after a minimum dwell.
+    surge_open_load: float = Field(0.8, gt=0)
+    surge_close_load: float = Field(0.6, ge=0)
+    surge_min_dwell_s: float = Field(60.0, ge=0)
+    # Parked non-core order-jobs replayed per monitor tick once the breaker closed.
+    surge_replay_per_tick: int = Field(200, ge=1)
+    # Intake above baseline x this (4 = +300%) is a surge; stages 2 and 3 follow after these.
+    surge_intake_ratio: float = Field(4.0, gt=1)
+    surge_baseline_tau_s: float = Field(900.0, gt=0)
+    surge_min_baseline_per_s: float = Field(0.05, gt=0)
+    surge_stage2_after_s: float = Field(30 * 60.0, ge=0)
+    surge_stage3_after_s: float = Field(2 * 3600.0, ge=0)
+    # Stage 2 raises running workers' autoscale ceiling to this (app.control.autoscale).
+    surge_autoscale_max: int = Field(8, ge=1)
+    # `orderfleet worker --autoscale` without a value uses this MAX,MIN.
+    worker_autoscale: str = Field("4,1", pattern=r"^\d+,\d+$")
+    # `orderfleet scale` and the stage-2 advice: drain the backlog within this time.
+    scale_target_drain_s: float = Field(600.0, gt=0)
+    # Stage 3: orders waiting longer than this get a delay-compensation coupon.
+    compensation_after_s: float = Field(4 * 3600.0, gt=0)
+    # Non-core jobs: real SMTP (a local aiosmtpd sink in up/demo/tests), a coupon ledger and
+    # a marketing-list sync over HTTP.
+    noncore_jobs: bool = True
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(8025, ge=1, le=65535)
+    smtp_from: str = "orders@orderfleet.local"
+    smtp_timeout_s: float = Field(10.0, gt=0)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    marketing_url: str = "http://127.0.0.1:8766"
+    marketing_timeout_s: float = Field(10.0, gt=0)
+    coupon_amount: Decimal = Field(Decimal("5.00"), gt=0)
+    compensation_coupon_amount: Decimal = Field(Decimal("10.00"), gt=0)
+    # Worker queues consumed strictly in the order given (control, fast lanes, core stages
+    # downstream first, non-core last): kombu's 'priority' cycle; 'round_robin' is Celery's.
+    queue_order_strategy: Literal["priority", "round_robin"] = "priority"
 
     @field_validator("shopify_secrets", "shopify_admin_tokens", "woocommerce_secrets",
                      "store_secrets")
@@ -261,8 +340,18 @@ class Settings(BaseSettings):
             # A deferred label task waits in a worker with its ETA: Redis must not redeliver it.
             raise ValueError("visibility_timeout_s must exceed task_time_limit_s + "
                              "label_retry_max_countdown_s")
+        if self.ops_basic_auth is not None:
+            user, sep, password = self.ops_basic_auth.get_secret_value().partition(":")
+            if not sep or not user or len(password) < 8:
+                raise ValueError("ops_basic_auth must be user:password with 8+ characters of "
+                                 "password")
+        if "standard" not in self.sla_dispatch_hours or any(
+                h <= 0 for h in self.sla_dispatch_hours.values()):
+            raise ValueError("sla_dispatch_hours needs a 'standard' entry; hours must be > 0")
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ValueError("visibility_timeout_s must exceed task_time_limit_s")
+        if self.surge_close_load >= self.surge_open_load:
+            raise ValueError("surge_close_load must be below surge_open_load (hysteresis)")
         return self
 
     @property

@@ -108,12 +108,23 @@ class NoTaskSender(RuntimeError):
                          "process before enqueueing work")
 
 
-def send_task(task: str, *args: Any, countdown: float | None = None) -> None:
+def send_task(task: str, *args: Any, countdown: float | None = None,
+              queue: str | None = None) -> None:
     """Send a task now, for work whose transaction has already committed (a unit of work
-    sends its outbox through here; the HTTP intake batches ids across transactions)."""
+    sends its outbox through here; the HTTP intake batches ids across transactions).
+    ``queue`` overrides the task's route (a stage's fast lane)."""
     if _task_sender is None:
         raise NoTaskSender()
-    _task_sender(task, args, {} if countdown is None else {"countdown": countdown})
+    _task_sender(task, args, _options(countdown, queue))
+
+
+def _options(countdown: float | None, queue: str | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if countdown is not None:
+        options["countdown"] = countdown
+    if queue is not None:
+        options["queue"] = queue
+    return options
 
 
 class UnitOfWork:
@@ -129,17 +140,18 @@ class UnitOfWork:
         self.settings = settings
         self._outbox: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
-    def enqueue(self, task: str, *args: Any, countdown: float | None = None) -> None:
+    def enqueue(self, task: str, *args: Any, countdown: float | None = None,
+                queue: str | None = None) -> None:
         """Send ``task(*args)`` after the commit (JSON arguments: ids, never objects)."""
         if _task_sender is None:
             raise NoTaskSender()  # inside the transaction: it rolls back, nothing is half-done
-        options: dict[str, Any] = {} if countdown is None else {"countdown": countdown}
-        self._outbox.append((task, args, options))
+        self._outbox.append((task, args, _options(countdown, queue)))
 
-    def enqueue_chunks(self, task: str, ids: Sequence[int], *args: Any) -> None:
+    def enqueue_chunks(self, task: str, ids: Sequence[int], *args: Any,
+                       queue: str | None = None) -> None:
         """Send ``task`` once per ``batch_size`` ids (the ids first, then ``args``)."""
         for part in chunks(ids, self.settings.batch_size):
-            self.enqueue(task, part, *args)
+            self.enqueue(task, part, *args, queue=queue)
 
     @property
     def outbox(self) -> list[tuple[str, tuple[Any, ...]]]:

@@ -45,7 +45,8 @@ class State(StrEnum):
 S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
     S.RECEIVED: frozenset({S.FRAUD_CHECKED, S.ON_HOLD, S.REJECTED, S.CANCELLED}),
-    S.ON_HOLD: frozenset({S.FRAUD_CHECKED, S.REJECTED, S.CANCELLED}),
+    # on_hold -> received: an order held at intake (before any fraud check) was approved.
+    S.ON_HOLD: frozenset({S.RECEIVED, S.FRAUD_CHECKED, S.REJECTED, S.CANCELLED}),
     S.FRAUD_CHECKED: frozenset({S.RESERVED, S.BACKORDERED, S.ON_HOLD, S.CANCELLED}),
     S.BACKORDERED: frozenset({S.RESERVED, S.ON_HOLD, S.CANCELLED}),
     # reserved -> fraud_checked: the reservation expired; the order will be reserved again.

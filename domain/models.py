@@ -136,6 +136,8 @@ class OrderRow(Base):
     # When the store last changed the order (X-Shopify-Triggered-At, WooCommerce
     # date_modified): a delivery older than this is stale and must not roll the order back.
     source_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # VIP or express (domain.fastlane): its stage messages go to the stages' fast-lane queues.
+    fast_lane: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
 
 
 class OrderLine(Base):
@@ -169,7 +171,7 @@ class OrderEvent(Base):
 
 
 class RejectedOrder(Base):
-    """A payload that could not become an order, kept whole for ops."""
+    """A payload that could not become an order, kept whole for ops (an intake exception)."""
 
     __tablename__ = "rejected_orders"
 
@@ -181,6 +183,15 @@ class RejectedOrder(Base):
     reason: Mapped[str] = mapped_column(Text)
     errors: Mapped[list[dict[str, str]]] = mapped_column(Json)
     raw: Mapped[str] = mapped_column(Text)
+    # The exceptions desk: open until a person replays (corrected) or drops it.
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'open'"), index=True)
+    topic: Mapped[str | None] = mapped_column(String(64))
+    http_status: Mapped[int | None] = mapped_column(Integer)  # what the sender was answered
+    corrections: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    order_id: Mapped[int | None] = mapped_column(BigId)  # the order a replay created
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_by: Mapped[str | None] = mapped_column(String(255))
+    resolution: Mapped[str | None] = mapped_column(Text)
 
 
 class Warehouse(Base):
@@ -481,6 +492,36 @@ class RejectedTrackingPush(Base):
     raw: Mapped[str] = mapped_column(Text)
 
 
+class NoncoreJob(Base):
+    """A non-core job done for an order: one row per (order, kind), written in the transaction
+    of its side effect (or just before an e-mail is handed to SMTP), so it happens once."""
+
+    __tablename__ = "noncore_jobs"
+
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    done_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    outcome: Mapped[str] = mapped_column(String(32))  # sent | issued | synced | skipped:...
+    replayed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+
+
+class Coupon(Base):
+    """The coupon ledger: one coupon per (order, reason), its code unique."""
+
+    __tablename__ = "coupons"
+    __table_args__ = (UniqueConstraint("order_id", "reason", name="uq_coupons_order_reason"),
+                      UniqueConstraint("code", name="uq_coupons_code"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    reason: Mapped[str] = mapped_column(String(32))  # loyalty | delay_compensation
+    code: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+    currency: Mapped[str] = mapped_column(String(3))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 def _table_of(entity: type[Base]) -> Table:
     """The entity's Core ``Table`` (declarative typing only promises a ``FromClause``)."""
     table = entity.__table__
@@ -497,3 +538,46 @@ sku_health_table = _table_of(SkuHealth)
 sku_holds_table = _table_of(SkuHold)
 customer_profiles_table = _table_of(CustomerProfile)
 customer_keys_table = _table_of(CustomerKey)
+
+
+class DeadLetterStatus(StrEnum):
+    OPEN = "open"  # waiting for a person
+    RETRIED = "retried"  # sent again (orderfleet dlq retry)
+    DROPPED = "dropped"  # looked at and let go (orderfleet dlq drop)
+
+
+class DeadLetter(Base):
+    """A message no worker could complete: a task that failed for good, or a message that could
+    not be decoded. Kept with its error until a person retries or drops it."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_status_created", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # failed (the task raised for good) | undecodable | unknown_task | invalid (refused content)
+    reason: Mapped[str] = mapped_column(String(32))
+    task: Mapped[str | None] = mapped_column(String(255))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    queue: Mapped[str | None] = mapped_column(String(64))
+    # The task's JSON arguments (ids), so that a retry sends exactly the same message.
+    args: Mapped[list[Any] | None] = mapped_column(Json)
+    # The raw body of a message that could not be decoded (cut to 64 kB): never logged.
+    raw: Mapped[str | None] = mapped_column(Text)
+    error_type: Mapped[str] = mapped_column(String(255))
+    error: Mapped[str] = mapped_column(Text)
+    retries: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    status: Mapped[str] = mapped_column(String(16))  # DeadLetterStatus
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_by: Mapped[str | None] = mapped_column(String(255))
+
+
+class DeadLetterOrder(Base):
+    """The orders a dead letter was about, so that an order's status shows why it stopped."""
+
+    __tablename__ = "dead_letter_orders"
+
+    dead_letter_id: Mapped[int] = mapped_column(
+        ForeignKey("dead_letters.id", ondelete="CASCADE"), primary_key=True)
+    order_id: Mapped[int] = mapped_column(
+        ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True, index=True)

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from domain.db import UnitOfWork, chunks, send_task
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from domain.db import UnitOfWork, chunks, send_task, unit_of_work
 from domain.lifecycle import State
+from domain.models import OrderRow
 
 # --- the order pipeline --------------------------------------------------------------------
 FRAUD_CHECK = "orderfleet.fraud.check"
@@ -45,10 +49,58 @@ PIPELINE_TASKS: tuple[str, ...] = (FRAUD_CHECK, RESERVE, ASSIGN_WAVES, BUY_LABEL
                                    VOID_LABELS)
 
 
+# --- fast lanes (domain.fastlane): the same tasks on each core stage's <queue>_fast ----------
+# Kept in step with config.celery.FAST_LANE_QUEUES (tests/unit/test_surge.py checks it).
+FAST_LANE_QUEUE: dict[str, str] = {
+    FRAUD_CHECK: "fraud_fast",
+    RESERVE: "inventory_fast",
+    ASSIGN_WAVES: "sharding_fast",
+    BUY_LABELS: "labels_fast",
+}
+
+# --- non-core jobs: never in the way of the pipeline (own queues, parked under load) ------------
+POST_PURCHASE_EMAIL = "orderfleet.noncore.post_purchase_email"
+REVIEW_REQUEST_EMAIL = "orderfleet.noncore.review_request_email"
+ISSUE_COUPON = "orderfleet.noncore.coupon"
+COMPENSATION_COUPON = "orderfleet.noncore.compensation_coupon"
+MARKETING_SYNC = "orderfleet.noncore.marketing_sync"
+NONCORE_TASKS: dict[str, str] = {
+    "post_purchase_email": POST_PURCHASE_EMAIL,
+    "review_request_email": REVIEW_REQUEST_EMAIL,
+    "coupon": ISSUE_COUPON,
+    "marketing_sync": MARKETING_SYNC,
+    "delay_compensation": COMPENSATION_COUPON,
+}
+# Which non-core jobs follow an order reaching a state.
+NONCORE_AFTER: dict[State, tuple[str, ...]] = {
+    State.LABELLED: ("post_purchase_email", "coupon", "marketing_sync"),
+    State.DELIVERED: ("review_request_email",),
+}
+
+
+def fast_lane_ids(session: Session, order_ids: Sequence[int]) -> set[int]:
+    """The fast-lane orders among ``order_ids``."""
+    if not order_ids:
+        return set()
+    return set(session.scalars(select(OrderRow.id).where(
+        OrderRow.id.in_(list(order_ids)), OrderRow.fast_lane.is_(True))))
+
+
+def _split(task: str, order_ids: Sequence[int], fast: set[int]
+           ) -> list[tuple[list[int], str | None]]:
+    ids = sorted(order_ids)
+    lanes = [([i for i in ids if i in fast], FAST_LANE_QUEUE.get(task)),
+             ([i for i in ids if i not in fast], None)]
+    return [(part, queue) for part, queue in lanes if part]
+
+
 def advance(uow: UnitOfWork, state: State, order_ids: Sequence[int]) -> None:
-    """Orders now in ``state`` go to the stage that takes them, once the transaction commits."""
+    """Orders now in ``state`` go to the stage that takes them, once the transaction commits;
+    fast-lane orders in messages of their own, on the stage's fast-lane queue."""
     if order_ids:
-        uow.enqueue_chunks(STAGE_FOR_STATE[state], sorted(order_ids))
+        task = STAGE_FOR_STATE[state]
+        for part, queue in _split(task, order_ids, fast_lane_ids(uow.session, order_ids)):
+            uow.enqueue_chunks(task, part, queue=queue)
 
 
 def advance_committed(state: State, order_ids: Sequence[int], batch_size: int) -> int:
@@ -56,14 +108,33 @@ def advance_committed(state: State, order_ids: Sequence[int], batch_size: int) -
 
     A message lost here is re-sent by the re-drive sweep: the orders are in ``state``.
     """
+    task = STAGE_FOR_STATE[state]
+    with unit_of_work() as uow:
+        fast = fast_lane_ids(uow.session, order_ids)
     sent = 0
-    for part in chunks(sorted(order_ids), batch_size):
-        send_task(STAGE_FOR_STATE[state], part)
-        sent += 1
+    for ids, queue in _split(task, order_ids, fast):
+        for part in chunks(ids, batch_size):
+            send_task(task, part, queue=queue)
+            sent += 1
     return sent
 
 
 def label_waves(uow: UnitOfWork, wave_ids: Sequence[int]) -> None:
-    """Closed pick waves go to the label stage (one message per wave) after the commit."""
+    """Closed pick waves go to the label stage (one message per wave) after the commit; a wave
+    carrying a fast-lane order goes on the label stage's fast lane."""
+    if not wave_ids:
+        return
+    fast_waves = set(uow.session.scalars(select(OrderRow.wave_id).where(
+        OrderRow.wave_id.in_(list(wave_ids)), OrderRow.fast_lane.is_(True)).distinct()))
     for wave_id in wave_ids:
-        uow.enqueue(BUY_LABELS, wave_id)
+        uow.enqueue(BUY_LABELS, wave_id,
+                    queue=FAST_LANE_QUEUE[BUY_LABELS] if wave_id in fast_waves else None)
+
+
+def noncore_after(uow: UnitOfWork, state: State, order_ids: Sequence[int]) -> None:
+    """The non-core jobs that follow orders reaching ``state`` (after the commit). Each runs on
+    its own queue; under load the breaker parks them (tasks.noncore)."""
+    if not order_ids or not uow.settings.noncore_jobs:
+        return
+    for kind in NONCORE_AFTER.get(state, ()):
+        uow.enqueue_chunks(NONCORE_TASKS[kind], sorted(order_ids))

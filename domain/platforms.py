@@ -91,7 +91,7 @@ WOO_CANCELLED_STATUSES = frozenset({"cancelled", "refunded"})
 def _woo_address(a: Any) -> dict[str, Any] | None:
     if not isinstance(a, dict) or not any(a.get(k) for k in ("address_1", "city", "country")):
         return None
-    name = " ".join(p for p in (a.get("first_name"), a.get("last_name")) if p)
+    name = " ".join(str(p) for p in (a.get("first_name"), a.get("last_name")) if p)
     return {
         "name": name,
         "company": a.get("company") or "",
@@ -114,9 +114,11 @@ def _woo_time(value: Any) -> Any:
 
 def _money(value: Any) -> Decimal | None:
     try:
-        return Decimal(str(value))
+        d = Decimal(str(value))
     except (InvalidOperation, ValueError):
         return None
+    # NaN, infinities and absurd exponents would fail later arithmetic: validation names them.
+    return d if d.is_finite() and abs(d) < Decimal("1e12") else None
 
 
 def woocommerce_to_native(o: dict[str, Any], *, store: str) -> dict[str, Any]:
@@ -124,9 +126,11 @@ def woocommerce_to_native(o: dict[str, Any], *, store: str) -> dict[str, Any]:
 
     Malformed values pass through unchanged so that validation names the native field.
     """
-    lines = []
+    lines: list[Any] = []
+    notes: list[str] = []
     subtotal = Decimal("0")
-    for li in o.get("line_items") or []:
+    raw_lines = o.get("line_items")
+    for li in raw_lines if isinstance(raw_lines, list) else [raw_lines]:
         if not isinstance(li, dict):
             lines.append(li)
             continue
@@ -138,23 +142,34 @@ def woocommerce_to_native(o: dict[str, Any], *, store: str) -> dict[str, Any]:
             unit_price = (line_subtotal / qty).quantize(Decimal("0.01"), ROUND_HALF_UP)
             subtotal += line_subtotal
         props = {}
-        for meta in li.get("meta_data") or []:
+        meta_data = li.get("meta_data")
+        for meta in meta_data if isinstance(meta_data, list) else []:
             # Keys starting with "_" are WooCommerce's and plugins' internals.
             if isinstance(meta, dict) and meta.get("key") and not str(meta["key"]).startswith("_"):
                 props[str(meta.get("display_key") or meta["key"])] = str(
                     meta.get("display_value", meta.get("value", "")))
-        lines.append({"sku": li.get("sku") or "", "quantity": qty, "unit_price": unit_price,
+        sku = li.get("sku") or ""
+        product = li.get("variation_id") or li.get("product_id")
+        if not sku and product not in (None, "", 0):
+            # Stores without SKUs are common: the product stands in, and a person looks first.
+            sku = f"woo-product-{product}"[:128]
+            notes.append(f"line {len(lines) + 1} has no SKU: {sku} stands in for it")
+        lines.append({"sku": sku, "quantity": qty, "unit_price": unit_price,
                       "title": li.get("name") or "", "properties": props})
-    billing = o.get("billing") or {}
+    raw_billing = o.get("billing")
+    billing: dict[str, Any] = raw_billing if isinstance(raw_billing, dict) else {}
     customer_id = o.get("customer_id")
+    guest = next((str(v)[:255] for v in (billing.get("email"), billing.get("phone"))
+                  if v not in (None, "") and not isinstance(v, (dict, list))),
+                 f"guest:{o.get('id', '')}")
     return {
         "order_id": str(o.get("id", "")),
         "store": store,
         "source": "woocommerce",
         "paid_at": _woo_time(o.get("date_paid_gmt") or o.get("date_created_gmt")),
         "customer": {
-            # A guest checkout has customer_id 0: the email is then the customer.
-            "id": str(customer_id) if customer_id else (billing.get("email") or ""),
+            # A guest checkout has customer_id 0: the email (or phone) is then the customer.
+            "id": str(customer_id) if customer_id else guest,
             "email": billing.get("email") or "",
         },
         "lines": lines,
@@ -165,6 +180,7 @@ def woocommerce_to_native(o: dict[str, Any], *, store: str) -> dict[str, Any]:
             "tax": o.get("total_tax") or "0",
             "discount": o.get("discount_total") or "0",
             "total": o.get("total"),
+            "tax_included": o.get("prices_include_tax") is True,
         },
         # Orders shipped to the billing address may leave the shipping block empty.
         "shipping_address": _woo_address(o.get("shipping")) or _woo_address(billing),
@@ -172,6 +188,9 @@ def woocommerce_to_native(o: dict[str, Any], *, store: str) -> dict[str, Any]:
         "payment": {"gateway": o.get("payment_method") or ""},
         "client": {"browser_ip": o.get("customer_ip_address") or "",
                    "user_agent": o.get("customer_user_agent") or ""},
+        "intake_notes": notes,
+        "payment_status": "" if o.get("status") in (None, *WOO_PAID_STATUSES)
+        else str(o.get("status")),
     }
 
 

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -31,7 +32,7 @@ from domain.clock import utcnow
 from domain.db import UnitOfWork
 from domain.fraud.address import address_key
 from domain.fraud.profile import Accepted, card_key, ip_country, record_accepted
-from domain.lifecycle import IllegalTransition, State, transition
+from domain.lifecycle import EDITABLE, IllegalTransition, State, transition
 from domain.models import (
     CustomerProfile,
     OrderEvent,
@@ -216,7 +217,9 @@ def _decide(uow: UnitOfWork, ref: str, decision: str, by: Any, reason: Any,
     now = utcnow()
     waited = _waiting_s(row, now)
     hold_reason, score = row.hold_reason, row.fraud_score
-    dst = State.FRAUD_CHECKED if decision == "approve" else State.CANCELLED
+    # Held at intake, before the fraud check: approval sends it to the fraud check, not past it.
+    dst = State.CANCELLED if decision != "approve" else \
+        State.RECEIVED if held_at_intake(row) else State.FRAUD_CHECKED
     try:
         transition(session, row.id, dst, stage="review",
                    detail={"decision": decision, "by": by, "reason": reason[:500]})
@@ -229,10 +232,48 @@ def _decide(uow: UnitOfWork, ref: str, decision: str, by: Any, reason: Any,
     return row, Decision(row.id, decision, by, reason, now, dst.value, waited)
 
 
+def held_at_intake(row: OrderRow) -> bool:
+    """Held at the door (totals, test order, payment status), not by the fraud check."""
+    return row.fraud_score is None and (row.hold_reason or "").startswith("intake:")
+
+
+def correct_address(uow: UnitOfWork, ref: str, address: Any, *, by: Any,
+                    store: str | None = None) -> dict[str, Any]:
+    """Replace the shipping address of an order not yet reserved (a person's correction)."""
+    by = _clean("by", by, 255)
+    try:
+        clean = Address.model_validate(address)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidDecision("address." + ".".join(str(p) for p in first["loc"]),
+                              first["msg"]) from None
+    session = uow.session
+    row = find_order(session, ref, store)
+    if row is None:
+        raise OrderNotFound(ref)
+    session.refresh(row, with_for_update=True)
+    if State(row.state) not in EDITABLE:
+        raise NotOnHold(row.id, row.state)
+    new = clean.model_dump(mode="json")
+    row.payload = {**row.payload, "shipping_address": new}
+    row.ship_country = clean.country
+    row.updated_at = utcnow()
+    session.add(OrderEvent(order_id=row.id, at=row.updated_at, stage="review",
+                           from_state=row.state, to_state=row.state,
+                           detail={"corrected": "shipping_address", "by": by}))
+    log.info("review: order %s shipping address corrected", row.id)
+    return {"order_id": row.id, "state": row.state, "shipping_address": new}
+
+
 def approve_order(uow: UnitOfWork, ref: str, *, by: Any, reason: Any,
                   store: str | None = None) -> Decision:
-    """Approve a held order: it goes on to reservation once this transaction commits."""
+    """Approve a held order: it goes on to reservation once this transaction commits (or to
+    the fraud check, when it was held at intake before one)."""
     row, decision = _decide(uow, ref, "approve", by, reason, store)
+    if decision.to_state == State.RECEIVED.value:
+        advance(uow, State.RECEIVED, [row.id])
+        log.info("review: order %s approved at intake after %ss", row.id, decision.waited_s)
+        return decision
     payload = row.payload
     pay = payload.get("payment") or {}
     record_accepted(uow.session, [Accepted(

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from domain.deadletters import for_order as dead_letters_for_order
 from domain.models import OrderEvent, OrderRow, Shipment
 
 
@@ -59,4 +60,6 @@ def order_status(
         },
         "events": [{"at": e.at.isoformat(), "stage": e.stage, "from_state": e.from_state,
                     "to_state": e.to_state, "detail": e.detail} for e in events],
+        # Messages about this order that no worker could complete, and why.
+        "dead_letters": dead_letters_for_order(session, order.id),
     }

@@ -3,9 +3,10 @@
 Both adapters are safe to call again after a timeout, which is what makes push-back
 idempotent end to end:
 
-* :class:`ShopifyAdmin` creates a fulfilment only after looking for one that already carries
-  the tracking number; Shopify itself refuses a second fulfilment of a closed fulfilment
-  order, and a tracking event is posted only when the fulfilment has no event of that status.
+* :class:`ShopifyAdmin` (the Admin GraphQL API's fulfillment-order mutations) creates a
+  fulfilment only after looking for one that already carries the tracking number; Shopify
+  itself refuses a second fulfilment of a closed fulfilment order, and a tracking event is
+  created only when the fulfilment has no event of that status.
 * :class:`SignedWebhook` sends a stable ``X-Orderfleet-Event-Id`` per (order, event): the
   receiver de-duplicates on it, as we do on Shopify's event ids.
 
@@ -102,71 +103,144 @@ class _Transport:
         self._client.close()
 
 
+def shopify_gid(kind: str, value: str | int) -> str:
+    """A Shopify Admin GraphQL global id (``gid://shopify/Order/123``); a gid is kept as is."""
+    text = str(value)
+    return text if text.startswith("gid://") else f"gid://shopify/{kind}/{text}"
+
+
+# The GraphQL documents push-back sends (Shopify Admin GraphQL API, fulfillment orders).
+ORDER_FULFILLMENTS = """
+query orderFulfillments($id: ID!) {
+  order(id: $id) {
+    fulfillments(first: 50) { id status trackingInfo(first: 10) { number } }
+  }
+}"""
+ORDER_FULFILLMENT_ORDERS = """
+query orderFulfillmentOrders($id: ID!) {
+  order(id: $id) {
+    fulfillmentOrders(first: 20) { nodes { id status supportedActions { action } } }
+  }
+}"""
+FULFILLMENT_CREATE = """
+mutation fulfillmentCreate($fulfillment: FulfillmentInput!) {
+  fulfillmentCreate(fulfillment: $fulfillment) {
+    fulfillment { id status }
+    userErrors { field message }
+  }
+}"""
+FULFILLMENT_EVENTS = """
+query fulfillmentEvents($id: ID!) {
+  fulfillment(id: $id) { events(first: 50) { nodes { id status } } }
+}"""
+FULFILLMENT_EVENT_CREATE = """
+mutation fulfillmentEventCreate($fulfillmentEvent: FulfillmentEventInput!) {
+  fulfillmentEventCreate(fulfillmentEvent: $fulfillmentEvent) {
+    fulfillmentEvent { id status }
+    userErrors { field message }
+  }
+}"""
+
+
 class ShopifyAdmin:
-    """The Shopify Admin REST calls push-back needs (fulfilment orders, fulfilments, events)."""
+    """Push-back through the Shopify Admin GraphQL API (the REST Admin API is legacy for new
+    apps): ``order.fulfillmentOrders``, ``fulfillmentCreate`` with ``trackingInfo``, and
+    ``fulfillmentEventCreate`` for tracking news. Ids are GraphQL global ids."""
 
     def __init__(self, shop_url: str, token: str, api_version: str, *, timeout_s: float = 10.0,
                  retry_max_s: float = 20.0) -> None:
-        self.api = f"{shop_url.rstrip('/')}/admin/api/{api_version}"
+        self.endpoint = f"{shop_url.rstrip('/')}/admin/api/{api_version}/graphql.json"
         self._t = _Transport(timeout_s, retry_max_s, {"X-Shopify-Access-Token": token,
                                                      "Accept": "application/json"})
 
-    def _json(self, method: str, path: str, payload: Any = None) -> Any:
-        body = None if payload is None else json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json"} if body is not None else None
-        return self._t.call(method, f"{self.api}{path}", body=body, headers=headers).json()
+    def graphql(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """Run one document; top-level errors become Storefront* errors (throttling: retry)."""
+        body = json.dumps({"query": query, "variables": variables}).encode()
+        answer = self._t.call("POST", self.endpoint, body=body,
+                              headers={"Content-Type": "application/json"}).json()
+        errors = answer.get("errors") if isinstance(answer, dict) else None
+        if errors:
+            codes = {str((e.get("extensions") or {}).get("code", "")) for e in errors
+                     if isinstance(e, dict)}
+            message = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
+                                for e in errors)
+            if "THROTTLED" in codes:
+                raise StorefrontUnavailable(f"Shopify GraphQL throttled: {message}")
+            raise StorefrontRejected(200, message)
+        data: dict[str, Any] = answer.get("data") or {}
+        return data
+
+    @staticmethod
+    def _user_errors(payload: dict[str, Any] | None) -> str | None:
+        errors = (payload or {}).get("userErrors") or []
+        return "; ".join(f"{'.'.join(e.get('field') or [])}: {e.get('message')}"
+                         for e in errors) or None
 
     def find_fulfillment(self, order_id: str, tracking_number: str) -> str | None:
-        """The id of the order's fulfilment that carries this tracking number, if any."""
-        body = self._json("GET", f"/orders/{order_id}/fulfillments.json")
-        for f in body.get("fulfillments", []):
-            numbers = set(f.get("tracking_numbers") or []) | {f.get("tracking_number")}
-            if tracking_number in numbers and f.get("status") != "cancelled":
+        """The gid of the order's fulfilment that carries this tracking number, if any."""
+        order = self.graphql(ORDER_FULFILLMENTS, {"id": shopify_gid("Order", order_id)})["order"]
+        if order is None:
+            raise StorefrontRejected(404, f"order {order_id} not found in the shop")
+        for f in order.get("fulfillments") or []:
+            numbers = {t.get("number") for t in f.get("trackingInfo") or []}
+            if tracking_number in numbers and f.get("status") != "CANCELLED":
                 return str(f["id"])
         return None
 
     def ensure_fulfillment(self, order_id: str, tracking: TrackingInfo, *,
                            notify_customer: bool = True) -> str:
-        """Fulfil the order's open fulfilment orders with this tracking; return the id.
+        """Fulfil the order's open fulfilment orders with this tracking; return the gid.
 
         Looks first, so a retry after a lost response adopts the fulfilment it created.
         """
         existing = self.find_fulfillment(order_id, tracking.number)
         if existing:
             return existing
-        fos = self._json("GET", f"/orders/{order_id}/fulfillment_orders.json")
-        open_fos = [fo for fo in fos.get("fulfillment_orders", [])
-                    if fo.get("status") in ("open", "in_progress")
-                    and "create_fulfillment" in (fo.get("supported_actions") or [])]
+        order = self.graphql(ORDER_FULFILLMENT_ORDERS,
+                             {"id": shopify_gid("Order", order_id)})["order"] or {}
+        open_fos = [fo for fo in (order.get("fulfillmentOrders") or {}).get("nodes", [])
+                    if fo.get("status") in ("OPEN", "IN_PROGRESS")
+                    and "CREATE_FULFILLMENT" in {a.get("action")
+                                                 for a in fo.get("supportedActions") or []}]
         if not open_fos:
             raise StorefrontRejected(422, f"order {order_id} has no open fulfillment order")
-        payload = {"fulfillment": {
-            "line_items_by_fulfillment_order": [{"fulfillment_order_id": fo["id"]}
-                                                for fo in open_fos],
-            "tracking_info": tracking.to_json(),
-            "notify_customer": notify_customer,
-        }}
-        try:
-            body = self._json("POST", "/fulfillments.json", payload)
-        except StorefrontRejected:
+        tracking_input = {"number": tracking.number, "company": tracking.company}
+        if tracking.url:
+            tracking_input["url"] = tracking.url
+        created = self.graphql(FULFILLMENT_CREATE, {"fulfillment": {
+            "lineItemsByFulfillmentOrder": [{"fulfillmentOrderId": fo["id"]} for fo in open_fos],
+            "trackingInfo": tracking_input,
+            "notifyCustomer": notify_customer,
+        }})["fulfillmentCreate"]
+        problem = self._user_errors(created)
+        if problem or not (created or {}).get("fulfillment"):
             # Another attempt may have fulfilled it between our look and our create.
             existing = self.find_fulfillment(order_id, tracking.number)
             if existing:
                 return existing
-            raise
-        return str(body["fulfillment"]["id"])
+            raise StorefrontRejected(422, problem or "fulfillmentCreate returned no fulfillment")
+        return str(created["fulfillment"]["id"])
 
     def add_event(self, order_id: str, fulfillment_id: str, status: str,
                   happened_at: datetime | None = None) -> str:
-        """Post a fulfilment event of ``status`` unless the fulfilment already has one."""
-        path = f"/orders/{order_id}/fulfillments/{fulfillment_id}/events.json"
-        for ev in self._json("GET", path).get("fulfillment_events", []):
-            if ev.get("status") == status:
+        """Create a fulfilment event of ``status`` unless the fulfilment already has one."""
+        fid = shopify_gid("Fulfillment", fulfillment_id)
+        wanted = status.upper()
+        found = self.graphql(FULFILLMENT_EVENTS, {"id": fid})["fulfillment"]
+        if found is None:
+            raise StorefrontRejected(404, f"fulfillment {fid} of order {order_id} not found")
+        for ev in (found.get("events") or {}).get("nodes", []):
+            if ev.get("status") == wanted:
                 return str(ev["id"])
-        event: dict[str, Any] = {"status": status}
+        event: dict[str, Any] = {"fulfillmentId": fid, "status": wanted}
         if happened_at is not None:
-            event["happened_at"] = happened_at.isoformat()
-        return str(self._json("POST", path, {"event": event})["fulfillment_event"]["id"])
+            event["happenedAt"] = happened_at.isoformat()
+        created = self.graphql(FULFILLMENT_EVENT_CREATE,
+                               {"fulfillmentEvent": event})["fulfillmentEventCreate"]
+        problem = self._user_errors(created)
+        if problem or not (created or {}).get("fulfillmentEvent"):
+            raise StorefrontRejected(422, problem or "no fulfillment event created")
+        return str(created["fulfillmentEvent"]["id"])
 
     def close(self) -> None:
         self._t.close()

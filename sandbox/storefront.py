@@ -2,13 +2,18 @@
 
 It plays both ends of a store's integration:
 
-* **receiving push-back**: the Shopify Admin REST endpoints push-back uses, per shop under
-  ``/{shop}/admin/api/{version}/`` (so ``ORDERFLEET_SHOPIFY_ADMIN_URL=http://host:port/{shop}``):
+* **receiving push-back**: the Shopify Admin GraphQL endpoint push-back uses
+  (``/{shop}/admin/api/{version}/graphql.json``, :mod:`sandbox.shopify_graphql`) and the legacy
+  REST endpoints, per shop under ``/{shop}/admin/api/{version}/`` (so
+  ``ORDERFLEET_SHOPIFY_ADMIN_URL=http://host:port/{shop}``):
   fulfilment orders (one per order, created on first sight), fulfilments (a closed fulfilment
   order refuses a second one with 422, as Shopify does) and fulfilment events; and a generic
   webhook receiver at ``POST /hooks/{store}`` that checks ``X-Orderfleet-Signature``.
 * **sending webhooks**: :func:`shopify_headers` / :func:`woocommerce_headers` sign bodies the
   way Shopify and WooCommerce do, for tests, the demo and the load generator.
+
+``POST /marketing/{store}/members`` stands in for a store's marketing list (orderfleet's
+non-core marketing sync), deduplicated by ``Idempotency-Key``.
 
 Everything received is recorded (``GET /_sandbox/received``). Failures on purpose:
 ``POST /_sandbox/fail {"status": 503, "times": 2, "path_contains": "fulfillments"}`` makes the
@@ -35,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from domain.platforms import sign_body, signature_matches
+from sandbox.shopify_graphql import execute as execute_graphql
 from sandbox.threaded_server import ThreadedServer
 
 SHOPIFY_EVENT_STATUSES = frozenset({
@@ -95,13 +101,16 @@ class StorefrontState:
     fulfillments: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     webhooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Marketing-list members per store, by Idempotency-Key (a repeated call changes nothing).
+    marketing: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(9_000_000_001))
 
     def reset(self) -> None:
         with self.lock:
             for store in (self.received, self.failures):
                 store.clear()
-            for d in (self.fulfillment_orders, self.fulfillments, self.events, self.webhooks):
+            for d in (self.fulfillment_orders, self.fulfillments, self.events, self.webhooks,
+                      self.marketing):
                 d.clear()
 
     def fulfillment_order(self, shop: str, order_id: str) -> dict[str, Any]:
@@ -158,6 +167,13 @@ def create_app(tokens: dict[str, str] | None = None,
             return JSONResponse({"errors": "[API] Invalid API key or access token"}, 401)
         rest = request.path_params["rest"]
         parts = rest.removesuffix(".json").split("/")
+        if request.method == "POST" and parts == ["graphql"]:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            with state.lock:
+                return JSONResponse(execute_graphql(state, shop, body))
         with state.lock:
             if request.method == "GET" and len(parts) == 3 and parts[0] == "orders" \
                     and parts[2] == "fulfillment_orders":
@@ -230,6 +246,29 @@ def create_app(tokens: dict[str, str] | None = None,
                 "x-orderfleet-topic"), "json": json.loads(body)})
         return JSONResponse({"status": "ok"})
 
+    async def marketing(request: Request) -> Response:
+        """A store's marketing list (a newsletter/CRM audience): add a member, idempotently."""
+        body, failed = await record(request)
+        if failed is not None:
+            return failed
+        key = request.headers.get("idempotency-key", "")
+        try:
+            member = json.loads(body)
+        except ValueError:
+            return JSONResponse({"error": "not JSON"}, 400)
+        if not key or not isinstance(member, dict) or "@" not in str(member.get("email", "")):
+            return JSONResponse({"error": "Idempotency-Key and an email are required"}, 422)
+        with state.lock:
+            members = state.marketing.setdefault(request.path_params["store"], {})
+            if key in members:
+                return JSONResponse({"status": "duplicate"})
+            members[key] = member
+        return JSONResponse({"status": "added"}, 201)
+
+    async def marketing_list(request: Request) -> Response:
+        with state.lock:
+            return JSONResponse(state.marketing.get(request.path_params["store"], {}))
+
     async def fail(request: Request) -> Response:
         spec = await request.json()
         with state.lock:
@@ -265,6 +304,8 @@ def create_app(tokens: dict[str, str] | None = None,
         Route("/_sandbox/state", snapshot, methods=["GET"]),
         Route("/_sandbox/reset", reset, methods=["POST"]),
         Route("/hooks/{store}", hook, methods=["POST"]),
+        Route("/marketing/{store}/members", marketing, methods=["POST"]),
+        Route("/marketing/{store}/members", marketing_list, methods=["GET"]),
         Route("/{shop}/admin/api/{version}/{rest:path}", shopify, methods=["GET", "POST"]),
     ])
     app.state.storefront = state

@@ -35,6 +35,7 @@ from domain.fraud.profile import (
     record_accepted,
 )
 from domain.fraud.velocity import VelocityInput, VelocityStore, velocity_redis
+from domain.intake_exceptions import raise_backlog_alerts
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderRow, Warehouse, orders_table
 from domain.pipeline import FRAUD_CHECK, advance
@@ -163,7 +164,9 @@ def check(task: Task, order_ids: list[int]) -> None:
 
 @stage_task("orderfleet.fraud.review_overdue")
 def review_overdue(task: Task) -> None:
-    """Beat: raise an alert for every order waiting at the review desk past the deadline."""
+    """Beat: raise an alert for every order waiting at the review desk past the deadline, and
+    for deliveries held at the door that pile up or wait (the exceptions desk)."""
     settings = get_settings()
     with retry_on_transient(task), unit_of_work(settings) as uow:
         raise_overdue_alerts(uow, settings)
+        raise_backlog_alerts(uow.session, settings)

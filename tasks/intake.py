@@ -29,9 +29,19 @@ from typing import Any, Literal
 from sqlalchemy import delete, insert, select, tuple_, update
 
 from config.settings import Settings, get_settings
+from domain.alerts import raise_alert
 from domain.cancellation import cancel_orders
 from domain.clock import utcnow
 from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
+from domain.intake_exceptions import (
+    HELD_ALERT,
+    ExceptionDeskError,
+    get_exception,
+    parsed_body,
+    require_open,
+    settle,
+)
+from domain.fastlane import is_fast_lane
 from domain.lifecycle import EDITABLE, FINAL, State
 from domain.models import (
     OrderEvent,
@@ -48,7 +58,14 @@ from domain.platforms import (
     parse_order_csv,
     woocommerce_to_native,
 )
-from domain.schemas import Order, OrderValidationError, parse_order
+from domain.schemas import (
+    NothingToShip,
+    Order,
+    OrderValidationError,
+    hold_reasons,
+    parse_order,
+    shopify_to_native,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +89,12 @@ class SubmitResult:
     accepted: list[int] = field(default_factory=list)  # new order ids (internal)
     duplicates: list[str] = field(default_factory=list)  # source order ids already known
     rejected: list[Rejection] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)  # of accepted: on_hold for a person
+
+    @property
+    def to_pipeline(self) -> list[int]:
+        held = set(self.held)
+        return [i for i in self.accepted if i not in held]
 
 
 def to_usd(amount: Decimal, currency: str, settings: Settings) -> Decimal:
@@ -86,9 +109,18 @@ def validate(payload: Any, settings: Settings, *, store: str | None = None,
     ``platform="woocommerce"`` maps a WooCommerce order object first; Shopify bodies are
     recognised by ``parse_order`` itself.
     """
-    if platform == "woocommerce" and isinstance(payload, dict):
-        payload = woocommerce_to_native(payload, store=store or "")
-    order = parse_order(payload, store=store)
+    try:
+        if platform == "woocommerce" and isinstance(payload, dict):
+            payload = woocommerce_to_native(payload, store=store or "")
+        order = parse_order(payload, store=store)
+    except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        if isinstance(exc, OrderValidationError):
+            raise
+        # A shape no mapping foresaw: kept with a reason like any other, never a 5xx.
+        log.warning("could not map a %s payload: %s", platform or "native/shopify",
+                    type(exc).__name__)
+        raise OrderValidationError([{"field": "(order)", "message":
+                                     f"could not be read ({type(exc).__name__})"}]) from None
     if order.currency not in settings.fx_rates_to_usd:
         raise OrderValidationError(
             [{"field": "currency", "message": f"no exchange rate configured for {order.currency}"}]
@@ -105,11 +137,14 @@ def _raw_id(payload: Any) -> str | None:
 
 def _order_row(order: Order, settings: Settings, now: Any,
                source_updated_at: datetime | None = None) -> dict[str, Any]:
+    held = hold_reasons(order)
     return {
         "source": order.source,
         "store": order.store,
         "source_order_id": order.order_id,
-        "state": State.RECEIVED.value,
+        # What a person must look at first holds the order for the review desk.
+        "state": (State.ON_HOLD if held else State.RECEIVED).value,
+        "hold_reason": ("intake: " + "; ".join(held))[:4000] if held else None,
         "paid_at": order.paid_at,
         "received_at": now,
         "updated_at": now,
@@ -121,30 +156,46 @@ def _order_row(order: Order, settings: Settings, now: Any,
         "weight_g": order.weight_g,
         "payload": order.model_dump(mode="json"),
         "source_updated_at": source_updated_at,
+        "fast_lane": is_fast_lane(order.model_dump(mode="json", include={"tags", "customer"})),
     }
 
 
+def storable_text(text: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone surrogates: keep them visible, escaped."""
+    text = text.replace("\x00", "\\u0000")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def record_rejection(uow: UnitOfWork, *, source: str, store: str | None, raw: str,
-                     errors: list[dict[str, str]], source_order_id: str | None = None) -> None:
-    """Keep a payload that could not become an order, whole, with the failing fields."""
+                     errors: list[dict[str, str]], source_order_id: str | None = None,
+                     topic: str | None = None, http_status: int | None = None) -> int:
+    """Keep a payload that could not become an order, whole, with the failing fields.
+
+    It is an open intake exception until a person replays (corrected) or drops it.
+    """
+    errors = [{k: storable_text(str(v))[:1000] for k, v in e.items()} for e in errors]
     reason = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    uow.session.execute(insert(RejectedOrder).values(
-        received_at=utcnow(), source=source[:32], store=store[:255] if store else None,
-        source_order_id=source_order_id[:255] if source_order_id else None,
-        reason=reason[:4000],
-        errors=errors, raw=raw))
+    return int(uow.session.execute(insert(RejectedOrder).values(
+        received_at=utcnow(), source=source[:32], store=storable_text(store)[:255] if store
+        else None,
+        source_order_id=storable_text(source_order_id)[:255] if source_order_id else None,
+        reason=reason[:4000], topic=storable_text(topic)[:64] if topic else None,
+        http_status=http_status, errors=errors, raw=storable_text(raw))
+        .returning(RejectedOrder.id)).scalar_one())
 
 
 def insert_orders(uow: UnitOfWork, orders: list[Order], settings: Settings, *,
                   source_updated_at: datetime | None = None,
                   updated_at_by_key: dict[tuple[str, str, str], datetime | None] | None = None,
                   new_ids: dict[tuple[str, str, str], int] | None = None,
+                  held: set[int] | None = None,
                   ) -> tuple[list[int], list[str]]:
     """Insert valid orders with their lines and first event; return (new ids, duplicates).
 
     ``updated_at_by_key``: each order's ``source_updated_at`` by (source, store, order id),
     when they differ (a group of webhooks); otherwise ``source_updated_at`` for all.
-    ``new_ids`` is filled with the id of each inserted order by that key.
+    ``new_ids`` is filled with the id of each inserted order by that key; ``held`` with the
+    ids of new orders kept ``on_hold`` for a person (:func:`domain.schemas.hold_reasons`).
     """
     session = uow.session
     now = utcnow()
@@ -162,24 +213,46 @@ def insert_orders(uow: UnitOfWork, orders: list[Order], settings: Settings, *,
         if new_ids is not None:
             new_ids.update(new)
         lines, events = [], []
-        for o in batch:
+        for o, row in zip(batch, rows, strict=True):
             order_id = new.get((o.source, o.store, o.order_id))
             if order_id is None:
                 duplicates.append(o.order_id)
                 continue
             accepted.append(order_id)
+            if row["hold_reason"] and held is not None:
+                held.add(order_id)
             events.append({"order_id": order_id, "at": now, "stage": "intake",
-                           "from_state": None, "to_state": State.RECEIVED.value,
-                           "detail": None})
+                           "from_state": None, "to_state": row["state"],
+                           "detail": {"hold_reason": row["hold_reason"]} if row["hold_reason"]
+                           else None})
             for n, line in enumerate(o.lines, start=1):
                 lines.append({"order_id": order_id, "line_no": n, "sku": line.sku,
                               "quantity": line.quantity, "unit_price": line.unit_price,
                               "weight_g": line.weight_g})
+        if new:
+            _supersede_exceptions(uow, new)
         if lines:
             # Core executemany, not the ORM's bulk path: these rows need no identity map.
             session.execute(order_lines_table.insert(), lines)
             session.execute(order_events_table.insert(), events)
     return accepted, duplicates
+
+
+def _supersede_exceptions(uow: UnitOfWork, new: dict[tuple[str, str, str], int]) -> None:
+    """A later delivery made the order: its open exceptions at the door are settled by it."""
+    open_rows = uow.session.execute(
+        select(RejectedOrder.id, RejectedOrder.source, RejectedOrder.store,
+               RejectedOrder.source_order_id)
+        .where(RejectedOrder.status == "open",
+               tuple_(RejectedOrder.source, RejectedOrder.store,
+                      RejectedOrder.source_order_id).in_(list(new)))).all()
+    if open_rows:
+        now = utcnow()
+        uow.session.execute(update(RejectedOrder), [
+            {"id": r.id, "status": "superseded", "resolved_at": now, "resolved_by": "intake",
+             "order_id": new[(r.source, r.store or "", r.source_order_id or "")],
+             "resolution": "a later delivery of the same order became the order"}
+            for r in open_rows])
 
 
 def persist_orders(
@@ -208,9 +281,9 @@ def persist_orders(
                 and "line_items" in payload else source_hint,
                 "store": (payload.get("store") if isinstance(payload, dict) else None) or store,
                 "source_order_id": rej.source_order_id,
-                "reason": rej.reason[:4000],
-                "errors": rej.errors,
-                "raw": json.dumps(payload, default=str, ensure_ascii=False),
+                "reason": storable_text(rej.reason)[:4000],
+                "errors": [{k: storable_text(str(v)) for k, v in e.items()} for e in rej.errors],
+                "raw": storable_text(json.dumps(payload, default=str, ensure_ascii=False)),
             })
             continue
         key = (order.source, order.store, order.order_id)
@@ -221,8 +294,10 @@ def persist_orders(
     if rejected_rows:
         uow.session.execute(insert(RejectedOrder), rejected_rows)
         log.info("rejected %d payloads at intake", len(rejected_rows))
-    accepted, duplicates = insert_orders(uow, list(valid.values()), settings)
+    held: set[int] = set()
+    accepted, duplicates = insert_orders(uow, list(valid.values()), settings, held=held)
     result.accepted.extend(accepted)
+    result.held.extend(i for i in accepted if i in held)
     result.duplicates.extend(duplicates)
     return result
 
@@ -235,7 +310,7 @@ def submit_orders(
     settings = settings or get_settings()
     with unit_of_work(settings) as uow:
         result = persist_orders(uow, payloads, settings, source_hint=source_hint, store=store)
-        start_pipeline(uow, result.accepted)
+        start_pipeline(uow, result.to_pipeline)
     return result
 
 
@@ -256,7 +331,7 @@ def submit_csv_feed(text: str, *, settings: Settings | None = None,
                              errors=[{"field": f"row {e['row']}: {e['field']}",
                                       "message": e["message"]}],
                              source_order_id=e["order_id"])
-        start_pipeline(uow, result.accepted)
+        start_pipeline(uow, result.to_pipeline)
     return result, feed.errors
 
 
@@ -304,17 +379,21 @@ class Delivery:
 
 @dataclass
 class DeliveryResult:
-    status: str  # created | duplicate | duplicate_order | cancelled | updated | too_late |
-    #              stale | ignored | awaiting_order | already_final | rejected | conflict
+    status: str  # created | on_hold | held | nothing_to_ship | duplicate | duplicate_order |
+    #              cancelled | updated | too_late | stale | ignored | awaiting_order |
+    #              already_final | rejected | conflict
     http_status: int = 200
     order_id: int | None = None
     errors: list[dict[str, str]] = field(default_factory=list)
     new_order_ids: list[int] = field(default_factory=list)  # for the fraud stage
+    exception_id: int | None = None  # held at the door: the exceptions desk's id
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status}
         if self.order_id is not None:
             out["order_id"] = self.order_id
+        if self.exception_id is not None:
+            out["exception_id"] = self.exception_id
         if self.errors:
             out["errors"] = self.errors
         return out
@@ -339,21 +418,26 @@ def _source_order_id(d: Delivery) -> str | None:
     return None if value in (None, "") else str(value)[:255]
 
 
+def _word(value: Any) -> str:
+    """A status as sent, when it is a string at all."""
+    return value if isinstance(value, str) else ""
+
+
 def _is_cancelled(d: Delivery) -> bool:
     p = d.payload
     if d.source == "shopify":
         return bool(p.get("cancelled_at"))
     if d.source == "woocommerce":
-        return p.get("status") in WOO_CANCELLED_STATUSES
+        return _word(p.get("status")) in WOO_CANCELLED_STATUSES
     return False
 
 
 def _is_paid(d: Delivery) -> bool:
     p = d.payload
     if d.source == "shopify":
-        return p.get("financial_status") in SHOPIFY_PAID
+        return _word(p.get("financial_status")) in SHOPIFY_PAID
     if d.source == "woocommerce":
-        return p.get("status") in WOO_PAID_STATUSES
+        return _word(p.get("status")) in WOO_PAID_STATUSES
     return True
 
 
@@ -364,9 +448,13 @@ def accept_delivery(uow: UnitOfWork, d: Delivery, settings: Settings, *,
     ``enqueue``: send new orders to the fraud stage after the commit; the HTTP service passes
     False and batches ``new_order_ids`` itself.
 
-    Raises nothing for bad input: a payload that cannot become an order is kept in
-    ``rejected_orders`` and reported as ``rejected`` (HTTP 422) with the failing fields; it
-    leaves no inbox row, so the store's retry is validated afresh (after a fix, it succeeds).
+    Raises nothing for bad input. A JSON object that cannot become an order yet is held at
+    the door: kept in ``rejected_orders`` (an open intake exception, for the exceptions desk)
+    with the failing fields and answered ``held`` (200 to a platform, which must not retry a
+    body that cannot change; 202 to the native API); its inbox row stays, so a redelivery is a
+    duplicate. A body that is no order at all (not a JSON object) is ``rejected`` (422) and
+    leaves no inbox row. Orders whose lines are all digital or another fulfilment service's
+    are ``nothing_to_ship``.
     """
     session = uow.session
     sha = hashlib.sha256(d.body).hexdigest()
@@ -395,18 +483,41 @@ def accept_delivery(uow: UnitOfWork, d: Delivery, settings: Settings, *,
         else:  # "updated"
             result = _on_updated(uow, d, settings, source_order_id)
     except OrderValidationError as exc:
-        session.execute(delete(WebhookDelivery).where(WebhookDelivery.id == inbox_id))
-        record_rejection(uow, source=d.source, store=d.store,
-                         raw=d.body.decode("utf-8", "replace"), errors=exc.errors,
-                         source_order_id=source_order_id)
-        log.info("rejected a %s %s delivery for store %s: %d field errors", d.source, d.topic,
-                 d.store, len(exc.errors))
-        return DeliveryResult("rejected", 422, errors=exc.errors)
+        result = hold_at_door(uow, d, exc, source_order_id)
+        if result.status == "rejected":
+            session.execute(delete(WebhookDelivery).where(WebhookDelivery.id == inbox_id))
+            return result
     session.execute(update(WebhookDelivery).where(WebhookDelivery.id == inbox_id)
                     .values(outcome=result.status, order_id=result.order_id))
     if enqueue:
         start_pipeline(uow, result.new_order_ids)
     return result
+
+
+def hold_at_door(uow: UnitOfWork, d: Delivery, exc: OrderValidationError,
+                 source_order_id: str | None) -> DeliveryResult:
+    """Keep a delivery that cannot become an order (yet) as an intake exception.
+
+    Returns ``nothing_to_ship``, ``held`` (kept, 200 or 202) or ``rejected`` (kept, 422: the
+    body is not a JSON object, so it is no order at all).
+    """
+    if isinstance(exc, NothingToShip):
+        log.info("%s order for store %s has nothing to ship", d.source, d.store)
+        return DeliveryResult("nothing_to_ship")
+    is_order = isinstance(d.payload, dict)
+    code = (202 if d.source == "native" else 200) if is_order else 422
+    exception_id = record_rejection(uow, source=d.source, store=d.store,
+                                    raw=d.body.decode("utf-8", "replace"), errors=exc.errors,
+                                    source_order_id=source_order_id, topic=d.topic,
+                                    http_status=code)
+    log.info("held a %s %s delivery for store %s as exception %s: %d field errors", d.source,
+             d.topic, d.store, exception_id, len(exc.errors))
+    if not is_order:
+        return DeliveryResult("rejected", 422, errors=exc.errors)
+    raise_alert(uow.session, HELD_ALERT, f"{d.source}/{d.store}"[:255],
+                f"{d.source} deliveries for store {d.store} are held at the door: see "
+                "`orderfleet exceptions list`", detail={"first_exception_id": exception_id})
+    return DeliveryResult("held", code, errors=exc.errors, exception_id=exception_id)
 
 
 def accept_deliveries(uow: UnitOfWork, deliveries: list[Delivery], settings: Settings, *,
@@ -469,11 +580,9 @@ def _accept_paid_group(uow: UnitOfWork, deliveries: list[Delivery],
         try:
             order = _paid_order(d, settings)
         except OrderValidationError as exc:
-            record_rejection(uow, source=d.source, store=d.store,
-                             raw=d.body.decode("utf-8", "replace"), errors=exc.errors,
-                             source_order_id=_source_order_id(d))
-            results[i] = DeliveryResult("rejected", 422, errors=exc.errors)
-            rejected.append(inbox[key])
+            held_result = results[i] = hold_at_door(uow, d, exc, _source_order_id(d))
+            if held_result.status == "rejected":
+                rejected.append(inbox[key])
             continue
         okey = (order.source, order.store, order.order_id)
         if okey in orders:
@@ -483,7 +592,8 @@ def _accept_paid_group(uow: UnitOfWork, deliveries: list[Delivery],
     if rejected:
         session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(rejected)))
     new_ids: dict[tuple[str, str, str], int] = {}
-    insert_orders(uow, [o for _, o in orders.values()], settings, new_ids=new_ids,
+    held: set[int] = set()
+    insert_orders(uow, [o for _, o in orders.values()], settings, new_ids=new_ids, held=held,
                   updated_at_by_key={k: deliveries[i].triggered_at
                                      for k, (i, _) in orders.items()})
     ids = {k: (v, True) for k, v in new_ids.items()}
@@ -502,6 +612,8 @@ def _accept_paid_group(uow: UnitOfWork, deliveries: list[Delivery],
             results[i] = DeliveryResult("duplicate_order", 200, order_id)
         elif order_id in to_cancel:
             results[i] = DeliveryResult("cancelled", code, order_id)
+        elif order_id in held:
+            results[i] = DeliveryResult("on_hold", code, order_id)
         else:
             results[i] = DeliveryResult("created", code, order_id, new_order_ids=[order_id])
     for i, k in later:
@@ -591,6 +703,8 @@ def _on_paid(uow: UnitOfWork, d: Delivery, settings: Settings) -> DeliveryResult
         # The cancellation overtook the paid webhook: the order starts and ends here.
         cancel_orders(uow, [order_id], f"cancelled in {d.source} before intake")
         return DeliveryResult("cancelled", 201 if d.source == "native" else 200, order_id)
+    if hold_reasons(order):
+        return DeliveryResult("on_hold", 201 if d.source == "native" else 200, order_id)
     return DeliveryResult("created", 201 if d.source == "native" else 200, order_id,
                           new_order_ids=[order_id])
 
@@ -644,3 +758,71 @@ def _on_updated(uow: UnitOfWork, d: Delivery, settings: Settings,
                                    from_state=row.state, to_state=row.state,
                                    detail={"updated": sorted(changed)}))
     return DeliveryResult("updated", 200, row.id)
+
+
+# --------------------------------------------------------------------------------------------
+# The exceptions desk: replay a held delivery, corrected
+# --------------------------------------------------------------------------------------------
+
+
+def _merge(base: Any, fix: Any) -> Any:
+    """``fix`` laid over ``base``: objects merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(fix, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in fix.items()}}
+    return fix
+
+
+def native_form(source: str, store: str | None, body: Any) -> dict[str, Any]:
+    """A kept body in the native schema, as the door mapped it (corrections apply to this)."""
+    if not isinstance(body, dict):
+        return {}
+    if source == "woocommerce":
+        return woocommerce_to_native(body, store=store or "")
+    if source == "shopify" or "line_items" in body:
+        return shopify_to_native(body, store=store)
+    return {**body, "store": body.get("store") or store or ""}
+
+
+def replay_exception(uow: UnitOfWork, exception_id: int, settings: Settings, *, by: Any,
+                     corrections: Any = None) -> dict[str, Any]:
+    """Turn a held delivery into an order: its body, mapped to the native schema, with a
+    person's ``corrections`` (native field names, e.g. ``{"shipping_address": {...}}``) laid
+    over it. The order starts the pipeline after the commit (or waits ``on_hold`` when a hold
+    reason remains). Raises :class:`ExceptionDeskError` (422 with the fields still failing)
+    and leaves the exception open when it still cannot become an order.
+    """
+    if not isinstance(by, str) or not by.strip():
+        raise ExceptionDeskError("by: is required (who replays it)", status=422)
+    if corrections is not None and not isinstance(corrections, dict):
+        raise ExceptionDeskError("corrections: must be a JSON object", status=422)
+    row = get_exception(uow.session, exception_id, lock=True)
+    require_open(row)
+    native = native_form(row.source, row.store, parsed_body(row))
+    if not native and not corrections:
+        raise ExceptionDeskError("the kept body is no JSON object: give the whole order in "
+                                 "corrections", status=422)
+    payload = _merge(native, corrections or {})
+    try:
+        order = validate(payload, settings, store=row.store)
+    except OrderValidationError as exc:
+        raise ExceptionDeskError(f"exception {row.id} still cannot become an order: {exc}",
+                                 status=422, errors=exc.errors) from None
+    held: set[int] = set()
+    new_ids: dict[tuple[str, str, str], int] = {}
+    insert_orders(uow, [order], settings, held=held, new_ids=new_ids)
+    key = (order.source, order.store, order.order_id)
+    if key in new_ids:
+        order_id, outcome = new_ids[key], "replayed"
+        if order_id not in held:
+            start_pipeline(uow, [order_id])
+        resolution = "replayed" + (" with corrections to " + ", ".join(sorted(corrections))
+                                   if corrections else "")
+    else:  # the order exists already (another delivery made it)
+        existing = _existing_ids(uow, [key])
+        order_id, outcome = existing[key], "superseded"
+        resolution = "the order already existed"
+    row.corrections = corrections or None
+    settle(row, outcome, by.strip()[:255], resolution, order_id)
+    log.info("exceptions desk: %s %s as order %s", row.id, outcome, order_id)
+    return {"id": row.id, "status": outcome, "order_id": order_id,
+            "on_hold": order_id in held}

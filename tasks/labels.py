@@ -49,7 +49,7 @@ from domain.db import UnitOfWork, any_of, insert_ignoring_conflicts, unit_of_wor
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderRow, Shipment, ShipmentStatus, Warehouse, Wave, WaveStatus
 from domain.notifications import notify_store
-from domain.pipeline import BUY_LABELS, VOID_LABELS, label_waves
+from domain.pipeline import BUY_LABELS, VOID_LABELS, label_waves, noncore_after
 from domain.reservations import consume_reservations
 from domain.routing import carrier_for
 from tasks.base import parse_ids, retry_on_transient, stage_task
@@ -326,6 +326,7 @@ def record_labels(uow: UnitOfWork, labels: list[Label]) -> list[int]:
         session.execute(update(OrderRow).where(any_of(session, OrderRow.id, labelled))
                         .values(hold_reason=None))
         notify_store(uow, labelled, "label_bought")
+        noncore_after(uow, State.LABELLED, labelled)
     if to_void:
         log.warning("%d labels were bought for orders cancelled meanwhile; voiding them",
                     len(to_void))

@@ -41,7 +41,8 @@ from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OPEN_SHIPMENTS, RejectedTrackingPush, Shipment, ShipmentStatus
 from domain.models import TrackingEvent as TrackingEventRow
 from domain.notifications import notify_store
-from domain.pipeline import TRACKING_BACKFILL
+from domain.pipeline import TRACKING_BACKFILL, noncore_after
+from domain.surge import low_priority_paused
 from tasks.base import parse_ids, retry_countdown, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,10 @@ def record_trackers(uow: UnitOfWork, shipment_ids: list[int], trackers: list[Tra
         session, moves_by_order, [State.LABELLED, State.IN_TRANSIT], with_payload=False)}
     moves = [Move(oid, src, moves_by_order[oid]) for oid, src in orders.items()
              if src != moves_by_order[oid]]
-    apply_transitions(session, moves, stage="tracking")
+    applied = apply_transitions(session, moves, stage="tracking")
     session.flush()
+    noncore_after(uow, State.DELIVERED,
+                  [m.order_id for m in applied if m.dst == State.DELIVERED])
     if changed:
         notify_store(uow, changed, "tracking_changed")
     return len(inserted)
@@ -323,6 +326,9 @@ def keep_rejected_push(uow: UnitOfWork, raw: str, reason: str,
 @stage_task("orderfleet.tracking.sweep")
 def sweep(task: Task) -> None:
     settings = get_settings()
+    if low_priority_paused(settings):
+        log.info("tracking sweep paused: surge stage 1 or above")
+        return
     with retry_on_transient(task), unit_of_work(settings) as uow:
         ids = due_shipments(uow, settings)
         # Stamp them now so an overlapping sweep does not fan the same shipments out twice.

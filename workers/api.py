@@ -8,12 +8,16 @@ Routes:
 * ``POST /webhooks/woocommerce/{store}``: WooCommerce ``order.*`` webhooks (``X-WC-Webhook-*``).
 * ``POST /orders``: the native schema for custom storefronts; ``Authorization: Bearer <store
   secret>`` (``ORDERFLEET_STORE_SECRETS``) and an ``Idempotency-Key`` header.
-* ``GET /healthz``; the review desk under ``/review``.
+* ``GET /healthz``; the review desk under ``/review``; the order-health page under ``/ops``.
 
 Every request is checked in this order, before anything is parsed: body size (413), signature
-or token (401; an unknown shop gets the same 401), content type (415); then the JSON (422
-naming the field).
-The raw body of every rejected request is kept in ``rejected_orders`` for ops. An accepted
+or token (401; an unknown shop gets the same 401), content type (415), JSON nesting depth and
+then the JSON itself (422 naming the field).
+Unauthenticated requests (401, and 413 whose signature cannot be checked) write nothing: they
+are counted (``orderfleet_intake_refused_total``) and logged at most once a minute. The raw body
+of every other refused request is kept in ``rejected_orders`` (the exceptions desk). A signed
+order body that does not validate is held there too and answered 200 (``held``), so the platform
+does not retry a body that cannot change. An accepted
 delivery is persisted (order and inbox row in one transaction) before the answer; webhooks that
 arrive together share that transaction (group commit, :class:`DeliveryWriter`). The pipeline
 runs afterwards: new order ids go to the fraud stage in micro-batches, and an order whose
@@ -28,15 +32,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
+from prometheus_client import Counter
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -57,6 +64,7 @@ from tasks.intake import (
     accept_deliveries,
     parse_timestamp,
     record_rejection,
+    storable_text,
 )
 from workers import app as _celery_app  # noqa: F401 - installs how tasks are sent
 
@@ -64,6 +72,71 @@ log = logging.getLogger("orderfleet.api")
 
 # A rejected body larger than this is kept truncated: enough for ops to see what it was.
 KEPT_BODY_BYTES = 64 * 1024
+# Deeper JSON is refused before parsing (json's recursive parser would raise RecursionError);
+# real order bodies nest 5-6 levels.
+MAX_JSON_DEPTH = 32
+
+REFUSED = Counter("orderfleet_intake_refused", "Requests refused at the door, by source and "
+                  "HTTP status (unauthenticated ones are never stored)", ["source", "status"])
+
+
+class RefusalLog:
+    """Logs unauthenticated refusals at most once per ``interval_s``, with the count since."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self.interval_s = interval_s
+        self._last = -interval_s
+        self._since: collections.Counter[str] = collections.Counter()
+
+    def note(self, source: str, status: int) -> None:
+        REFUSED.labels(source, str(status)).inc()
+        self._since[f"{source} {status}"] += 1
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            log.warning("refused unauthenticated requests (not stored) since the last line: %s",
+                        ", ".join(f"{k}: {n}" for k, n in sorted(self._since.items())))
+            self._since.clear()
+            self._last = now
+
+
+def json_depth_exceeds(body: bytes, limit: int) -> bool:
+    """True when brackets outside strings nest deeper than ``limit`` (no parsing needed)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _storable(value: Any) -> Any:
+    """The parsed JSON with strings PostgreSQL can store (no NUL, no lone surrogates)."""
+    if isinstance(value, str):
+        if "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+            return storable_text(value)
+        return value
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 class ApiError(Exception):
@@ -231,10 +304,12 @@ def _require_json(request: Request) -> None:
 
 
 def _json(body: bytes) -> Any:
+    if json_depth_exceeds(body, MAX_JSON_DEPTH):
+        raise ApiError(422, "(body)", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(422, "(body)", f"not valid JSON ({exc})") from None
+        return _storable(json.loads(body, parse_constant=_reject_constant))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ...
+        raise ApiError(422, "(body)", f"not valid JSON ({str(exc)[:200]})") from None
 
 
 def _header(request: Request, *names: str) -> str:
@@ -260,17 +335,42 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if size > KEPT_BODY_BYTES:
             kept += f"\n[truncated: {size} bytes received]"
         with unit_of_work(settings) as uow:
-            record_rejection(uow, source=source, store=store, raw=kept,
+            record_rejection(uow, source=source, store=store, raw=kept, http_status=err.status,
                              errors=[{"field": err.field, "message": err.message,
                                       "http_status": str(err.status)}])
 
+    refusals = RefusalLog()
+
     async def _refuse(source: str, store: str | None, body: bytes, err: ApiError) -> JSONResponse:
+        if err.status in (401, 413):
+            # Not authenticated (a 413's signature cannot be checked): nothing is written.
+            refusals.note(source, err.status)
+            return JSONResponse(err.to_json(), status_code=err.status)
+        REFUSED.labels(source, str(err.status)).inc()
         log.info("refused a %s request for store %s: %s %s", source, store, err.status, err.field)
         await run_in_threadpool(_keep, source, store, body, err)
         return JSONResponse(err.to_json(), status_code=err.status)
 
+    def _keep_unprocessed(delivery: Delivery, exc: Exception) -> int:
+        with unit_of_work(settings) as uow:
+            return record_rejection(
+                uow, source=delivery.source, store=delivery.store,
+                raw=delivery.body.decode("utf-8", "replace"), topic=delivery.topic,
+                http_status=200, errors=[{"field": "(delivery)", "message":
+                                          f"could not be processed ({type(exc).__name__})"}])
+
     async def _deliver(delivery: Delivery) -> JSONResponse:
-        result = await writer.write(delivery)
+        try:
+            result = await writer.write(delivery)
+        except (OperationalError, DBAPIError):
+            raise  # not stored: 503, the platform delivers it again
+        except Exception as exc:
+            # A body our code could not handle is still a paid order: kept for a person.
+            log.exception("could not process a %s %s delivery for store %s; kept",
+                          delivery.source, delivery.topic, delivery.store)
+            kept = await run_in_threadpool(_keep_unprocessed, delivery, exc)
+            return JSONResponse({"status": "held", "exception_id": kept},
+                                status_code=202 if delivery.source == "native" else 200)
         batcher.add(result.new_order_ids)
         log.debug("%s %s for store %s: %s", delivery.source, delivery.topic, delivery.store,
                   result.status)
@@ -381,9 +481,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/webhooks/woocommerce/{store}", woocommerce_webhook, methods=["POST"]),
         Route("/orders", create_order, methods=["POST"]),
     ]
+    from workers.exceptions_api import routes as exception_routes  # held at the door
     from workers.review_api import routes as review_routes  # the review desk
 
-    routes.append(Mount("/review", routes=review_routes))
+    routes.append(Mount("/review", routes=[*exception_routes, *review_routes]))
+    from workers.health_page import routes as ops_routes  # the order-health page
+
+    routes.append(Mount("/ops", routes=ops_routes))
     from workers.tracking_api import tracking_routes_for  # carrier tracking pushes
 
     routes.extend(tracking_routes_for(settings))

@@ -14,16 +14,27 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from config.celery import TASK_MODULES, celery_config
-from config.settings import get_settings
+from config.settings import Settings, get_settings
 from domain.db import dispose_engines, use_task_sender
+from workers import deadletters  # noqa: F401 - stores tasks that fail for good
+from domain.pipeline import NONCORE_TASKS
+from domain.surge import NoncoreGate
 
 
 def create_app() -> Celery:
     settings = get_settings()  # validated here: a bad setting stops the worker at start
     app = Celery("orderfleet", include=list(TASK_MODULES), set_as_current=True)
     app.conf.update(celery_config(settings))
+    # What a worker cannot complete or read goes to the dead-letter store, not only to a log.
+    app.conf.worker_consumer = "workers.deadletters:DeadLetterConsumer"
+
+    gate = _noncore_gate(settings)
 
     def send(task: str, args: tuple[Any, ...], options: dict[str, Any]) -> None:
+        # While the surge breaker is open a new non-core job is parked, not queued (a replay,
+        # args (ids, True), is sent: the control loop replays only while it is closed).
+        if gate is not None and task in gate.kinds and len(args) == 1 and gate.park(task, args[0]):
+            return
         # By name: routed to the stage's queue by config.celery, no stage module imported.
         app.send_task(task, args=args, **_short_argsrepr(args), **options)
 
@@ -40,6 +51,12 @@ def _short_argsrepr(args: tuple[Any, ...]) -> dict[str, str]:
         rest = f", {', '.join(map(repr, args[1:]))}" if len(args) > 1 else ""
         return {"argsrepr": f"([{ids[0]!r} .. {ids[-1]!r}] ({len(ids)} ids){rest})"}
     return {}
+
+
+def _noncore_gate(settings: Settings) -> NoncoreGate | None:
+    if not settings.shared_redis.startswith(("redis://", "rediss://")):
+        return None
+    return NoncoreGate(settings, {task: kind for kind, task in NONCORE_TASKS.items()})
 
 
 app = create_app()

@@ -135,8 +135,12 @@ def submit(path: str, store: str | None, as_json: bool, fmt: str) -> None:
 def serve(host: str | None, port: int | None, workers: int, access_log: bool) -> None:
     """Run the HTTP intake service: Shopify/WooCommerce webhooks and POST /orders."""
     from workers.api import serve as run
+    from workers.ops_auth import describe, with_ops_credentials
 
-    settings = _settings()
+    settings, generated = with_ops_credentials(_settings(), export=True)
+    if generated:
+        console.print(f"order health page (/ops/health): {describe(settings)} (generated: set "
+                      "ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)", soft_wrap=True)
     run(settings, host or settings.api_host, port or settings.api_port, workers=workers,
         access_log=access_log)
 
@@ -217,6 +221,9 @@ def status(order_id: str, store: str | None, as_json: bool) -> None:
         sh = info["shipment"]
         console.print(f"  shipment {sh['carrier']}/{sh['service']} tracking "
                       f"{sh['tracking_number']} ({sh['status']})")
+    for dl in info["dead_letters"]:
+        console.print(f"  [red]dead letter {dl['id']}[/red] ({dl['status']}): {dl['task']} "
+                      f"{dl['reason']}: {dl['error']}")
     table = Table("at", "stage", "from", "to", "detail")
     for ev in info["events"]:
         table.add_row(str(ev["at"]), ev["stage"], ev["from_state"] or "", ev["to_state"],
@@ -227,12 +234,15 @@ def status(order_id: str, store: str | None, as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def report(as_json: bool) -> None:
-    """Counts by state, labels, reservations, rejects and stage latencies p50/p95."""
+    """Counts by state, labels, reservations, rejects, stage latencies p50/p95, and ops
+    figures: cancellation rate, SLA attainment, handling-time variance against the baseline,
+    delayed status updates, cost share of GMV, the exception heatmap."""
     from domain.db import unit_of_work
     from domain.report import build_report
 
-    with unit_of_work(_settings()) as uow:
-        rep = build_report(uow.session)
+    settings = _settings()
+    with unit_of_work(settings) as uow:
+        rep = build_report(uow.session, settings)
     if as_json:
         click.echo(json.dumps(rep))
         return
@@ -255,11 +265,20 @@ class AlertRow(TypedDict):
 @main.command()
 @click.option("--kind", default=None, help="Only alerts of this kind.")
 @click.option("--json", "as_json", is_flag=True)
-def alerts(kind: str | None, as_json: bool) -> None:
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="First evaluate the alert rules (those of ops/prometheus/rules) against "
+                   "the database and the workers, raising and resolving rule:* alerts.")
+def alerts(kind: str | None, as_json: bool, check: bool) -> None:
     """Open alerts: what a person must look at."""
     from domain.alerts import open_alerts
     from domain.db import unit_of_work
 
+    if check:
+        from workers.cli_ops import check_health_rules
+
+        firing, raised, resolved = check_health_rules(_settings())
+        console.print(f"alert rules: {firing} firing ({raised} newly raised), "
+                      f"{resolved} resolved")
     with unit_of_work(_settings()) as uow:
         rows = [AlertRow(kind=a.kind, key=a.key, severity=a.severity, message=a.message,
                          raised_at=a.raised_at.isoformat(), detail=a.detail)
@@ -399,6 +418,31 @@ def review_cancel(order_id: str, by: str | None, reason: str, store: str | None,
     _review_decide("cancel", order_id, by, reason, store, as_json)
 
 
+@review.command("address")
+@click.argument("order_id")
+@click.argument("address_json")
+@click.option("--by", default=None, help="Who corrects (default: the login name).")
+@click.option("--store", default=None, help="Disambiguate a store order id.")
+def review_address(order_id: str, address_json: str, by: str | None,
+                   store: str | None) -> None:
+    """Correct the shipping address (JSON: line1, city, country, ...) before approving."""
+    import getpass
+
+    from domain.db import unit_of_work
+    from domain.review import ReviewError, correct_address
+
+    try:
+        address = json.loads(address_json)
+        with unit_of_work(_settings()) as uow:
+            out = correct_address(uow, order_id, address, by=by or getpass.getuser(),
+                                  store=store)
+    except ValueError as exc:
+        raise click.ClickException(f"the address is not JSON: {exc}") from None
+    except ReviewError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"order {out['order_id']}: shipping address corrected ({out['state']})")
+
+
 # --- stock ------------------------------------------------------------------------------------
 @main.group()
 def stock() -> None:
@@ -521,15 +565,30 @@ def _exec_celery(args: list[str]) -> None:
 
 
 @main.command()
-@click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: all).")
+@click.option("--queues", "-Q", default=None,
+              help="Comma-separated queues, consumed in this order (default: all, control and "
+                   "fast lanes first, non-core last).")
 @click.option("--concurrency", "-c", default=2, show_default=True)
+@click.option("--autoscale", default=None, is_flag=False, flag_value="settings",
+              metavar="MAX,MIN", help="Grow the pool up to MAX under load, shrink to MIN when "
+              "idle; without a value, ORDERFLEET_WORKER_AUTOSCALE (4,1).")
 @click.option("--loglevel", default="info", show_default=True)
-def worker(queues: str | None, concurrency: int, loglevel: str) -> None:
+@click.option("--hostname", "-n", default=None, help="Node name (Celery's -n), e.g. w1@%h.")
+def worker(queues: str | None, concurrency: int, autoscale: str | None, loglevel: str,
+           hostname: str | None) -> None:
     """Run a Celery worker of the fleet."""
-    from config.celery import QUEUES
+    from config.celery import WORKER_QUEUE_ORDER
 
-    _exec_celery(["worker", "-Q", queues or ",".join(QUEUES), "-c", str(concurrency),
-                  "--loglevel", loglevel])
+    settings = _settings()
+    if autoscale == "settings":
+        autoscale = settings.worker_autoscale
+    if autoscale is not None:
+        high, sep, low = autoscale.partition(",")
+        if not (high.isdigit() and (not sep or low.isdigit())) or (sep and int(low) > int(high)):
+            raise click.BadParameter(f"{autoscale!r}: expected MAX,MIN", param_hint="--autoscale")
+    pool = ["--autoscale", autoscale] if autoscale else ["-c", str(concurrency)]
+    _exec_celery(["worker", "-Q", queues or ",".join(WORKER_QUEUE_ORDER), *pool,
+                  "--loglevel", loglevel, *(["-n", hostname] if hostname else [])])
 
 
 @main.command()
@@ -545,8 +604,30 @@ def beat(loglevel: str) -> None:
 @click.option("--port", default=5555, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True)
 def flower(port: int, address: str) -> None:
-    """Run the Flower dashboard."""
-    _exec_celery(["flower", f"--port={port}", f"--address={address}", "--max_tasks=10000"])
+    """Run the Flower dashboard: basic auth always on, state kept in var_dir."""
+    from workers.ops_auth import describe, flower_args, flower_env, with_ops_credentials
+
+    settings, generated = with_ops_credentials(_settings())
+    if generated:
+        console.print(f"Flower: {describe(settings)} (generated: set "
+                      "ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)", soft_wrap=True)
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(flower_env(settings))
+    _exec_celery(["flower", *flower_args(settings, port, address)])
+
+
+@main.command()
+@click.option("--host", default=None, help="Default: ORDERFLEET_METRICS_HOST (127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Default: ORDERFLEET_METRICS_PORT (9808).")
+def exporter(host: str | None, port: int | None) -> None:
+    """Serve the fleet's Prometheus metrics (/metrics), read from PostgreSQL and Redis.
+
+    Run one per fleet, whatever the number of workers; Prometheus scrapes it.
+    """
+    from workers.metrics import run_exporter
+
+    settings = _settings()
+    run_exporter(settings, host or settings.metrics_host, port or settings.metrics_port)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -666,14 +747,18 @@ def breakers(as_json: bool, history: int) -> None:
 @click.option("--carrier-time-scale", default=60.0, show_default=True)
 @click.option("--api/--no-api", default=True, show_default=True,
               help="Run the HTTP intake service (orderfleet serve) on ORDERFLEET_API_PORT.")
+@click.option("--metrics/--no-metrics", default=True, show_default=True,
+              help="Run the Prometheus exporter on ORDERFLEET_METRICS_PORT.")
 def up(workers: int, concurrency: int, flower: bool, flower_port: int,
-       carrier_time_scale: float, api: bool) -> None:
+       carrier_time_scale: float, api: bool, metrics: bool) -> None:
     """Run the whole local fleet in the foreground until Ctrl-C or SIGTERM."""
     from workers.fleet import Fleet
+    from workers.ops_auth import describe
 
     settings = _settings()
     fleet = Fleet(settings, workers=workers, concurrency=concurrency, flower=flower,
-                  flower_port=flower_port, carrier_time_scale=carrier_time_scale, api=api)
+                  flower_port=flower_port, carrier_time_scale=carrier_time_scale, api=api,
+                  exporter=metrics)
     stop = {"now": False}
 
     def _stop(*_: Any) -> None:
@@ -691,6 +776,16 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
     if api:
         console.print(f"intake API at http://{settings.api_host}:{settings.api_port} "
                       "(POST /webhooks/shopify/{shop}, /webhooks/woocommerce/{store}, /orders)")
+    if metrics:
+        console.print(f"metrics at http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    if flower or api:
+        console.print(("Flower and " if flower else "") + "the order health page "
+                      f"(/ops/health): {describe(fleet.settings)}"
+                      + (" (generated: set ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)"
+                         if fleet.generated_ops_credentials else ""), soft_wrap=True)
+    if "smtp" in fleet.procs:
+        console.print(f"SMTP sink on port {settings.smtp_port} (non-core e-mails kept in "
+                      f"{fleet.mail_file}); marketing list at {settings.marketing_url}")
     console.print("submit orders from another shell: orderfleet submit orders.jsonl")
     try:
         while not stop["now"]:
@@ -714,17 +809,30 @@ def up(workers: int, concurrency: int, flower: bool, flower_port: int,
 @click.option("--database-url", default=None,
               help="A PostgreSQL database whose name contains 'demo' (wiped unless --keep-db); "
                    "default var/demo.db (SQLite).")
+@click.option("--loglevel", default="warning", show_default=True,
+              help="The fleet's log level (logs in var/logs).")
+@click.option("--surge", is_flag=True, help="Run a short Black-Friday spike with surge control "
+              "(load, breaker, parked and replayed jobs, VIP first) instead.")
 def demo(n_orders: int, seed: int, workers: int, as_json: bool, flower: bool,
-         keep_db: bool, database_url: str | None) -> None:
+         keep_db: bool, database_url: str | None, loglevel: str, surge: bool) -> None:
     """Start a local fleet, push synthetic orders through it, and print a summary.
 
     The demo keeps to its own data whatever ORDERFLEET_* says: Redis db 14 of the configured
     Redis server (refused unless empty or the demo's own) and its own database.
     """
+    if surge:
+        from workers.cli_surge import run_surge_demo
+
+        summary = run_surge_demo(n_orders=n_orders, workers=workers, quiet=as_json,
+                                 database_url=database_url)
+        if as_json:
+            click.echo(json.dumps(summary))
+        return
     from workers.demo import run_demo
 
     summary = run_demo(n_orders=n_orders, seed=seed, workers=workers, flower=flower,
-                       fresh_db=not keep_db, quiet=as_json, database_url=database_url)
+                       fresh_db=not keep_db, quiet=as_json, database_url=database_url,
+                       loglevel=loglevel)
     if as_json:
         click.echo(json.dumps(summary))
 
@@ -834,6 +942,51 @@ def bench_inventory(n_orders: int, n_single: int, processes: int, database_url: 
     if as_json:
         click.echo(json.dumps(result))
 
+
+# --- reliability: dead letters, re-drive, chaos (workers/cli_reliability.py) --------------------
+def _add_reliability_commands() -> None:
+    from workers.cli_reliability import chaos, dlq, redrive
+
+    for command in (dlq, redrive, chaos):
+        main.add_command(command)
+
+
+_add_reliability_commands()
+
+
+@bench.command("fuzz")
+@click.option("--inputs", "n_inputs", default=10_000, show_default=True,
+              help="Requests to fire (signed and unsigned, every kind of bad input).")
+@click.option("--concurrency", default=16, show_default=True, help="Requests in flight.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--database-url", default=None,
+              help="A database named *bench* (wiped); default var/bench-fuzz.db (SQLite).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_fuzz(n_inputs: int, concurrency: int, seed: int, database_url: str | None,
+               as_json: bool) -> None:
+    """Bad input at a real `orderfleet serve`: response codes, 5xx, crashes, rows written."""
+    from benchmarks.fuzz import run_fuzz_bench
+
+    result = run_fuzz_bench(n_inputs=n_inputs, concurrency=concurrency, seed=seed,
+                            database_url=database_url, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(result))
+    if result["server_errors"] or result["connection_errors"] or \
+            not result["server_alive_after"] or result["unsigned_rows_written"]:
+        raise SystemExit(1)
+
+
+from workers.cli_exceptions import exceptions  # noqa: E402 - the exceptions desk
+
+main.add_command(exceptions)
+
+
+# --- surge control (workers/cli_surge.py) ------------------------------------------------------
+from workers.cli_surge import bench_surge, load_command, scale_command  # noqa: E402
+
+main.add_command(load_command)
+main.add_command(scale_command)
+bench.add_command(bench_surge)
 
 bench.add_command(bench_stages)
 bench.add_command(bench_soak)

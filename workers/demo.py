@@ -13,7 +13,15 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from domain.lifecycle import SETTLED, State
-from workers.fleet import DEMO_REDIS_DB, Fleet, reset_run_database, run_settings, use_settings
+from workers.fleet import (
+    DEMO_REDIS_DB,
+    Fleet,
+    free_port,
+    port_free,
+    reset_run_database,
+    run_settings,
+    use_settings,
+)
 
 
 def state_counts(settings: Settings) -> dict[str, int]:
@@ -23,6 +31,26 @@ def state_counts(settings: Settings) -> dict[str, int]:
     with unit_of_work(settings) as uow:
         return dict(uow.session.execute(
             select(OrderRow.state, func.count()).group_by(OrderRow.state)).all())
+
+
+def surge_line(settings: Settings) -> str:
+    """Load %, breaker and parked/replayed non-core jobs, as the control loop published them."""
+    import redis
+
+    from domain.surge import client, read_counts, read_load
+
+    r = client(settings)
+    try:
+        load, counts = read_load(r), read_counts(r)
+    except redis.RedisError:
+        return ""
+    finally:
+        r.close()
+    if not load:
+        return ""
+    return (f"load {100 * (load.get('load') or 0):.0f}% breaker {load.get('breaker')} "
+            f"stage {load.get('surge_stage')} parked {counts['parked']} "
+            f"replayed {counts['replayed']} |")
 
 
 def wait_until(settings: Settings, done: Any, total: int, *, label: str, quiet: bool,
@@ -38,6 +66,7 @@ def wait_until(settings: Settings, done: Any, total: int, *, label: str, quiet: 
             counts = state_counts(settings)
             n = done(counts)
             shown = " ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
+            shown = f"{surge_line(settings)} {shown}".strip()
             progress.update(task, completed=n, states=shown)
             if n >= total:
                 return counts
@@ -47,7 +76,8 @@ def wait_until(settings: Settings, done: Any, total: int, *, label: str, quiet: 
 
 
 def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: bool,
-             quiet: bool, database_url: str | None = None) -> dict[str, Any]:
+             quiet: bool, database_url: str | None = None,
+             loglevel: str = "warning") -> dict[str, Any]:
     from domain.db import dispose_engines, unit_of_work
     from domain.report import build_report
     from domain.stock import StockLevel, set_stock_levels
@@ -63,8 +93,13 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
                 if p.exists():
                     p.unlink()
     # The demo's own Redis db and database, whatever ORDERFLEET_* points at.
+    defaults = Settings.model_construct()
+    # The usual ports when they are free; others when something else (another demo) has them.
+    api_port = defaults.api_port if port_free("127.0.0.1", defaults.api_port) else free_port()
+    carrier_port = 8765 if port_free("127.0.0.1", 8765) else free_port()
     settings = run_settings(
-        "demo", DEMO_REDIS_DB, database_url,
+        "demo", DEMO_REDIS_DB, database_url, api_port=api_port,
+        carrier_url=f"http://127.0.0.1:{carrier_port}",
         # Short waves and frequent tracking sweeps so a few thousand orders finish in minutes.
         wave_max_age_s=2.0, tracking_sweep_interval_s=3.0, sweep_interval_s=10.0,
         stage_deadline_s=60.0)
@@ -76,7 +111,7 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
 
     # 3,600 carrier hours pass per real hour... times 10: a parcel is delivered in ~15 s.
     fleet = Fleet(settings, workers=workers, flower=flower, carrier_time_scale=12_000,
-                  api=True, owner="demo")
+                  api=True, owner="demo", loglevel=loglevel)
     with fleet:
         if fleet.started_redis:
             console.print(f"started Redis: {fleet.started_redis}")
@@ -84,6 +119,12 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
                       f"http://127.0.0.1:{settings.api_port}"
                       + (", Flower at http://127.0.0.1:5555" if flower else "")
                       + f"; database {settings.database_url}")
+        from workers.ops_auth import describe
+
+        console.print(f"order health at http://127.0.0.1:{settings.api_port}/ops/health"
+                      + (" and Flower" if flower else "") + f": {describe(fleet.settings)}"
+                      + (" (generated: set ORDERFLEET_OPS_BASIC_AUTH=user:password to choose)"
+                         if fleet.generated_ops_credentials else ""), soft_wrap=True)
         stock_rows = generate_stock(seed=seed, units_per_sku=max(40, n_orders // 12))
         with unit_of_work(settings) as uow:
             set_stock_levels(uow, [StockLevel.model_validate(r) for r in stock_rows])
@@ -163,6 +204,12 @@ def render_report(rep: dict[str, Any], console: Console) -> None:
     console.print(f"labels bought: {rep['labels']}; reservations: {rep['reservations']}")
     console.print(f"rejected at intake: {rep['rejected_at_intake']}; "
                   f"rejected by fraud: {rep['rejected_by_fraud']}")
+    exc = rep.get("intake_exceptions")
+    if exc:
+        oldest = exc["oldest_open_s"]
+        console.print(f"intake exceptions: {exc['open']} open"
+                      + (f" (oldest {oldest // 60} min)" if oldest is not None else "") + ", "
+                      + ", ".join(f"{n} {s}" for s, n in exc["by_status"].items() if s != "open"))
     for reason, n in rep["rejected_reasons"].items():
         console.print(f"  {n:>5}  {reason}")
     lat = Table(title="stage latency (s)")
@@ -173,3 +220,41 @@ def render_report(rep: dict[str, Any], console: Console) -> None:
     console.print(lat)
     console.print(f"paid -> label: p50 {rep['p50_paid_to_label_s']} s, "
                   f"p95 {rep['p95_paid_to_label_s']} s")
+    render_ops(rep["ops"], console)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2%}"
+
+
+def render_ops(ops: dict[str, Any], console: Console) -> None:
+    """The figures ops review: rates, variance against the baseline, the exception heatmap."""
+    ht, delayed = ops["handling_time"], ops["delayed_status_updates_7d"]
+    figures = Table(title="ops figures", show_header=False)
+    figures.add_row("cancellation rate", f"{_pct(ops['cancellation_rate'])} "
+                    f"({ops['cancelled']} orders)")
+    figures.add_row("SLA attainment 24 h / 7 d", f"{_pct(ops['sla_attainment_24h'])} / "
+                    f"{_pct(ops['sla_attainment_7d'])} (7 d: {ops['sla_orders_7d']['on_time']} "
+                    f"on time, {ops['sla_orders_7d']['late']} late)")
+    figures.add_row("handling time (paid -> label), last 24 h",
+                    f"mean {ht['current_mean_s']} s over {ht['orders']} orders; baseline "
+                    f"{ht['baseline_mean_s']} s ({ht['baseline_orders']} orders); change "
+                    f"{_pct(ht['change'])} (review above 20%); spread (CV) "
+                    f"{_pct(ht['current_cv'])}")
+    figures.add_row("delayed status updates (7 d)",
+                    f"{_pct(delayed['share'])} ({delayed['delayed']} of {delayed['orders']})")
+    figures.add_row("cost share of GMV (7 d)", f"{_pct(ops['cost_share_of_gmv_7d'])} "
+                    f"({ops['cost_usd_7d']} of {ops['gmv_usd_7d']} USD)")
+    figures.add_row("exceptions per order 24 h / previous",
+                    f"{_pct(ops['exceptions_per_order_24h'])} / "
+                    f"{_pct(ops['exceptions_per_order_previous_24h'])}")
+    console.print(figures)
+    heat = ops["exception_heatmap_7d"]
+    if heat:
+        grid = Table(title="exceptions by stage and hour (UTC, 7 days)")
+        grid.add_column("stage")
+        for h in range(24):
+            grid.add_column(f"{h:02d}", justify="right")
+        for stage, counts in heat.items():
+            grid.add_row(stage, *(str(n) if n else "." for n in counts))
+        console.print(grid)

@@ -26,7 +26,7 @@ import psycopg
 import redis
 from pydantic import SecretStr
 
-from config.celery import QUEUES
+from config.celery import WORKER_QUEUE_ORDER
 from config.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -90,14 +90,25 @@ class Fleet:
     carrier_time_scale: float = 1.0
     # The HTTP intake service (``orderfleet serve``) on settings.api_port.
     api: bool = False
-    queues: tuple[str, ...] = QUEUES
+    # The Prometheus exporter (``orderfleet exporter``) on settings.metrics_port.
+    exporter: bool = False
+    queues: tuple[str, ...] = WORKER_QUEUE_ORDER
+    # Non-core jobs' stand-ins: the SMTP sink on smtp_port and the sandbox storefront (its
+    # marketing list) on marketing_url's port, when those point at this machine.
+    noncore_sinks: bool = True
+    # "MAX,MIN": workers run with --autoscale instead of a fixed pool of ``concurrency``.
+    autoscale: str | None = None
     log_dir: Path | None = None
     loglevel: str = "warning"
     # A demo or benchmark run: its Redis db must be empty or carry this owner's mark, and is
     # emptied at start (see claim_redis_db). None: the broker is used as configured.
     owner: str | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # How each process was started, so that a supervisor can start it again.
+    commands: dict[str, list[str]] = field(default_factory=dict)
     started_redis: str | None = None  # what was started, for the README's "which Redis" line
+    # Flower and the order-health page always need credentials: True when start() made them.
+    generated_ops_credentials: bool = False
 
     @property
     def env(self) -> dict[str, str]:
@@ -105,14 +116,17 @@ class Fleet:
         return {**_without_fleet_env(os.environ), **settings_env(self.settings),
                 "PYTHONUNBUFFERED": "1"}
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str],
+               extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         log_dir = self.log_dir or (self.settings.var_dir / "logs")
         log_dir.mkdir(parents=True, exist_ok=True)
         out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(args, env={**self.env, **(extra_env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
         out.close()
         self.procs[name] = proc
+        self.commands[name] = args
         return proc
 
     # --- services -------------------------------------------------------------------------
@@ -169,11 +183,45 @@ class Fleet:
 
         self._wait(healthy, "api", 30)
 
+    def start_noncore_sinks(self) -> None:
+        """The local SMTP sink and sandbox storefront that non-core jobs talk to."""
+        s = self.settings
+        if s.smtp_host in ("127.0.0.1", "localhost"):
+            if not port_free("127.0.0.1", s.smtp_port):
+                raise RuntimeError(f"port {s.smtp_port} for the SMTP sink is taken")
+            if self.owner is not None:  # a demo or benchmark counts only its own mail
+                self.mail_file.unlink(missing_ok=True)
+            self._spawn("smtp", [sys.executable, "-m", "sandbox.smtp", "--port",
+                                 str(s.smtp_port), "--out", str(self.mail_file)])
+            self._wait(lambda: not port_free("127.0.0.1", s.smtp_port), "smtp", 20)
+        parsed = urlparse(s.marketing_url)
+        if parsed.hostname in ("127.0.0.1", "localhost"):
+            port = parsed.port or 80
+            if not port_free("127.0.0.1", port):
+                raise RuntimeError(f"port {port} for the sandbox storefront is taken")
+            self._spawn("storefront", [sys.executable, "-m", "sandbox.storefront",
+                                       "--port", str(port)])
+
+            def healthy() -> bool:
+                try:
+                    return httpx.get(f"{s.marketing_url}/healthz", timeout=0.5).is_success
+                except httpx.HTTPError:
+                    return False
+
+            self._wait(healthy, "storefront", 20)
+
+    @property
+    def mail_file(self) -> Path:
+        """Where the SMTP sink keeps the messages it accepted (JSON lines)."""
+        return (self.log_dir or self.settings.var_dir / "logs").parent / "mail" / "messages.jsonl"
+
     def start_workers(self) -> None:
+        pool = (["--autoscale", self.autoscale] if self.autoscale
+                else ["-c", str(self.concurrency)])
         for i in range(1, self.workers + 1):
             self._spawn(f"worker{i}", [
                 sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-                "-Q", ",".join(self.queues), "-c", str(self.concurrency),
+                "-Q", ",".join(self.queues), *pool,
                 "-n", f"w{i}-{os.getpid()}@%h", "--loglevel", self.loglevel,
                 "--without-mingle", "--without-gossip",
             ])
@@ -192,9 +240,36 @@ class Fleet:
                              "-s", str(schedule), "--loglevel", self.loglevel])
 
     def start_flower(self) -> None:
+        from workers.ops_auth import flower_args, flower_env
+
         self._spawn("flower", [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
-                               f"--port={self.flower_port}", "--address=127.0.0.1",
-                               "--max_tasks=10000"])
+                               *flower_args(self.settings, self.flower_port, "127.0.0.1")],
+                    extra_env=flower_env(self.settings))
+        url = f"http://127.0.0.1:{self.flower_port}/healthcheck"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(url, timeout=0.5).is_success
+            except httpx.HTTPError:
+                return False
+
+        self._wait(healthy, "flower", 30)
+
+    def start_exporter(self) -> None:
+        port = self.settings.metrics_port
+        if not port_free("127.0.0.1", port):
+            raise RuntimeError(f"port {port} for the metrics exporter is taken")
+        self._spawn("exporter", [sys.executable, "-m", "workers.metrics",
+                                 "--host", self.settings.metrics_host, "--port", str(port)])
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(url, timeout=5).is_success
+            except httpx.HTTPError:
+                return False
+
+        self._wait(healthy, "exporter", 30)
 
     def _wait(self, ready: Any, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -211,8 +286,11 @@ class Fleet:
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> Fleet:
         from domain.migrate import upgrade
+        from workers.ops_auth import with_ops_credentials
 
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
+        if self.flower or self.api:
+            self.settings, self.generated_ops_credentials = with_ops_credentials(self.settings)
         try:
             self.ensure_redis()
             if self.owner is not None:
@@ -222,11 +300,15 @@ class Fleet:
                 self.start_carrier()
             if self.api:
                 self.start_api()
+            if self.noncore_sinks and self.settings.noncore_jobs:
+                self.start_noncore_sinks()
             self.start_workers()
             if self.beat:
                 self.start_beat()
             if self.flower:
                 self.start_flower()
+            if self.exporter:
+                self.start_exporter()
         except BaseException:
             self.stop()
             raise

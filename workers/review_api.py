@@ -5,6 +5,8 @@
     GET  /review/orders/{id}                 one order with everything a reviewer needs
     POST /review/orders/{id}/approve         {"by": "...", "reason": "..."}: resume at reservation
     POST /review/orders/{id}/cancel          {"by": "...", "reason": "..."}: cancel, release stock
+    POST /review/orders/{id}/address         {"by": "...", "address": {...}}: correct the
+                                             shipping address of an order not yet reserved
     GET  /review/decisions                   latest decisions (who, when, why)
 
 ``{id}`` is the store's order id or the internal id (``?store=`` disambiguates). When
@@ -33,6 +35,7 @@ from domain.review import (
     ReviewError,
     approve_order,
     cancel_order,
+    correct_address,
     pending_reviews,
     recent_decisions,
     review_detail,
@@ -155,6 +158,33 @@ async def cancel(request: Request) -> Response:
     return await _decide(request, cancel_order)
 
 
+async def address(request: Request) -> Response:
+    settings = get_settings()
+    if (denied := _unauthorised(request, settings)) is not None:
+        return denied
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError) as exc:
+        return _error(400, f"body is not JSON: {str(exc)[:200]}")
+    if not isinstance(body, dict):
+        return _error(422, "body must be a JSON object with by and address", "(body)")
+    ref = request.path_params["order_id"]
+    store = request.query_params.get("store") or None
+
+    def work() -> dict[str, Any]:
+        with unit_of_work(settings) as uow:
+            return correct_address(uow, ref, body.get("address"), by=body.get("by"),
+                                   store=store)
+
+    try:
+        return JSONResponse(await run_in_threadpool(work))
+    except ReviewError as exc:
+        return _error(exc.status, str(exc), getattr(exc, "field", None))
+
+
 async def decisions(request: Request) -> Response:
     settings = get_settings()
     if (denied := _unauthorised(request, settings)) is not None:
@@ -177,6 +207,7 @@ routes: list[BaseRoute] = [
     Route("/orders/{order_id}", show_order, methods=["GET"]),
     Route("/orders/{order_id}/approve", approve, methods=["POST"]),
     Route("/orders/{order_id}/cancel", cancel, methods=["POST"]),
+    Route("/orders/{order_id}/address", address, methods=["POST"]),
     Route("/decisions", decisions, methods=["GET"]),
 ]
 

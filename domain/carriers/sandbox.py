@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from domain.carriers.base import (
@@ -140,6 +140,10 @@ class SandboxCarrier(CarrierAdapter):
 
     def stats(self) -> dict[str, int]:
         return dict(self.transport.call("GET", "/v1/stats"))
+
+    def books(self) -> dict[str, Any]:
+        """Labels charged and not voided, and the references charged more than once."""
+        return dict(self.transport.call("GET", "/v1/admin/books"))
 
     def reset(self) -> None:
         """Clear the sandbox carrier's books and faults."""

@@ -21,6 +21,7 @@ class SandboxAdmin:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/stats", self.stats, methods=["GET"]),
+            Route("/v1/admin/books", self.books, methods=["GET"]),
             Route("/v1/reset", self.reset, methods=["POST"]),
             Route("/v1/admin/faults", self.get_faults, methods=["GET"]),
             Route("/v1/admin/faults", self.put_faults, methods=["PUT"]),
@@ -32,6 +33,21 @@ class SandboxAdmin:
     async def stats(self, request: Request) -> JSONResponse:
         with self.state.lock:
             return JSONResponse(dict(vars(self.state.stats)))
+
+    async def books(self, request: Request) -> JSONResponse:
+        """Labels charged and not voided, per shipper reference: a reference charged twice is a
+        parcel that got two labels, whatever the shipper's own records say."""
+        with self.state.lock:
+            per_reference: dict[str, int] = {}
+            for label in self.state.by_id.values():
+                if label.voided_ts is None:
+                    ref = label.request.reference
+                    per_reference[ref] = per_reference.get(ref, 0) + 1
+        twice = {ref: n for ref, n in per_reference.items() if n > 1}
+        return JSONResponse({"labels": sum(per_reference.values()),
+                             "references": len(per_reference),
+                             "references_charged_twice": twice,
+                             "per_reference": per_reference})
 
     async def reset(self, request: Request) -> JSONResponse:
         self.state.reset()

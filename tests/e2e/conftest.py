@@ -20,16 +20,21 @@ def start_fleet(db, broker, settings, tmp_path) -> Iterator[Callable[..., Fleet]
     Keyword arguments override settings (e.g. wave_size) or Fleet options (workers=...).
     """
     started: list[Fleet] = []
-    fleet_opts = {"workers", "concurrency", "beat", "carrier_time_scale", "queues"}
+    fleet_opts = {"workers", "concurrency", "beat", "carrier_time_scale", "queues", "flower",
+                  "flower_port", "api", "exporter", "autoscale", "noncore_sinks"}
 
     def start(**overrides: Any) -> Fleet:
         opts = {k: overrides.pop(k) for k in list(overrides) if k in fleet_opts}
         fleet_settings = settings.model_copy(update={
             "carrier_url": f"http://127.0.0.1:{free_port()}",
+            "smtp_port": free_port(),
+            "marketing_url": f"http://127.0.0.1:{free_port()}",
             "wave_max_age_s": 1.0,
             "tracking_sweep_interval_s": 2.0,
             "sweep_interval_s": 5.0,
             "stage_deadline_s": 30.0,
+            # The surge stages pause tracking sweeps; tests that want them lower the ratio.
+            "surge_intake_ratio": 1000.0,
             "var_dir": tmp_path,
             **overrides,
         })

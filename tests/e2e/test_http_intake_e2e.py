@@ -52,6 +52,9 @@ def fleet_with_api(db, broker, settings, tmp_path) -> Iterator[tuple[Fleet, Any]
 def shopify_orders(n: int) -> list[dict[str, Any]]:
     """n orders in Shopify's webhook shape, alternating the EU and the US fixture."""
     eu = json.loads((FIXTURES / "shopify_order_paid.json").read_text())
+    # That body's total leaves out its shipping (120 - 10 + 12.80 + 22.80 tax): intake would hold
+    # it for a person. These orders are meant to flow, so their total adds up.
+    eu["total_price"] = "145.60"
     us = json.loads((FIXTURES / "shopify" / "orders_paid_us.json").read_text())
     return [{**(eu if i % 2 else us), "id": 6_000_000_000 + i, "financial_status": "paid"}
             for i in range(n)]

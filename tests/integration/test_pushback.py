@@ -117,10 +117,17 @@ def test_a_bought_label_becomes_one_shopify_fulfilment_with_tracking(
     assert ful["tracking_company"] in ("SBX Post", "SBX Air Express")
     assert sh.tracking_number in ful["tracking_url"] and ful["notify_customer"] is True
     sent = notifications(settings, order_id)["label_bought"]
-    assert (sent.status, sent.remote_id) == ("sent", str(ful["id"]))
-    # The Admin API was called with the shop's token.
+    assert (sent.status, sent.remote_id) == ("sent", f"gid://shopify/Fulfillment/{ful['id']}")
+    # Through the Admin GraphQL API (fulfillment orders, then fulfillmentCreate with
+    # trackingInfo), with the shop's token; no legacy REST call.
     calls = [r for r in storefront.state.received if "/admin/api/" in r["path"]]
+    assert calls and all(r["path"].endswith("/graphql.json") for r in calls)
     assert all(r["headers"]["x-shopify-access-token"] == TOKEN for r in calls)
+    documents = [r["json"]["query"] for r in calls]
+    assert any("fulfillmentOrders" in d for d in documents)
+    (create,) = [r["json"] for r in calls if "fulfillmentCreate(" in r["json"]["query"]]
+    assert create["variables"]["fulfillment"]["trackingInfo"]["number"] == sh.tracking_number
+    assert ful["via"] == "graphql"
 
 
 def test_each_tracking_status_reached_is_one_fulfilment_event(shop_settings, storefront,
@@ -160,8 +167,8 @@ def test_a_failing_store_is_retried_and_a_lost_response_creates_no_duplicate(
     order_id = labelled(settings, carrier, shopify_paid(), store="acme")
     nid = notifications(settings, order_id)["label_bought"].id
     # Shopify answers 503 twice, then 429 with Retry-After: the adapter retries within budget.
-    storefront.fail_next(503, times=2, path_contains="fulfillments.json")
-    storefront.fail_next(429, times=1, path_contains="fulfillment_orders", retry_after=0.1)
+    storefront.fail_next(503, times=2, path_contains="graphql.json")
+    storefront.fail_next(429, times=1, path_contains="graphql.json", retry_after=0.1)
     assert send_notifications([nid], settings).sent == [nid]
     # Given the fulfilment was created but the worker died before recording it
     with unit_of_work(settings) as uow:
@@ -170,7 +177,8 @@ def test_a_failing_store_is_retried_and_a_lost_response_creates_no_duplicate(
     # When it is sent again, the existing fulfilment is adopted, not duplicated
     assert send_notifications([nid], settings).sent == [nid]
     (ful,) = storefront.state.fulfillments[("acme", "5213468230001")]
-    assert notifications(settings, order_id)["label_bought"].remote_id == str(ful["id"])
+    assert notifications(settings, order_id)["label_bought"].remote_id == \
+        f"gid://shopify/Fulfillment/{ful['id']}"
 
 
 def test_a_store_down_past_the_budget_keeps_the_news_pending_for_later(

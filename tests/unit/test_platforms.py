@@ -18,7 +18,7 @@ from domain.platforms import (
     signature_matches,
     woocommerce_to_native,
 )
-from domain.schemas import OrderValidationError, parse_order
+from domain.schemas import OrderValidationError, hold_reasons, parse_order
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -63,10 +63,19 @@ def test_woocommerce_guest_order_without_shipping_block_ships_to_billing() -> No
 
 def test_woocommerce_bad_line_is_reported_by_its_native_field() -> None:
     raw = json.loads((FIXTURES / "woocommerce" / "order_processing.json").read_text())
-    raw["line_items"][1]["sku"] = ""
+    raw["line_items"][1].update(sku="", product_id=None, variation_id=None)
     with pytest.raises(OrderValidationError) as err:
         parse_order(woocommerce_to_native(raw, store="lyon-shop"))
     assert [e["field"] for e in err.value.errors] == ["lines.1.sku"]
+
+
+def test_a_woocommerce_line_without_sku_uses_its_product_and_holds_the_order() -> None:
+    raw = json.loads((FIXTURES / "woocommerce" / "order_processing.json").read_text())
+    raw["line_items"][1]["sku"] = ""
+    order = parse_order(woocommerce_to_native(raw, store="lyon-shop"))
+    product = raw["line_items"][1].get("variation_id") or raw["line_items"][1]["product_id"]
+    assert order.lines[1].sku == f"woo-product-{product}"
+    assert hold_reasons(order) == [f"line 2 has no SKU: woo-product-{product} stands in for it"]
 
 
 def test_csv_feed_groups_rows_into_orders_and_reports_bad_rows() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from domain.schemas import OrderValidationError, parse_order
+from domain.schemas import OrderValidationError, hold_reasons, parse_order
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -71,9 +71,20 @@ def test_invalid_order_names_the_field(change: dict, field: str) -> None:
     assert field in [e["field"] for e in exc.value.errors], exc.value.errors
 
 
-def test_totals_that_do_not_add_up_are_refused() -> None:
-    with pytest.raises(OrderValidationError, match="subtotal"):
-        parse_order(native(totals={"subtotal": "99.00", "total": "99.00"}))
+def test_totals_that_do_not_add_up_are_a_hold_reason_not_a_refusal() -> None:
+    order = parse_order(native(totals={"subtotal": "99.00", "total": "99.00"}))
+    reasons = hold_reasons(order)
+    assert len(reasons) == 1 and "subtotal" in reasons[0]
+
+
+def test_a_total_that_is_not_lines_minus_discount_plus_shipping_and_tax_is_a_hold_reason() -> None:
+    assert hold_reasons(parse_order(native())) == []
+    short = parse_order(native(totals={"subtotal": "40.00", "shipping": "5.00",
+                                       "total": "30.00"}))
+    assert "totals.total" in hold_reasons(short)[0]
+    taxed = native(totals={"subtotal": "40.00", "shipping": "5.00", "tax": "4.00",
+                           "tax_included": True, "total": "45.00"})
+    assert hold_reasons(parse_order(taxed)) == []
 
 
 def test_non_object_payload_is_refused_clearly() -> None:

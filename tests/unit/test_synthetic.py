@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from config.settings import DEFAULT_FX_RATES_TO_USD
-from domain.schemas import Order, OrderValidationError, parse_order
+from domain.schemas import Order, OrderValidationError, hold_reasons, parse_order
 from sandbox.synthetic import (
     CATALOGUE,
     KINDS,
@@ -131,7 +131,8 @@ def test_every_invalid_payload_is_rejected():
     """Each invalid payload fails in exactly one way.
 
     Either ``parse_order`` raises OrderValidationError (missing shipping address, quantity 0,
-    negative price, subtotal not matching the lines, no lines, line without SKU), or the
+    negative price, no lines, line without SKU), or the order is held for a person (subtotal
+    not matching the lines: :func:`domain.schemas.hold_reasons`), or the
     payload parses but its currency is not in DEFAULT_FX_RATES_TO_USD (the unknown "XXX"),
     which the pipeline rejects when it converts the total for the review threshold.
     """
@@ -147,6 +148,11 @@ def test_every_invalid_payload_is_rejected():
             err = exc.errors[0]
             reasons[err["field"].split(".")[0] + ":" + err["field"].split(".")[-1]] += 1
         else:
+            held = hold_reasons(order)
+            if held:  # totals that do not add up hold the order for a person
+                assert len(held) == 1 and held[0].startswith("totals."), held
+                reasons["held: subtotal"] += 1
+                continue
             assert order.currency not in DEFAULT_FX_RATES_TO_USD, payload
             reasons["unknown currency"] += 1
     assert sum(reasons.values()) > 450
@@ -155,7 +161,7 @@ def test_every_invalid_payload_is_rejected():
     assert "shipping_address:shipping_address" in keys
     assert "lines:lines" in keys  # no lines at all
     assert {"lines:quantity", "lines:unit_price", "lines:sku"} <= keys
-    assert "(order):(order)" in keys  # subtotal does not match the lines
+    assert "held: subtotal" in keys  # subtotal does not match the lines: held, not refused
 
 
 # --- mix ---------------------------------------------------------------------------------------
