@@ -33,6 +33,7 @@ from domain.alerts import raise_alert
 from domain.cancellation import cancel_orders
 from domain.clock import utcnow
 from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
+from domain.fastlane import is_fast_lane
 from domain.intake_exceptions import (
     HELD_ALERT,
     ExceptionDeskError,
@@ -41,7 +42,6 @@ from domain.intake_exceptions import (
     require_open,
     settle,
 )
-from domain.fastlane import is_fast_lane
 from domain.lifecycle import EDITABLE, FINAL, State
 from domain.models import (
     OrderEvent,

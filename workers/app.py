@@ -16,9 +16,9 @@ from celery.signals import worker_process_init
 from config.celery import TASK_MODULES, celery_config
 from config.settings import Settings, get_settings
 from domain.db import dispose_engines, use_task_sender
-from workers import deadletters  # noqa: F401 - stores tasks that fail for good
 from domain.pipeline import NONCORE_TASKS
 from domain.surge import NoncoreGate
+from workers import deadletters  # noqa: F401 - stores tasks that fail for good
 
 
 def create_app() -> Celery:
