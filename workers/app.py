@@ -36,12 +36,13 @@ def create_app() -> Celery:
         if gate is not None and task in gate.kinds and len(args) == 1 and gate.park(task, args[0]):
             return
         # By name: routed to the stage's queue by config.celery, no stage module imported.
-        app.send_task(task, args=args, **_short_argsrepr(args), **options)
+        app.send_task(task, args=args, **options)
 
     use_task_sender(send)
     return app
 
 
+<<<<<<< HEAD
 def _short_argsrepr(args: tuple[Any, ...]) -> dict[str, str]:
     """A batch's ids named by range in the message header (logs, Flower), not repeated in full:
     Celery's default repeats the whole id list there, which made a 100-id message 40% larger
@@ -59,6 +60,8 @@ def _noncore_gate(settings: Settings) -> NoncoreGate | None:
     return NoncoreGate(settings, {task: kind for kind, task in NONCORE_TASKS.items()})
 
 
+=======
+>>>>>>> parent of aeb2e41 (Stage messages name their batch by id range in the argsrepr header instead of repeating every id: a 100-id message 3,038 -> 2,215 bytes in Redis)
 app = create_app()
 
 
