@@ -42,26 +42,12 @@ def create_app() -> Celery:
     return app
 
 
-<<<<<<< HEAD
-def _short_argsrepr(args: tuple[Any, ...]) -> dict[str, str]:
-    """A batch's ids named by range in the message header (logs, Flower), not repeated in full:
-    Celery's default repeats the whole id list there, which made a 100-id message 40% larger
-    (3,038 -> 2,169 bytes in Redis)."""
-    if args and isinstance(args[0], list) and len(args[0]) > 3:
-        ids = args[0]
-        rest = f", {', '.join(map(repr, args[1:]))}" if len(args) > 1 else ""
-        return {"argsrepr": f"([{ids[0]!r} .. {ids[-1]!r}] ({len(ids)} ids){rest})"}
-    return {}
-
-
 def _noncore_gate(settings: Settings) -> NoncoreGate | None:
     if not settings.shared_redis.startswith(("redis://", "rediss://")):
         return None
     return NoncoreGate(settings, {task: kind for kind, task in NONCORE_TASKS.items()})
 
 
-=======
->>>>>>> parent of aeb2e41 (Stage messages name their batch by id range in the argsrepr header instead of repeating every id: a 100-id message 3,038 -> 2,215 bytes in Redis)
 app = create_app()
 
 
