@@ -25,6 +25,10 @@ QUEUES: tuple[str, ...] = (
     "bench",
     "pushback",
     "cancellation",
+    # --- lanes and routing: custom-made waves' labels, the returns lane, model training ---
+    "labels_custom",
+    "returns",
+    "routing",
 )
 
 TASK_ROUTES: dict[str, str] = {
@@ -47,6 +51,11 @@ TASK_ROUTES: dict[str, str] = {
     "orderfleet.cancellation.sweep": "sweeps",
     # --- recovery: a broker that lost its data ---
     "orderfleet.sweeps.broker_epoch": "sweeps",
+    # --- lanes and routing ---
+    "orderfleet.returns.issue_labels": "returns",
+    "orderfleet.returns.settle": "returns",
+    "orderfleet.returns.sweep": "sweeps",
+    "orderfleet.routing.retrain": "routing",
 }
 
 TASK_MODULES: tuple[str, ...] = (
@@ -60,6 +69,8 @@ TASK_MODULES: tuple[str, ...] = (
     "benchmarks.noop",
     "tasks.pushback",
     "tasks.cancellation",
+    "tasks.returns",
+    "tasks.routing",
 )
 
 
@@ -89,7 +100,10 @@ WORKER_QUEUE_ORDER: tuple[str, ...] = (
     *(FAST_LANE_QUEUES[q] for q in reversed(CORE_STAGE_QUEUES)),
     "pushback",
     *reversed(CORE_STAGE_QUEUES),
-    "tracking", "bench",
+    # lanes: custom-made waves' labels after the standard ones (a flood of them never delays
+    # standard parcels), the returns lane after every forward stage, model training last
+    "labels_custom", "returns",
+    "tracking", "bench", "routing",
     *NONCORE_QUEUES.values(),
 )
 TASK_ROUTES.update({
@@ -203,6 +217,15 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": timedelta(seconds=settings.surge_monitor_interval_s),
             # A tick that waited longer than two intervals is stale: the next one is due.
             "options": {"expires": settings.surge_monitor_interval_s * 2},
+        },
+        # --- lanes and routing ---
+        "returns-sweep": {
+            "task": "orderfleet.returns.sweep",
+            "schedule": timedelta(seconds=max(settings.sweep_interval_s, 5.0)),
+        },
+        "routing-retrain": {
+            "task": "orderfleet.routing.retrain",
+            "schedule": timedelta(seconds=settings.routing_retrain_interval_s),
         },
     }
     # --- recovery: notice a broker that restarted empty within seconds ---

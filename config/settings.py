@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_VAR_DIR = Path.cwd() / "var"
@@ -43,6 +43,38 @@ DEFAULT_FX_RATES_TO_USD: dict[str, Decimal] = {
     "INR": Decimal("0.012"),
     "AED": Decimal("0.27"),
 }
+
+
+class LaneRules(BaseModel):
+    """How a store's orders are put in lanes, and each lane's dispatch promise (hours)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Lanes this store uses; an order whose lane is off goes to standard.
+    lanes: tuple[str, ...] = ("standard", "express", "custom", "vip", "returns")
+    # Custom-made: a line whose SKU starts with one of these prefixes or is flagged in
+    # custom_skus, or has a property whose name contains one of these words, or an order tag.
+    custom_skus: tuple[str, ...] = ()
+    custom_sku_prefixes: tuple[str, ...] = ()
+    custom_property_words: tuple[str, ...] = (
+        "engraving", "monogram", "custom", "personalis", "personaliz")
+    custom_tags: tuple[str, ...] = ("custom", "made-to-order")
+    vip_tags: tuple[str, ...] = ("vip",)
+    # Express: an order tag, or a shipping method containing one of these words.
+    express_tags: tuple[str, ...] = ("express",)
+    express_method_words: tuple[str, ...] = (
+        "express", "next day", "next-day", "overnight", "priority", "2-day", "two-day")
+    # Dispatch promise per lane, in hours; express is the lane promised within 48 h.
+    promise_hours: dict[str, int] = Field(default_factory=lambda: {
+        "standard": 72, "express": 48, "custom": 240, "vip": 48, "returns": 168})
+
+    @model_validator(mode="after")
+    def _express_fast(self) -> LaneRules:
+        if "standard" not in self.lanes:
+            raise ValueError("every store keeps the standard lane")
+        if self.promise_hours.get("express", 48) > 48:
+            raise ValueError("the express lane promises dispatch within 48 hours")
+        return self
 
 
 class Settings(BaseSettings):
@@ -132,7 +164,7 @@ class Settings(BaseSettings):
     # Rate shopping: the delivery promise in days per lane ("standard" covers lanes not
     # listed); the cheapest service whose estimate meets it wins.
     delivery_promise_days: dict[str, int] = Field(
-        default_factory=lambda: {"standard": 5, "vip": 2, "custom": 10})
+        default_factory=lambda: {"standard": 5, "express": 2, "vip": 2, "custom": 10})
     # Shop across every carrier the API quotes, not only the wave's (a wave's parcels then
     # may leave with different carriers).
     rate_shop_across_carriers: bool = False
@@ -161,6 +193,31 @@ class Settings(BaseSettings):
     # Must stay above the longest task including countdowns, or Redis redelivers a running task.
     visibility_timeout_s: int = Field(3600, ge=60)
     task_time_limit_s: int = Field(600, ge=10)
+
+    # --- pick waves, lanes and routing ------------------------------------------------------
+    # Waves per day the warehouse wants; a wave's size is the measured order rate (orders
+    # received in the last wave_rate_window_s, per day) over this target, kept within
+    # [wave_size_min, wave_size]. Unset: every wave closes at wave_size.
+    wave_daily_target: int | None = Field(None, ge=1, le=100_000)
+    wave_size_min: int = Field(5, ge=1, le=1000)
+    wave_rate_window_s: float = Field(3600.0, gt=0)
+    # Lanes per store: {"store": {"express_hours": 24, "custom_sku_prefixes": ["RING-"]}};
+    # stores not listed follow lane_defaults.
+    lane_defaults: LaneRules = Field(default_factory=lambda: LaneRules())
+    store_lanes: dict[str, LaneRules] = Field(default_factory=dict)
+    # Routing A/B: this share of orders (by a hash of the order id) is routed by the learned
+    # strategy once a model exists; the rest by the rules.
+    routing_learned_share: float = Field(0.5, ge=0, le=1)
+    # What a late parcel costs the store (compensation, support) against label price, and an
+    # exception (lost, damaged, returned to sender): the learned strategy weighs both.
+    routing_late_penalty_usd: float = Field(15.0, ge=0)
+    routing_exception_penalty_usd: float = Field(25.0, ge=0)
+    routing_retrain_interval_s: float = Field(7 * 24 * 3600.0, gt=0)
+    routing_min_training_rows: int = Field(200, ge=10)
+    # SKUs returned more often than this (with at least sku_return_min_shipped shipped) are
+    # flagged for a person.
+    sku_return_rate_alert: float = Field(0.05, gt=0, lt=1)
+    sku_return_min_shipped: int = Field(20, ge=1)
 
     var_dir: Path = DEFAULT_VAR_DIR
 
@@ -348,11 +405,17 @@ class Settings(BaseSettings):
         if "standard" not in self.sla_dispatch_hours or any(
                 h <= 0 for h in self.sla_dispatch_hours.values()):
             raise ValueError("sla_dispatch_hours needs a 'standard' entry; hours must be > 0")
+        if self.wave_size_min > self.wave_size:
+            raise ValueError("wave_size_min must not exceed wave_size")
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ValueError("visibility_timeout_s must exceed task_time_limit_s")
         if self.surge_close_load >= self.surge_open_load:
             raise ValueError("surge_close_load must be below surge_open_load (hysteresis)")
         return self
+
+    def lanes_of(self, store: str) -> LaneRules:
+        """The lane rules of a store (its own, else the defaults)."""
+        return self.store_lanes.get(store, self.lane_defaults)
 
     @property
     def is_sqlite(self) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from domain.routing import PRIORITY_LANES
+
 VIP_TAGS = frozenset({"vip"})
 EXPRESS_TAGS = frozenset({"express", "expedited", "priority-dispatch"})
 # "Express" means a dispatch promise of at most this many hours (FIELD-NOTES: the fast forward
@@ -41,6 +43,7 @@ def is_express(payload: Mapping[str, Any]) -> bool:
         0 < hours <= EXPRESS_DISPATCH_HOURS)
 
 
-def is_fast_lane(payload: Mapping[str, Any]) -> bool:
-    """True for an order that goes through the stages' fast lanes (VIP or express)."""
-    return is_vip(payload) or is_express(payload)
+def is_fast_lane(payload: Mapping[str, Any], lane: str | None = None) -> bool:
+    """True for an order that goes through the stages' fast lanes: VIP or express, by its tags
+    and promise or by the lane the store's rules gave it (``domain.routing.lane_for``)."""
+    return lane in PRIORITY_LANES or is_vip(payload) or is_express(payload)

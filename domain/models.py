@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Table,
@@ -115,7 +116,8 @@ class OrderRow(Base):
     source_order_id: Mapped[str] = mapped_column(String(255))
     state: Mapped[str] = mapped_column(String(32))
     paid_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Indexed: the measured order rate (wave sizes) counts recent arrivals.
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     currency: Mapped[str] = mapped_column(String(3))
     total: Mapped[Decimal] = mapped_column(Numeric(14, 2))
@@ -214,6 +216,8 @@ class Stock(Base):
     warehouse: Mapped[str] = mapped_column(ForeignKey("warehouses.code"), primary_key=True)
     on_hand: Mapped[int] = mapped_column(Integer)
     reserved: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Where the SKU sits in the warehouse (aisle-rack-shelf): pick lists walk bins in order.
+    bin: Mapped[str | None] = mapped_column(String(32))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -276,16 +280,19 @@ class SkuHold(Base):
 
 
 class Wave(Base):
-    """A pick wave: orders of one warehouse, carrier and lane picked and labelled together."""
+    """A pick wave: orders of one warehouse, carrier service, destination zone and lane,
+    picked and labelled together."""
 
     __tablename__ = "waves"
     __table_args__ = (
-        # At most one open wave per (warehouse, carrier, lane): concurrent sharding tasks
-        # cannot each open their own.
+        # At most one open wave per (warehouse, carrier, service, zone, lane): concurrent
+        # sharding tasks cannot each open their own.
         Index(
             "uq_waves_one_open",
             "warehouse",
             "carrier",
+            "service",
+            "zone",
             "lane",
             unique=True,
             postgresql_where=text("status = 'open'"),
@@ -297,8 +304,12 @@ class Wave(Base):
     warehouse: Mapped[str] = mapped_column(String(64))
     carrier: Mapped[str] = mapped_column(String(64))
     lane: Mapped[str] = mapped_column(String(32))
+    service: Mapped[str] = mapped_column(String(64), server_default=text("''"))
+    zone: Mapped[str] = mapped_column(String(16), server_default=text("''"))
     status: Mapped[str] = mapped_column(String(16))  # WaveStatus
     size: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # The size it closes at, derived from the daily wave target when it opened.
+    target_size: Mapped[int | None] = mapped_column(Integer)
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     close_reason: Mapped[str | None] = mapped_column(String(16))
@@ -338,6 +349,10 @@ class Shipment(Base):
     # Set when a person must look at the parcel (tracking silent 24 h, a carrier exception).
     flagged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     flag_reason: Mapped[str | None] = mapped_column(Text)
+    # Which routing strategy chose the service (A/B arm) and the destination zone: the
+    # recorded outcomes the learned strategy trains on and the routing report compares.
+    routing_arm: Mapped[str | None] = mapped_column(String(16))
+    zone: Mapped[str | None] = mapped_column(String(16))
 
 
 class TrackingEvent(Base):
@@ -520,6 +535,53 @@ class Coupon(Base):
     amount: Mapped[Decimal] = mapped_column(Numeric(10, 2))
     currency: Mapped[str] = mapped_column(String(3))
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReturnStatus(StrEnum):
+    REQUESTED = "requested"  # the customer asked; a return label is to be issued
+    LABEL_ISSUED = "label_issued"  # the customer has a prepaid label
+    RECEIVED = "received"  # the parcel is back at the warehouse, inspected
+    RESTOCKED = "restocked"  # resellable: units back on the shelf
+    WRITTEN_OFF = "written_off"  # damaged or used: units written off
+    # Both end states queue a refund_due notice to the store (store_notifications).
+
+
+class ReturnRequest(Base):
+    """The reverse flow of one order: request -> label -> received -> restock or write-off ->
+    refund notice. One per order (unique): a repeated request finds the existing one."""
+
+    __tablename__ = "returns"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"),
+                                          unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # ReturnStatus
+    reason: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The return label: its idempotency key is unique, so a retried purchase returns it.
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    carrier: Mapped[str | None] = mapped_column(String(64))
+    label_id: Mapped[str | None] = mapped_column(String(128))
+    tracking_number: Mapped[str | None] = mapped_column(String(128))
+    label_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    condition: Mapped[str | None] = mapped_column(String(16))  # resellable | damaged
+    refund_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class RoutingModel(Base):
+    """A learned routing model, trained from recorded outcomes (the latest one is used)."""
+
+    __tablename__ = "routing_models"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    trained_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    # scikit-learn estimators serialised with joblib; written and read only by the fleet.
+    model: Mapped[bytes] = mapped_column(LargeBinary)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(Json)
 
 
 def _table_of(entity: type[Base]) -> Table:

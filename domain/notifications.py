@@ -14,7 +14,9 @@ from domain.db import UnitOfWork, any_of, insert_ignoring_conflicts
 from domain.models import NotificationStatus, OrderRow, Shipment, StoreNotification
 from domain.pipeline import SEND_NOTIFICATIONS
 
-EVENTS = ("label_bought", "tracking_changed", "cancelled")
+EVENTS = ("label_bought", "tracking_changed", "cancelled", "refund_due")
+# News without a parcel on its way: no tracking number is sent with them.
+WITHOUT_TRACKING = ("cancelled", "refund_due")
 
 
 def channel_for(source: str, store: str, settings: Settings) -> str:
@@ -31,7 +33,7 @@ def notify_store(uow: UnitOfWork, order_ids: list[int], event: str) -> list[int]
 
     ``event``: ``label_bought``, ``tracking_changed`` (recorded as ``tracking:<status>`` from
     the shipment's current tracking status, so each status reached is told once) or
-    ``cancelled``.
+    ``cancelled`` or ``refund_due`` (a return was settled: the store refunds the customer).
     """
     if event not in EVENTS:
         raise ValueError(f"event must be one of {EVENTS}, not {event!r}")
@@ -55,8 +57,8 @@ def notify_store(uow: UnitOfWork, order_ids: list[int], event: str) -> list[int]
             key = f"tracking:{tracking_status}"
         channel = channel_for(source, store, settings)
         status = NotificationStatus.PENDING
-        if channel == "none" or (channel == "shopify" and event == "cancelled"):
-            # A Shopify order is cancelled (and refunded) in Shopify by the merchant.
+        if channel == "none" or (channel == "shopify" and event in WITHOUT_TRACKING):
+            # A Shopify order is cancelled and refunded in Shopify by the merchant.
             status = NotificationStatus.SKIPPED
         new.append({"order_id": order_id, "event": key, "channel": channel, "status": status,
                     "attempts": 0, "created_at": now})

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from domain.db import UnitOfWork, chunks, send_task, unit_of_work
 from domain.lifecycle import State
-from domain.models import OrderRow
+from domain.models import OrderRow, Wave
 
 # --- the order pipeline --------------------------------------------------------------------
 FRAUD_CHECK = "orderfleet.fraud.check"
@@ -119,16 +119,26 @@ def advance_committed(state: State, order_ids: Sequence[int], batch_size: int) -
     return sent
 
 
+# Lanes whose waves have a label queue of their own: a flood of made-to-order parcels (slow,
+# hand-checked) never delays standard ones, and the reverse. Other lanes share "labels"; which
+# of those is served first under a backlog is surge control's business.
+LANE_LABEL_QUEUES: dict[str, str] = {"custom": "labels_custom"}
+
+
 def label_waves(uow: UnitOfWork, wave_ids: Sequence[int]) -> None:
-    """Closed pick waves go to the label stage (one message per wave) after the commit; a wave
-    carrying a fast-lane order goes on the label stage's fast lane."""
+    """Closed pick waves go to the label stage (one message per wave) after the commit: a lane
+    with a label queue of its own (custom-made) goes there, else a wave carrying a fast-lane order
+    goes on the label stage's fast lane."""
     if not wave_ids:
         return
+    lanes = dict(uow.session.execute(
+        select(Wave.id, Wave.lane).where(Wave.id.in_(list(wave_ids)))).all())
     fast_waves = set(uow.session.scalars(select(OrderRow.wave_id).where(
         OrderRow.wave_id.in_(list(wave_ids)), OrderRow.fast_lane.is_(True)).distinct()))
     for wave_id in wave_ids:
-        uow.enqueue(BUY_LABELS, wave_id,
-                    queue=FAST_LANE_QUEUE[BUY_LABELS] if wave_id in fast_waves else None)
+        own = LANE_LABEL_QUEUES.get(lanes.get(wave_id) or "")
+        uow.enqueue(BUY_LABELS, wave_id, queue=own or (
+            FAST_LANE_QUEUE[BUY_LABELS] if wave_id in fast_waves else None))
 
 
 def noncore_after(uow: UnitOfWork, state: State, order_ids: Sequence[int]) -> None:

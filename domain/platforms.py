@@ -60,6 +60,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+from domain.schemas import shipping_method_of
+
 # --------------------------------------------------------------------------------------------
 # Signatures
 # --------------------------------------------------------------------------------------------
@@ -186,6 +188,8 @@ def woocommerce_to_native(o: dict[str, Any], *, store: str) -> dict[str, Any]:
         "shipping_address": _woo_address(o.get("shipping")) or _woo_address(billing),
         "billing_address": _woo_address(billing),
         "payment": {"gateway": o.get("payment_method") or ""},
+        "shipping_method": shipping_method_of(o.get("shipping_lines"), "method_title",
+                                            "method_id"),
         "client": {"browser_ip": o.get("customer_ip_address") or "",
                    "user_agent": o.get("customer_user_agent") or ""},
         "intake_notes": notes,

@@ -142,6 +142,9 @@ class Order(_Strict):
     # What the mapping had to assume (a line without a SKU): each holds the order for a person.
     intake_notes: tuple[str, ...] = ()
     payment_status: str = ""  # the platform's own word (Shopify financial_status)
+    # The shipping method the customer chose (Shopify shipping_lines title, WooCommerce
+    # method_title): an express method puts the order in the express lane.
+    shipping_method: str = Field("", max_length=255)
 
     @field_validator("paid_at")
     @classmethod
@@ -263,6 +266,13 @@ def _shopify_address(a: Any) -> Any:
         "country": a.get("country_code") or "",
         "phone": a.get("phone") or "",
     }
+
+
+def shipping_method_of(lines: Any, *keys: str) -> str:
+    """The first shipping line's name (``keys`` in order of preference), or ''."""
+    if not isinstance(lines, list) or not lines or not isinstance(lines[0], dict):
+        return ""
+    return next((str(lines[0][k])[:255] for k in keys if lines[0].get(k)), "")
 
 
 def _tags(value: Any) -> list[str]:
@@ -427,4 +437,5 @@ def shopify_to_native(o: dict[str, Any], *, store: str | None = None) -> dict[st
         "intake_notes": notes,
         "test": o.get("test") is True,
         "payment_status": str(o.get("financial_status") or ""),
+        "shipping_method": shipping_method_of(o.get("shipping_lines"), "title", "code"),
     }

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from domain.alerts import raise_alert
@@ -36,6 +36,8 @@ class StockLevel(BaseModel):
     warehouse: str = Field(min_length=1, max_length=64)
     on_hand: int = Field(ge=0)
     country: str | None = Field(None, pattern=r"^[A-Z]{2}$")
+    # Bin location (aisle-rack-shelf) for pick lists; a feed without it keeps the stored one.
+    bin: str | None = Field(None, max_length=32)
 
 
 class StockFeedError(ValueError):
@@ -73,8 +75,8 @@ def parse_stock_feed(text: str, fmt: str | None = None) -> list[StockLevel]:
     levels, errors = [], []
     for n, rec in enumerate(records, start=1):
         try:
-            if isinstance(rec, dict) and rec.get("country") == "":
-                rec = {**rec, "country": None}
+            if isinstance(rec, dict):
+                rec = {**rec, **{k: None for k in ("country", "bin") if rec.get(k) == ""}}
             levels.append(StockLevel.model_validate(rec))
         except ValidationError as exc:
             fields = ", ".join(".".join(map(str, e["loc"])) or "(row)" for e in exc.errors())
@@ -148,13 +150,16 @@ def set_stock_levels(uow: UnitOfWork, levels: list[StockLevel]) -> ImportResult:
                     f"move orders, or correct the feed", severity="critical", detail=r)
     skip = {(r["sku"], r["warehouse"]) for r in refused}
     applied = [(s, w, q) for (s, w), q in sorted(by_key.items()) if (s, w) not in skip]
-    rows = [{"sku": s, "warehouse": w, "on_hand": q, "reserved": 0, "updated_at": now}
-            for s, w, q in applied]
+    bins = {(lv.sku, lv.warehouse): lv.bin for lv in levels if lv.bin}
+    rows = [{"sku": s, "warehouse": w, "on_hand": q, "reserved": 0, "updated_at": now,
+             "bin": bins.get((s, w))} for s, w, q in applied]
     for i in range(0, len(rows), UPSERT_CHUNK):
         stmt = dialect_insert(session, Stock).values(rows[i : i + UPSERT_CHUNK])
         stmt = stmt.on_conflict_do_update(
             index_elements=["sku", "warehouse"],
-            set_={"on_hand": stmt.excluded.on_hand, "updated_at": stmt.excluded.updated_at},
+            set_={"on_hand": stmt.excluded.on_hand, "updated_at": stmt.excluded.updated_at,
+                  # A feed row without a bin keeps the one on file.
+                  "bin": func.coalesce(stmt.excluded.bin, Stock.bin)},
         )
         session.execute(stmt)
     if refused:

@@ -58,6 +58,7 @@ from domain.platforms import (
     parse_order_csv,
     woocommerce_to_native,
 )
+from domain.routing import lane_for
 from domain.schemas import (
     NothingToShip,
     Order,
@@ -138,6 +139,9 @@ def _raw_id(payload: Any) -> str | None:
 def _order_row(order: Order, settings: Settings, now: Any,
                source_updated_at: datetime | None = None) -> dict[str, Any]:
     held = hold_reasons(order)
+    payload = order.model_dump(mode="json")
+    # The lane is known on arrival, so every stage (and surge control) can serve it first.
+    lane = lane_for(payload, settings.lanes_of(order.store))
     return {
         "source": order.source,
         "store": order.store,
@@ -154,9 +158,10 @@ def _order_row(order: Order, settings: Settings, now: Any,
         "customer_id": order.customer.id,
         "ship_country": order.shipping_address.country,
         "weight_g": order.weight_g,
-        "payload": order.model_dump(mode="json"),
+        "lane": lane,
+        "payload": payload,
         "source_updated_at": source_updated_at,
-        "fast_lane": is_fast_lane(order.model_dump(mode="json", include={"tags", "customer"})),
+        "fast_lane": is_fast_lane(payload, lane),
     }
 
 

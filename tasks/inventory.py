@@ -43,6 +43,7 @@ from domain.models import OrderLine, OrderRow, Reservation, SkuHold, Stock, Ware
 from domain.models import ReservationStatus as R
 from domain.pipeline import RESERVE, WAKE_BACKORDERED, advance
 from domain.reservations import release_reservations
+from domain.routing import plan_warehouses
 from domain.sku_health import FAILED as ATTEMPT_FAILED
 from domain.sku_health import RESERVED as ATTEMPT_RESERVED
 from domain.sku_health import freeze_reason as auto_freeze_reason
@@ -75,18 +76,8 @@ def choose_warehouse(
     warehouses: dict[str, str],
     ship_country: str,
 ) -> str | None:
-    """The warehouse that can ship every line, preferring one in the destination country."""
-    need: dict[str, int] = defaultdict(int)
-    for sku, qty in lines:
-        need[sku] += qty
-    candidates = [
-        code for code in sorted(warehouses)
-        if all(available.get((sku, code), 0) >= qty for sku, qty in need.items())
-    ]
-    if not candidates:
-        return None
-    domestic = [c for c in candidates if warehouses[c] == ship_country]
-    return (domestic or candidates)[0]
+    """The nearest warehouse (domestic, then regional, then any) that can ship every line."""
+    return plan_warehouses(lines, available, warehouses, ship_country).warehouse
 
 
 def short_skus(lines: list[tuple[str, int]], available: dict[tuple[str, str], int],
@@ -199,7 +190,12 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
             short = short_skus(wanted, available, warehouses)
             outcome.backordered.append(order.id)
             if state != State.BACKORDERED:
-                moves.append(Move(order.id, state, State.BACKORDERED, {"short_skus": short}))
+                # Say whether a split across warehouses could ship it now (ops decide).
+                plan = plan_warehouses(wanted, available, warehouses, order.ship_country)
+                detail: dict[str, Any] = {"short_skus": short}
+                if plan.is_split:
+                    detail["plan"] = plan.reason
+                moves.append(Move(order.id, state, State.BACKORDERED, detail))
         else:
             for ln in lines:
                 available[(ln.sku, wh)] -= ln.quantity

@@ -51,7 +51,16 @@ from domain.models import OrderRow, Shipment, ShipmentStatus, Warehouse, Wave, W
 from domain.notifications import notify_store
 from domain.pipeline import BUY_LABELS, VOID_LABELS, label_waves, noncore_after
 from domain.reservations import consume_reservations
+from domain.route_learning import (
+    RULES,
+    ParcelFeatures,
+    RoutingModels,
+    RoutingStrategy,
+    latest_models,
+    strategy_for,
+)
 from domain.routing import carrier_for
+from domain.zones import zone_of
 from tasks.base import parse_ids, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
@@ -96,6 +105,7 @@ class ServiceChoice:
     est_delivery_days: int | None
     promise_days: int
     meets_promise: bool
+    arm: str = RULES  # the routing strategy that chose it (A/B arm)
 
 
 def promise_days_for(settings: Settings, lane: str | None) -> int:
@@ -128,6 +138,7 @@ class RateQuery:
     to_country: str
     weight_g: int
     wave_carrier: str
+    value_usd: float = 0.0
 
 
 def _quote(client: CarrierAdapter, q: RateQuery, carrier: str | None) -> list[Rate]:
@@ -142,10 +153,11 @@ def _quote(client: CarrierAdapter, q: RateQuery, carrier: str | None) -> list[Ra
     return rates
 
 
-def rate_shop(client: CarrierAdapter, queries: list[RateQuery],
-              settings: Settings) -> dict[int, ServiceChoice]:
-    """Choose a service per order. Raises CarrierUnavailable when quotes cannot be had (the
-    choice is final once stored, so it is not made blind).
+def rate_shop(client: CarrierAdapter, queries: list[RateQuery], settings: Settings,
+              models: RoutingModels | None = None) -> dict[int, ServiceChoice]:
+    """Choose a service per order through its A/B arm's routing strategy (the rules, or the
+    learned model once one is trained). Raises CarrierUnavailable when quotes cannot be had
+    (the choice is final once stored, so it is not made blind).
 
     Distinct parcels are quoted concurrently: a wave's quotes would otherwise wait on each
     other's retries when the carrier is slow or failing.
@@ -157,12 +169,23 @@ def rate_shop(client: CarrierAdapter, queries: list[RateQuery],
     with ThreadPoolExecutor(max_workers=min(RATE_QUOTE_THREADS, max(len(distinct), 1))) as pool:
         quotes = dict(zip(distinct, pool.map(lambda q: _quote(client, q, carrier_of(q)),
                                              distinct.values()), strict=True))
-    choices: dict[int, ServiceChoice] = {}
+    # Each order's A/B arm routes it; a learned arm asks its model once for the whole wave.
+    by_strategy: dict[str, tuple[RoutingStrategy, list[tuple[RateQuery, ParcelFeatures,
+                                                             list[Rate]]]]] = {}
     for q in queries:
         rates = quotes[(q.from_country, q.to_country, q.weight_g, carrier_of(q))]
-        choice = choose_service(rates, promise_days_for(settings, q.lane))
-        if choice is not None:
-            choices[q.order_id] = choice
+        parcel = ParcelFeatures(zone_of(q.from_country, q.to_country), q.lane, q.weight_g,
+                                q.value_usd, promise_days_for(settings, q.lane))
+        strategy = strategy_for(q.order_id, models, settings)
+        by_strategy.setdefault(strategy.name, (strategy, []))[1].append((q, parcel, rates))
+    choices: dict[int, ServiceChoice] = {}
+    for strategy, items in by_strategy.values():
+        routed = strategy.choose_many([(parcel, rates) for _, parcel, rates in items])
+        for (q, _, _), r in zip(items, routed, strict=True):
+            if r is not None:
+                choices[q.order_id] = ServiceChoice(r.carrier, r.service, r.rate,
+                                                    r.est_delivery_days, r.promise_days,
+                                                    r.meets_promise, r.arm)
         # No quote (too heavy for every service): the default service is asked for, and the
         # carrier's refusal, naming the reason, puts the order in label_failed.
     return choices
@@ -176,7 +199,7 @@ def rate_queries(uow: UnitOfWork, wave_id: int) -> list[RateQuery]:
         select(Wave.carrier).where(Wave.id == wave_id)).scalar_one_or_none()
     rows = session.execute(
         select(OrderRow.id, OrderRow.lane, OrderRow.warehouse, OrderRow.ship_country,
-               OrderRow.weight_g)
+               OrderRow.weight_g, OrderRow.total_usd)
         .outerjoin(Shipment, Shipment.order_id == OrderRow.id)
         .where(OrderRow.wave_id == wave_id, OrderRow.state == State.IN_WAVE.value,
                Shipment.id.is_(None))
@@ -188,7 +211,8 @@ def rate_queries(uow: UnitOfWork, wave_id: int) -> list[RateQuery]:
         out.append(RateQuery(
             order_id=r.id, lane=r.lane or "standard", from_country=from_country,
             to_country=r.ship_country, weight_g=quote_bracket(r.weight_g),
-            wave_carrier=wave_carrier or carrier_for(from_country, r.ship_country)[0]))
+            wave_carrier=wave_carrier or carrier_for(from_country, r.ship_country)[0],
+            value_usd=float(r.total_usd)))
     return out
 
 
@@ -229,6 +253,8 @@ def prepare_shipments(uow: UnitOfWork, wave_id: int,
                      "status": ShipmentStatus.PENDING, "rate": choice.rate if choice else None,
                      "rate_currency": None,
                      "promise_days": choice.promise_days if choice else None,
+                     "routing_arm": choice.arm if choice else None,
+                     "zone": zone_of(countries[_warehouse(o)], o.ship_country),
                      "est_delivery_days": choice.est_delivery_days if choice else None})
     insert_ignoring_conflicts(session, Shipment, rows, ["order_id"])
     pending = session.execute(
@@ -374,7 +400,8 @@ def buy_wave_labels(wave_id: int, settings: Settings, client: CarrierAdapter) ->
     """
     with unit_of_work(settings) as uow:
         queries = rate_queries(uow, wave_id)
-    choices = rate_shop(client, queries, settings) if queries else {}
+        models = latest_models(uow.session) if queries else None
+    choices = rate_shop(client, queries, settings, models) if queries else {}
     with unit_of_work(settings) as uow:
         requests = prepare_shipments(uow, wave_id, choices, settings)
         look_up = count_purchase_attempts(uow, [r.idempotency_key for r in requests])

@@ -28,6 +28,7 @@ from domain.alerts import raise_alert
 from domain.clock import utcnow
 from domain.db import UnitOfWork, unit_of_work
 from domain.models import NotificationStatus, OrderRow, Shipment, StoreNotification
+from domain.notifications import WITHOUT_TRACKING
 from domain.pipeline import SEND_NOTIFICATIONS
 from domain.storefront import (
     SHOPIFY_EVENT_STATUS,
@@ -170,7 +171,7 @@ def _send_one(job: _Job, clients: _Clients) -> tuple[str | None, dict[str, Any]]
         "orderfleet_order_id": job.order_id,
         "occurred_at": utcnow().isoformat(),
     }
-    if job.event != "cancelled":
+    if job.event not in WITHOUT_TRACKING:
         payload["tracking"] = {**_tracking(job).to_json(), "status": tracking_status}
     clients.webhook(job.store).send(f"{job.order_id}:{job.event}", payload["event"], payload)
     return None, payload

@@ -31,13 +31,19 @@ import redis
 from celery import Celery, Task
 from sqlalchemy import select
 
-from config.celery import TASK_ROUTES
+from config.celery import FAST_LANE_QUEUES, TASK_ROUTES
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
 from domain.db import UnitOfWork, unit_of_work
 from domain.lifecycle import State, values
 from domain.models import OrderRow, Wave, WaveStatus
-from domain.pipeline import BUY_LABELS, STAGE_FOR_STATE, advance, label_waves
+from domain.pipeline import (
+    BUY_LABELS,
+    LANE_LABEL_QUEUES,
+    STAGE_FOR_STATE,
+    advance,
+    label_waves,
+)
 from tasks.base import is_transient, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
@@ -178,8 +184,9 @@ def redrive_stuck(settings: Settings, app: Celery, *, dry_run: bool = False,
     Returns counts per state (and ``waves``), ``mode``, and with ``dry_run`` the ids only.
     """
     queue_of = {state: TASK_ROUTES[task] for state, task in STAGE_FOR_STATE.items()}
-    labels_queue = TASK_ROUTES[BUY_LABELS]
-    queues = sorted({*queue_of.values(), labels_queue})
+    # Label messages wait on the standard queue or a lane's own; any stage's on its fast lane.
+    labels_queues = {TASK_ROUTES[BUY_LABELS], *LANE_LABEL_QUEUES.values()}
+    queues = sorted({*queue_of.values(), *labels_queues, *FAST_LANE_QUEUES.values()})
     grace = 0.0 if broker_lost else settings.redrive_missing_after_s
     flight = in_flight(app, queues, grace) if settings.redrive_missing_after_s > 0 else None
     counts: dict[str, Any] = {}
@@ -201,7 +208,8 @@ def redrive_stuck(settings: Settings, app: Celery, *, dry_run: bool = False,
             for state, ids in stuck_orders(uow, settings).items():
                 if not depths[queue_of[state]]:
                     plan[state.value] = ids
-            plan["waves"] = [] if depths[labels_queue] else stuck_waves(uow, settings)
+            plan["waves"] = ([] if any(depths[q] for q in labels_queues)
+                             else stuck_waves(uow, settings))
         for name, ids in plan.items():
             counts[name] = len(ids)
             if dry_run or not ids:

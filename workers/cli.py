@@ -991,5 +991,11 @@ bench.add_command(bench_surge)
 bench.add_command(bench_stages)
 bench.add_command(bench_soak)
 
+# Pick waves, the returns lane and routing live in their own module.
+from workers.cli_lanes import COMMANDS as _LANE_COMMANDS  # noqa: E402
+
+for _command in _LANE_COMMANDS:
+    main.add_command(_command)
+
 if __name__ == "__main__":
     main()

@@ -97,3 +97,18 @@ def test_non_latin_addresses_are_accepted() -> None:
         "name": "山田太郎", "line1": "千代田区丸の内1-1", "city": "東京都",
         "postal_code": "100-0005", "country": "JP"}))
     assert order.shipping_address.city == "東京都"
+
+
+def test_the_shipping_method_comes_from_shopifys_shipping_lines() -> None:
+    # Shopify's own orders/paid sample (tests/fixtures/shopify_order_paid.json) ships "Standard"
+    from domain.routing import lane_for
+    from domain.schemas import shopify_to_native
+
+    sample = json.loads((FIXTURES / "shopify_order_paid.json").read_text())
+    assert shopify_to_native(sample)["shipping_method"] == "Standard"
+    # Its engraved ring makes it custom-made, whatever the shipping paid for.
+    assert lane_for(shopify_to_native(sample)) == "custom"
+    tee_only = {**sample, "line_items": sample["line_items"][:1],
+                "shipping_lines": [{"title": "Express (1-2 days)", "code": "EXP",
+                                    "price": "15.00"}]}
+    assert lane_for(shopify_to_native(tee_only)) == "express"

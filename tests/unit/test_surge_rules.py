@@ -112,3 +112,16 @@ def test_fast_lane_and_noncore_queues_are_declared_and_routed() -> None:
     # Each non-core kind that runs after an order's stage has a queue of its own.
     kinds = [k for k in NONCORE_TASKS if k != "delay_compensation"]
     assert len({TASK_ROUTES[NONCORE_TASKS[k]] for k in kinds}) == len(kinds)
+
+
+def test_the_express_and_vip_lanes_take_the_fast_lane() -> None:
+    # An order the store's lane rules put in the express lane by its shipping method (no tag,
+    # no promise field) rides the fast lanes too; a custom-made or standard one does not.
+    from domain.routing import lane_for
+
+    express = {"tags": [], "customer": {"tags": []}, "shipping_method": "Express Shipping",
+               "lines": [{"sku": "TEE-M", "quantity": 1}]}
+    assert lane_for(express) == "express"
+    assert is_fast_lane(express, lane_for(express))
+    standard = {**express, "shipping_method": "Standard Shipping"}
+    assert not is_fast_lane(standard, lane_for(standard))

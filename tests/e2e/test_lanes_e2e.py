@@ -1,0 +1,122 @@
+"""Lanes with real worker processes: the returns flow end to end, and a flooded lane that
+does not hold up standard orders."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from domain.db import unit_of_work
+from domain.models import OrderRow, ReturnRequest, Shipment, Stock, Wave
+from domain.returns import receive_return, request_return
+from sandbox.storefront import SandboxStorefrontServer
+from tasks.fraud import check_orders
+from tasks.intake import submit_orders
+from tasks.inventory import reserve_orders
+from tasks.sharding import assign_orders
+from tests.e2e.conftest import state_counts
+from tests.integration.helpers import native_order, put_stock
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.e2e
+SECRET = "returns-store-secret"
+
+
+def test_a_return_goes_from_request_to_refund_notice_with_real_workers(start_fleet,
+                                                                       settings) -> None:
+    with SandboxStorefrontServer(secrets={"shop": SECRET}) as shop:
+        # Given a fleet, a store that takes signed webhooks, and two delivered orders
+        fleet = start_fleet(store_secrets={"shop": SECRET},
+                            store_webhook_urls={"shop": f"{shop.url}/hooks/shop"})
+        fs = fleet.settings
+        put_stock(fs, [("TEE-M", "US-EAST", "US", 10)])
+        ids = submit_orders([native_order("RT-1", store="shop"),
+                             native_order("RT-2", store="shop")], settings=fs).accepted
+        eventually(lambda: state_counts(fs).get("delivered", 0) == 2, 240,
+                   "both orders to be delivered")
+
+        # When the customers ask to return them
+        with unit_of_work(fs) as uow:
+            returns = [request_return(uow, oid, "does not fit") for oid in ids]
+        with unit_of_work(fs) as uow:  # asking again opens nothing new
+            assert request_return(uow, ids[0], "again") == returns[0]
+
+        def labels_issued() -> bool:
+            with unit_of_work(fs) as uow:
+                rows = uow.session.execute(select(ReturnRequest)).scalars().all()
+                return all(r.status == "label_issued" and r.tracking_number for r in rows)
+
+        # Then a worker on the returns queue buys a return label for each
+        eventually(labels_issued, 120, "return labels bought by the returns lane")
+
+        # When the parcels are back: one resellable, one damaged
+        with unit_of_work(fs) as uow:
+            assert receive_return(uow, returns[0], "resellable")
+            assert receive_return(uow, returns[1], "damaged")
+
+        def settled() -> dict[int, str]:
+            with unit_of_work(fs) as uow:
+                rows = dict(uow.session.execute(
+                    select(ReturnRequest.id, ReturnRequest.status)).all())
+            return rows if set(rows.values()) == {"restocked", "written_off"} else {}
+
+        assert eventually(settled, 120, "returns settled") == {
+            returns[0]: "restocked", returns[1]: "written_off"}
+        # Then the resellable unit is back on the shelf, the damaged one is not
+        with unit_of_work(fs) as uow:
+            s = uow.session
+            assert s.get_one(Stock, ("TEE-M", "US-EAST")).on_hand == 9
+            assert set(s.execute(select(OrderRow.state)).scalars()) == {"returned"}
+            assert set(s.execute(select(Shipment.status)).scalars()) == {"returned"}
+
+        # And the store is told to refund, once per order, by a signed webhook
+        def refund_notices() -> list[dict]:
+            hooks = [w for w in shop.state.webhooks.get("shop", [])
+                     if w["topic"] == "refund_due"]
+            return hooks if len(hooks) == 2 else []
+
+        hooks = eventually(refund_notices, 60, "two refund notices at the store")
+        assert sorted(h["json"]["order_id"] for h in hooks) == ["RT-1", "RT-2"]
+        assert all("tracking" not in h["json"] for h in hooks)
+
+
+def test_a_flood_of_custom_made_orders_does_not_hold_up_standard_ones(start_fleet,
+                                                                      settings) -> None:
+    # Given 300 custom-made orders whose waves wait for labels on their own queue
+    flood = 300
+    one = settings.model_copy(update={"wave_size": 1})
+    put_stock(settings, [("RING", "US-EAST", "US", flood), ("TEE-M", "US-EAST", "US", 50)])
+    engraved = [{"sku": "RING", "quantity": 1, "unit_price": "20.00", "weight_g": 50,
+                 "properties": {"Engraving": "forever"}}]
+    custom = submit_orders([native_order(f"RING-{i}", lines=engraved) for i in range(flood)],
+                           settings=settings).accepted
+    with unit_of_work(one) as uow:
+        check_orders(uow, custom, one)
+    with unit_of_work(one) as uow:
+        reserve_orders(uow, custom, one)
+    with unit_of_work(one) as uow:  # 300 closed waves, 300 label messages on labels_custom
+        closed = assign_orders(uow, custom, one)
+        from domain.pipeline import label_waves
+        label_waves(uow, closed)
+    assert len(closed) == flood
+
+    # When the fleet starts and standard orders arrive behind the flood
+    fleet = start_fleet(workers=1, concurrency=2)
+    standard = submit_orders([native_order(f"STD-{i}") for i in range(10)],
+                             settings=fleet.settings).accepted
+
+    def standard_labelled() -> int:
+        with unit_of_work(settings) as uow:
+            done = uow.session.execute(select(func.count()).select_from(OrderRow).where(
+                OrderRow.id.in_(standard),
+                OrderRow.state.in_(["labelled", "in_transit", "delivered"]))).scalar_one()
+            return done == len(standard) and uow.session.execute(
+                select(func.count()).select_from(Wave).where(
+                    Wave.lane == "custom", Wave.status == "labelled")).scalar_one() + 1
+
+    # Then every standard order is labelled while custom-made waves are still waiting
+    custom_done = eventually(standard_labelled, 240, "standard orders labelled") - 1
+    assert custom_done < flood, "the custom-made flood drained before standard orders"
+    # ... and the flood is not lost: it drains too
+    eventually(lambda: state_counts(settings).get("in_wave", 0) == 0, 400,
+               "the custom-made waves to be labelled")
