@@ -18,6 +18,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, defer
 
 from domain.clock import utcnow
+from domain.db import any_of
 from domain.models import OrderRow, order_events_table
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def apply_transitions(session: Session, moves: Sequence[Move], *, stage: str) ->
         by_id = {m.order_id: m for m in group}
         done = session.execute(
             update(OrderRow)
-            .where(OrderRow.id.in_(by_id), OrderRow.state == src.value)
+            .where(any_of(session, OrderRow.id, by_id), OrderRow.state == src.value)
             .values(state=dst.value, updated_at=now)
             .returning(OrderRow.id)
             # Callers read the state they claimed, never the row after the move: skip the
@@ -185,7 +186,8 @@ def claim(
         return []
     stmt = (
         select(OrderRow)
-        .where(OrderRow.id.in_(ids), OrderRow.state.in_([State(s).value for s in states]))
+        .where(any_of(session, OrderRow.id, ids),
+               any_of(session, OrderRow.state, [State(s).value for s in states]))
         .order_by(OrderRow.id)
         .with_for_update(skip_locked=True, key_share=True, of=OrderRow)
     )

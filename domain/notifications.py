@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from config.settings import Settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, insert_ignoring_conflicts
+from domain.db import UnitOfWork, any_of, insert_ignoring_conflicts
 from domain.models import NotificationStatus, OrderRow, Shipment, StoreNotification
 from domain.pipeline import SEND_NOTIFICATIONS
 
@@ -45,7 +45,7 @@ def notify_store(uow: UnitOfWork, order_ids: list[int], event: str) -> list[int]
     rows = session.execute(
         select(OrderRow.id, OrderRow.source, OrderRow.store, Shipment.tracking_status)
         .outerjoin(Shipment, Shipment.order_id == OrderRow.id)
-        .where(OrderRow.id.in_(ids))
+        .where(any_of(session, OrderRow.id, ids))
     ).all()
     now = utcnow()
     new = []

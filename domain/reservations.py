@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from sqlalchemy import BindParameter, and_, bindparam, select, tuple_, update
 
 from domain.clock import utcnow
-from domain.db import UnitOfWork
+from domain.db import UnitOfWork, any_of
 from domain.models import Reservation, Stock
 from domain.models import ReservationStatus as R
 from domain.pipeline import WAKE_BACKORDERED
@@ -51,7 +51,7 @@ def _close_reservations(uow: UnitOfWork, order_ids: list[int], *, status: R, to:
     session = uow.session
     rows = session.execute(
         select(Reservation.id, Reservation.sku, Reservation.warehouse, Reservation.quantity)
-        .where(Reservation.order_id.in_(order_ids), Reservation.status == status)
+        .where(any_of(session, Reservation.order_id, order_ids), Reservation.status == status)
         .order_by(Reservation.id)
         .with_for_update()
     ).all()
@@ -71,7 +71,7 @@ def _close_reservations(uow: UnitOfWork, order_ids: list[int], *, status: R, to:
         [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in sorted(units.items())],
     )
     session.execute(
-        update(Reservation).where(Reservation.id.in_([r.id for r in rows]))
+        update(Reservation).where(any_of(session, Reservation.id, [r.id for r in rows]))
         .values(status=to, closed_at=now, close_reason=reason[:64])
     )
     return units

@@ -37,7 +37,7 @@ from sqlalchemy import and_, bindparam, insert, select, text, update
 
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
+from domain.db import UnitOfWork, any_of, chunks, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderLine, OrderRow, Reservation, SkuHold, Stock, Warehouse
 from domain.models import ReservationStatus as R
@@ -149,7 +149,7 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
         # Not in a reservable state, or locked by another transaction (a duplicate delivery,
         # or one whose worker died and is being rolled back): those must not be dropped.
         outcome.contended = sorted(session.execute(
-            select(OrderRow.id).where(OrderRow.id.in_(sorted(unclaimed)),
+            select(OrderRow.id).where(any_of(session, OrderRow.id, sorted(unclaimed)),
                                       OrderRow.state == State.FRAUD_CHECKED.value)
         ).scalars())
     if not orders:
@@ -157,7 +157,7 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
     lines_by_order: dict[int, list[Any]] = defaultdict(list)
     for line in session.execute(
         select(OrderLine.id, OrderLine.order_id, OrderLine.sku, OrderLine.quantity)
-        .where(OrderLine.order_id.in_([o.id for o in orders]))
+        .where(any_of(session, OrderLine.order_id, [o.id for o in orders]))
         .order_by(OrderLine.order_id, OrderLine.line_no)
     ):
         lines_by_order[line.order_id].append(line)

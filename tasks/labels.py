@@ -45,7 +45,7 @@ from domain.carriers import (
 )
 from domain.carriers.shared import carrier_client
 from domain.clock import utcnow
-from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
+from domain.db import UnitOfWork, any_of, insert_ignoring_conflicts, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderRow, Shipment, ShipmentStatus, Warehouse, Wave, WaveStatus
 from domain.notifications import notify_store
@@ -260,7 +260,8 @@ def prepare_shipments(uow: UnitOfWork, wave_id: int,
     pending = session.execute(
         select(Shipment, OrderRow)
         .join(OrderRow, OrderRow.id == Shipment.order_id)
-        .where(Shipment.order_id.in_([o.id for o in orders]), Shipment.label_id.is_(None),
+        .where(any_of(session, Shipment.order_id, [o.id for o in orders]),
+               Shipment.label_id.is_(None),
                Shipment.status == ShipmentStatus.PENDING)
         .order_by(Shipment.id)
     ).all()
@@ -295,7 +296,7 @@ def count_purchase_attempts(uow: UnitOfWork, keys: list[str]) -> set[str]:
     if not keys:
         return set()
     rows = uow.session.execute(
-        update(Shipment).where(Shipment.idempotency_key.in_(keys))
+        update(Shipment).where(any_of(uow.session, Shipment.idempotency_key, keys))
         .values(label_attempts=Shipment.label_attempts + 1)
         .returning(Shipment.idempotency_key, Shipment.label_attempts)
     ).all()
@@ -315,13 +316,13 @@ def record_labels(uow: UnitOfWork, labels: list[Label]) -> list[int]:
     shipments = session.execute(
         select(Shipment.id, Shipment.order_id, Shipment.idempotency_key, Shipment.status,
                Shipment.label_id)
-        .where(Shipment.idempotency_key.in_(by_key))
+        .where(any_of(session, Shipment.idempotency_key, by_key))
     ).all()
     order_ids = [s.order_id for s in shipments]
     still_in_wave = {o.id for o in claim(session, order_ids, [State.IN_WAVE],
                                            with_payload=False)}
     states = dict(session.execute(
-        select(OrderRow.id, OrderRow.state).where(OrderRow.id.in_(order_ids))).all())
+        select(OrderRow.id, OrderRow.state).where(any_of(session, OrderRow.id, order_ids))).all())
     updates, moves, to_void = [], [], []
     for s in shipments:
         lb = by_key[s.idempotency_key]
@@ -348,7 +349,7 @@ def record_labels(uow: UnitOfWork, labels: list[Label]) -> list[int]:
     applied = apply_transitions(session, moves, stage="labels")
     labelled = [m.order_id for m in applied]
     if labelled:
-        session.execute(update(OrderRow).where(OrderRow.id.in_(labelled))
+        session.execute(update(OrderRow).where(any_of(session, OrderRow.id, labelled))
                         .values(hold_reason=None))
         notify_store(uow, labelled, "label_bought")
         noncore_after(uow, State.LABELLED, labelled)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, unit_of_work
+from domain.db import UnitOfWork, any_of, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderRow, Warehouse, Wave, WaveStatus
 from domain.pipeline import ASSIGN_WAVES, label_waves
@@ -113,7 +113,7 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
             session.flush()
     # One UPDATE per wave, not one per order.
     for (wave_id, carrier, lane), ids in placed.items():
-        session.execute(update(OrderRow).where(OrderRow.id.in_(ids))
+        session.execute(update(OrderRow).where(any_of(session, OrderRow.id, ids))
                         .values(wave_id=wave_id, carrier=carrier, lane=lane)
                         .execution_options(synchronize_session=False))
     apply_transitions(session, moves, stage="sharding")

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from workers.cli_perf import bench_options, bench_soak, bench_stages
+
 if TYPE_CHECKING:
     from config.settings import Settings
 
@@ -842,10 +844,12 @@ def demo(n_orders: int, seed: int, workers: int, as_json: bool, flower: bool,
 @click.option("--database-url", default=None,
               help="A database named *bench* (wiped); default var/bench.db (SQLite).")
 @click.option("--json", "as_json", is_flag=True)
+@bench_options
 @click.pass_context
 def bench(ctx: click.Context, n_orders: int, workers: int, concurrency: int,
-          database_url: str | None, as_json: bool) -> None:
-    """Orders/s through the pipeline vs a no-op chain of five tasks, on one fleet.
+          database_url: str | None, as_json: bool, **more: Any) -> None:
+    """Orders/s through the pipeline vs a no-op chain of five tasks, on one fleet; the Black
+    Friday drain, latency against offered load and worker processes, worker memory.
 
     With a subcommand (``orderfleet bench fraud ...``) runs that benchmark instead.
     """
@@ -854,7 +858,7 @@ def bench(ctx: click.Context, n_orders: int, workers: int, concurrency: int,
     from benchmarks.pipeline import run_bench
 
     result = run_bench(n_orders=n_orders, workers=workers, concurrency=concurrency,
-                       quiet=as_json, database_url=database_url)
+                       quiet=as_json, database_url=database_url, **more)
     if as_json:
         click.echo(json.dumps(result))
 
@@ -984,6 +988,8 @@ main.add_command(load_command)
 main.add_command(scale_command)
 bench.add_command(bench_surge)
 
+bench.add_command(bench_stages)
+bench.add_command(bench_soak)
 
 # Pick waves, the returns lane and routing live in their own module.
 from workers.cli_lanes import COMMANDS as _LANE_COMMANDS  # noqa: E402

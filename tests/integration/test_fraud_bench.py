@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from workers.cli import main as cli
+
+# Both benchmarks empty and use the bench's Redis db of the test Redis server: one at a time.
+pytestmark = pytest.mark.xdist_group("bench-redis-db")
 
 
 def test_bench_fraud_prints_accuracy_per_pattern_and_cost(broker, settings, tmp_path) -> None:
