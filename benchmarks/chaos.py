@@ -22,9 +22,9 @@ no SKU sold more units than it had, and stock is conserved; and ``recovered_s``,
 from the end of the disruption (and of the stream, when it ran longer) until every order of
 the scenario had settled.
 
-An SMTP-down scenario (non-core mail while the mail server is away) plugs in next to these
-once the fleet sends mail through an SMTP server it can stop: add a function to ``SCENARIOS``
-that stops the sink, streams orders, starts it again, and counts each message once.
+``smtp-down`` stops the fleet's SMTP server for the outage while orders flow: recovered when
+every labelled order has its post-purchase e-mail; ``duplicate_emails`` counts an order mailed
+twice (every scenario).
 """
 
 from __future__ import annotations
@@ -54,11 +54,14 @@ from sqlalchemy import func, select
 
 from config.settings import Settings
 from domain.carriers import SandboxCarrier
-from domain.lifecycle import LABELLED_OR_SETTLED, values
-from workers.fleet import Fleet, free_port, use_settings
+from domain.lifecycle import LABELLED_OR_LATER, LABELLED_OR_SETTLED, values
+from sandbox.smtp import read_messages
+from workers.fleet import Fleet, free_port, port_free, use_settings
 from workers.supervisor import Supervisor
 
 EXPECTED = tuple(values(LABELLED_OR_SETTLED))
+# Orders that get a post-purchase e-mail (a non-core job after the label).
+MAILED = tuple(values(LABELLED_OR_LATER))
 STORE = "chaos-store"
 # Production defaults for everything that decides recovery (sweep interval, stage deadline,
 # broker epoch check, missing-order grace); a fast carrier so that a run takes minutes.
@@ -331,9 +334,13 @@ def check(run: Run, stream: Stream) -> dict[str, Any]:
         # what there was, and what is reserved is what the active reservations hold.
         drift += abs(on_hand + consumed - initial) + abs(reserved - active)
     carrier_labels = sum(n for r, n in books["per_reference"].items() if r in refs)
+    mails, mailed_orders = _mails(run, order_ids)
     return {"orders": len(stream.payloads), "lost": lost,
             "duplicate_labels": sum(n - 1 for n in twice.values()),
             "duplicate_reservations": len(dup_res), "oversold_units": oversold,
+            "duplicate_emails": mails - mailed_orders,
+            "emails_missing": sum(1 for _, st, _ in orders.values() if st in MAILED)
+            - mailed_orders,
             "stock_drift_units": drift, "labels_charged": carrier_labels,
             "shipments_labelled": shipments,
             "states": _count(st for _, st, _ in orders.values())}
@@ -432,6 +439,38 @@ def rolling_restart(run: Run, stream: Stream) -> float:
     return time.time()
 
 
+def smtp_down(run: Run, stream: Stream) -> float:
+    """The mail server away for outage_s while orders flow: post-purchase mail waits (retried,
+    never dropped) and goes out once, when it is back."""
+    with run.supervisor.paused("smtp"):
+        proc = run.fleet.procs["smtp"]
+        time.sleep(run.opts.stream_s / 4)
+        proc.terminate()
+        proc.wait(10)
+        time.sleep(run.opts.outage_s)
+        run.fleet._spawn("smtp", run.fleet.commands["smtp"])
+        _wait(lambda: not port_free("127.0.0.1", run.settings.smtp_port), "smtp back", 20)
+    return time.time()
+
+
+def _mails(run: Run, order_ids: list[int]) -> tuple[int, int]:
+    """(post-purchase e-mails the SMTP sink received for these orders, distinct orders)."""
+    wanted = {f"{oid}:post_purchase_email" for oid in order_ids}
+    jobs = [m["job"] for m in read_messages(run.fleet.mail_file) if m["job"] in wanted]
+    return len(jobs), len(set(jobs))
+
+
+def _mail_settle(run: Run, stream: Stream) -> float | None:
+    """Wait until every labelled order of the stream has its post-purchase e-mail."""
+    deadline = time.monotonic() + run.opts.settle_timeout_s
+    while time.monotonic() < deadline:
+        labelled = [oid for oid, st, _ in _orders(run, stream).values() if st in MAILED]
+        if _mails(run, labelled)[1] >= len(labelled):
+            return time.time()
+        time.sleep(0.5)
+    return None
+
+
 # Orders arrive over stream_s, except where the scenario wants a burst.
 BURST = frozenset({"redis-restart"})
 
@@ -441,7 +480,10 @@ SCENARIOS: dict[str, Callable[[Run, Stream], float]] = {
     "postgres-restart": postgres_restart,
     "carrier-faults": carrier_faults,
     "rolling-restart": rolling_restart,
+    "smtp-down": smtp_down,
 }
+# Scenarios that break the non-core side: recovered when every labelled order has its e-mail.
+MAIL = frozenset({"smtp-down"})
 
 
 def run_chaos(names: list[str], opts: ChaosOptions, *, quiet: bool = False) -> dict[str, Any]:
@@ -462,7 +504,9 @@ def run_chaos(names: list[str], opts: ChaosOptions, *, quiet: bool = False) -> d
         own_pg.start()
         settings = Settings(broker_url=own_redis.url, database_url=own_pg.url,
                             carrier_url=f"http://127.0.0.1:{free_port()}",
-                            var_dir=log_dir / "var", **{**FLEET_SETTINGS, **opts.overrides})
+                            var_dir=log_dir / "var", smtp_port=free_port(),
+                            marketing_url=f"http://127.0.0.1:{free_port()}",
+                            **{**FLEET_SETTINGS, **opts.overrides})
         settings = use_settings(settings)
         dispose_engines()
         upgrade(settings)
@@ -485,6 +529,7 @@ def run_chaos(names: list[str], opts: ChaosOptions, *, quiet: bool = False) -> d
         own_pg.stop()
         own_redis.stop()
     ok = all(r["lost"] == 0 and r["duplicate_labels"] == 0 and r["duplicate_reservations"] == 0
+             and r["duplicate_emails"] == 0
              and r["oversold_units"] == 0 and r["stock_drift_units"] == 0 for r in results)
     return {"scenarios": results, "ok": ok, "seconds": round(time.time() - started, 1),
             "options": {"orders": opts.orders, "kills": opts.kills, "outage_s": opts.outage_s,
@@ -504,6 +549,8 @@ def _scenario(run: Run, name: str) -> dict[str, Any]:
     # Recovery is counted once the disruption is over and the last order has arrived.
     over = max(disruption_end, time.time())
     settled = _settle(run, stream)
+    if settled is not None and name in MAIL:
+        settled = _mail_settle(run, stream)
     result = {"name": name, **check(run, stream),
               "recovered_s": None if settled is None else round(max(settled - over, 0.0), 1),
               "seconds": round(time.time() - t0, 1),

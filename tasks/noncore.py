@@ -27,8 +27,10 @@ from domain.surge import breaker_open, client, park
 from tasks.base import is_transient, parse_ids, retry_countdown, stage_task
 
 log = logging.getLogger("orderfleet.noncore")
-# A mail server or storefront that is down or slow now may answer later.
-_TRANSIENT = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, HttpUnavailable)
+# A mail server or storefront that is down or slow now may answer later (a mail server that is
+# not listening refuses the socket itself: ConnectionRefusedError, not an SMTP error).
+_TRANSIENT = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, HttpUnavailable,
+              ConnectionError, TimeoutError)
 
 
 def _run(task: Task, kind: str, order_ids: list[Any], replay: bool) -> None:

@@ -8,34 +8,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 import click
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from workers.cli_perf import bench_options, bench_soak, bench_stages
-
-if TYPE_CHECKING:
-    from config.settings import Settings
+from workers.cli_settings import load_settings as _settings
 
 console = Console(stderr=True)
-
-
-def _settings() -> Settings:
-    """The validated settings; also loads the Celery app, which installs how this process
-    sends tasks (a command that cancels, approves or imports stock enqueues work)."""
-    from config.settings import get_settings
-
-    try:
-        settings = get_settings()
-    except ValidationError as exc:
-        console.print(f"[red]invalid configuration:[/red]\n{exc}")
-        sys.exit(2)
-    import workers.app  # noqa: F401
-
-    return settings
 
 
 def _read_payloads(text: str) -> list[Any]:

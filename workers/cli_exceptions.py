@@ -10,20 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-
-def _settings() -> Any:
-    """Validated settings; loads the Celery app (a replay enqueues the fraud check)."""
-    from pydantic import ValidationError
-
-    from config.settings import get_settings
-
-    try:
-        settings = get_settings()
-    except ValidationError as exc:
-        raise click.ClickException(f"invalid configuration:\n{exc}") from None
-    import workers.app  # noqa: F401
-
-    return settings
+from workers.cli_settings import load_settings as _settings
 
 
 @click.group()

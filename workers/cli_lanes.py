@@ -6,28 +6,12 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from config.settings import Settings
-
-
-def _settings() -> Settings:
-    """Validated settings, and the Celery app loaded (commands here enqueue work)."""
-    from config.settings import get_settings
-
-    try:
-        settings = get_settings()
-    except ValidationError as exc:
-        raise click.ClickException(f"invalid configuration:\n{exc}") from None
-    import workers.app  # noqa: F401 - installs how units of work send tasks
-
-    return settings
+from workers.cli_settings import load_settings as _settings
 
 
 # --- waves ------------------------------------------------------------------------------------

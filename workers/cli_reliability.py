@@ -6,32 +6,14 @@ from __future__ import annotations
 import getpass
 import json
 import sys
-from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from config.settings import Settings
+from workers.cli_settings import load_settings as _settings
 
 console = Console(stderr=True)
-
-
-def _settings() -> Settings:
-    """The validated settings, with the Celery app loaded (retries send tasks)."""
-    from pydantic import ValidationError
-
-    from config.settings import get_settings
-
-    try:
-        settings = get_settings()
-    except ValidationError as exc:
-        console.print(f"[red]invalid configuration:[/red]\n{exc}")
-        sys.exit(2)
-    import workers.app  # noqa: F401
-
-    return settings
 
 
 @click.group()

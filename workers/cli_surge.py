@@ -6,29 +6,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from config.settings import Settings
-
-
-def _settings() -> Settings:
-    """Validated settings, and the Celery app loaded (as every orderfleet command does)."""
-    from pydantic import ValidationError
-
-    from config.settings import get_settings
-
-    try:
-        settings = get_settings()
-    except ValidationError as exc:
-        raise click.ClickException(f"invalid configuration:\n{exc}") from None
-    import workers.app  # noqa: F401
-
-    return settings
+from workers.cli_settings import load_settings as _settings
 
 
 def _redis() -> Any:

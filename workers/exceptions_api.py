@@ -13,7 +13,6 @@ Errors are JSON ``{"error": ..., "errors": [...]}`` with 401, 404, 409 (not open
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ from domain.intake_exceptions import (
     list_exceptions,
 )
 from tasks.intake import replay_exception
-from workers.review_api import MAX_BODY_BYTES, _error, _unauthorised
+from workers.review_api import _error, _unauthorised, json_object
 
 
 def _desk_error(exc: ExceptionDeskError) -> JSONResponse:
@@ -91,15 +90,9 @@ async def _act(request: Request, act: Callable[[UnitOfWork, int, dict[str, Any]]
     exception_id = _exception_id(request)
     if exception_id is None:
         return _error(404, "no such exception")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, RecursionError) as exc:
-        return _error(400, f"body is not JSON: {str(exc)[:200]}")
-    if not isinstance(body, dict):
-        return _error(422, "body must be a JSON object", "(body)")
+    body = await json_object(request)
+    if isinstance(body, Response):
+        return body
 
     def work() -> dict[str, Any]:
         with unit_of_work(settings) as uow:

@@ -71,6 +71,21 @@ def _unauthorised(request: Request, settings: Settings) -> JSONResponse | None:
     return None
 
 
+
+async def json_object(request: Request, shape: str = "a JSON object") -> dict[str, Any] | Response:
+    """The request body as a JSON object, or the error response to send instead (413 too large,
+    400 not JSON, deep nesting included, 422 not an object)."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError) as exc:
+        return _error(400, f"body is not JSON: {str(exc)[:200]}")
+    if not isinstance(body, dict):
+        return _error(422, f"body must be {shape}", "(body)")
+    return body
+
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -125,15 +140,9 @@ async def _decide(request: Request, decide: DecideFn) -> Response:
     settings = get_settings()
     if (denied := _unauthorised(request, settings)) is not None:
         return denied
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _error(400, f"body is not JSON: {exc}")
-    if not isinstance(body, dict):
-        return _error(422, "body must be a JSON object with by and reason", "(body)")
+    body = await json_object(request, "a JSON object with by and reason")
+    if isinstance(body, Response):
+        return body
     ref = request.path_params["order_id"]
     store = request.query_params.get("store") or body.get("store") or None
 
@@ -162,15 +171,9 @@ async def address(request: Request) -> Response:
     settings = get_settings()
     if (denied := _unauthorised(request, settings)) is not None:
         return denied
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, RecursionError) as exc:
-        return _error(400, f"body is not JSON: {str(exc)[:200]}")
-    if not isinstance(body, dict):
-        return _error(422, "body must be a JSON object with by and address", "(body)")
+    body = await json_object(request, "a JSON object with by and address")
+    if isinstance(body, Response):
+        return body
     ref = request.path_params["order_id"]
     store = request.query_params.get("store") or None
 
