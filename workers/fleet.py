@@ -213,7 +213,9 @@ class Fleet:
     @property
     def mail_file(self) -> Path:
         """Where the SMTP sink keeps the messages it accepted (JSON lines)."""
-        return (self.log_dir or self.settings.var_dir / "logs").parent / "mail" / "messages.jsonl"
+        if self.log_dir is not None:  # a run's own, beside its logs (never a shared /tmp/mail)
+            return self.log_dir / "mail" / "messages.jsonl"
+        return self.settings.var_dir / "mail" / "messages.jsonl"
 
     def start_workers(self) -> None:
         pool = (["--autoscale", self.autoscale] if self.autoscale
