@@ -52,6 +52,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from benchmarks.carrier import FLEET_SETTINGS as CARRIER_BENCH_SETTINGS
 from config.settings import Settings
 from domain.carriers import SandboxCarrier
 from domain.lifecycle import LABELLED_OR_LATER, LABELLED_OR_SETTLED, values
@@ -66,18 +67,8 @@ STORE = "chaos-store"
 # Production defaults for everything that decides recovery (sweep interval, stage deadline,
 # broker epoch check, missing-order grace); a fast carrier so that a run takes minutes.
 FLEET_SETTINGS: dict[str, Any] = {
-    "carrier_timeout_s": 1.0,
-    "carrier_retry_max_s": 5.0,
-    "label_retry_max_countdown_s": 4.0,
-    "wave_max_age_s": 1.0,
-    "tracking_sweep_interval_s": 2.0,
-    "breaker_window_s": 10.0,
-    "breaker_min_calls": 12,
-    "breaker_failure_rate": 0.75,
-    "breaker_open_s": 2.0,
-    "breaker_max_open_s": 8.0,
-    "breaker_probe_lease_s": 5.0,
-}
+    k: v for k, v in CARRIER_BENCH_SETTINGS.items()
+    if k not in ("sweep_interval_s", "stage_deadline_s")}
 
 
 @dataclass(frozen=True)

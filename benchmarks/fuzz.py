@@ -68,14 +68,15 @@ def _random_value(rng: Random) -> Any:
                        "-0.00", "1e400", "0x10", " 12 ", "２３"])
 
 
-def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def leaf_paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key path into ``obj`` (dicts and lists), parents before children."""
     out = [prefix] if prefix else []
     if isinstance(obj, dict):
         for k, v in obj.items():
-            out.extend(_paths(v, (*prefix, k)))
+            out.extend(leaf_paths(v, (*prefix, k)))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            out.extend(_paths(v, (*prefix, i)))
+            out.extend(leaf_paths(v, (*prefix, i)))
     return out
 
 
@@ -141,15 +142,15 @@ def fuzz_inputs(n: int, *, seed: int = 7, signed_rate: float = 0.6) -> list[Fuzz
                                raw.replace(b'"', b"", 3), b"", b"null", rng.randbytes(64)])
         elif kind == "wrong_type":
             for _ in range(rng.randint(1, 4)):
-                paths = _paths(order)
+                paths = leaf_paths(order)
                 _set(order, rng.choice(paths), _random_value(rng))
         elif kind == "missing_field":
             for _ in range(rng.randint(1, 6)):
-                paths = _paths(order)
+                paths = leaf_paths(order)
                 if paths:
                     _set(order, rng.choice(paths), None, delete=True)
         elif kind == "huge_or_negative":
-            numbers = [p for p in _paths(order) if isinstance(p[-1], str) and any(
+            numbers = [p for p in leaf_paths(order) if isinstance(p[-1], str) and any(
                 w in p[-1] for w in ("price", "quantity", "total", "subtotal", "grams"))]
             for p in rng.sample(numbers, min(len(numbers), rng.randint(1, 3))):
                 _set(order, p, rng.choice([-1, -99999.99, 10 ** 12, 10 ** 40, "9" * 60,

@@ -12,6 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.fuzz import leaf_paths
 from domain.platforms import OrderFeedError, parse_order_csv, woocommerce_to_native
 from domain.schemas import Order, OrderValidationError, hold_reasons, parse_order, shopify_to_native
 from workers.api import json_depth_exceeds
@@ -35,19 +36,8 @@ json_values = st.recursive(scalars, lambda inner: st.one_of(
     max_leaves=25)
 
 
-def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix] if prefix else []
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.extend(_paths(v, (*prefix, k)))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out.extend(_paths(v, (*prefix, i)))
-    return out
-
-
-PATHS = {"shopify": _paths(SHOPIFY), "woocommerce": _paths(WOO), "native": _paths(NATIVE)}
 BASES = {"shopify": SHOPIFY, "woocommerce": WOO, "native": NATIVE}
+PATHS = {name: leaf_paths(body) for name, body in BASES.items()}
 
 
 @st.composite
