@@ -24,7 +24,10 @@ the scenario had settled.
 
 ``smtp-down`` stops the fleet's SMTP server for the outage while orders flow: recovered when
 every labelled order has its post-purchase e-mail; ``duplicate_emails`` counts an order mailed
-twice (every scenario).
+twice and ``emails_missing`` a labelled order not mailed (every scenario, once the e-mails had
+the settle timeout to follow their orders). ``emails_uncertain`` counts e-mails the fleet
+marked uncertain (the connection broke while the server took it): not re-sent, left to a
+person, and neither missing nor duplicated if the server's books say otherwise.
 """
 
 from __future__ import annotations
@@ -325,13 +328,15 @@ def check(run: Run, stream: Stream) -> dict[str, Any]:
         # what there was, and what is reserved is what the active reservations hold.
         drift += abs(on_hand + consumed - initial) + abs(reserved - active)
     carrier_labels = sum(n for r, n in books["per_reference"].items() if r in refs)
-    mails, mailed_orders = _mails(run, order_ids)
+    mails, mailed = _mails(run, order_ids)
+    uncertain = _uncertain(run, order_ids)
+    labelled = {oid for oid, st, _ in orders.values() if st in MAILED}
     return {"orders": len(stream.payloads), "lost": lost,
             "duplicate_labels": sum(n - 1 for n in twice.values()),
             "duplicate_reservations": len(dup_res), "oversold_units": oversold,
-            "duplicate_emails": mails - mailed_orders,
-            "emails_missing": sum(1 for _, st, _ in orders.values() if st in MAILED)
-            - mailed_orders,
+            "duplicate_emails": mails - len(mailed),
+            "emails_missing": len(labelled - mailed - uncertain),
+            "emails_uncertain": len(uncertain),
             "stock_drift_units": drift, "labels_charged": carrier_labels,
             "shipments_labelled": shipments,
             "states": _count(st for _, st, _ in orders.values())}
@@ -444,19 +449,37 @@ def smtp_down(run: Run, stream: Stream) -> float:
     return time.time()
 
 
-def _mails(run: Run, order_ids: list[int]) -> tuple[int, int]:
-    """(post-purchase e-mails the SMTP sink received for these orders, distinct orders)."""
-    wanted = {f"{oid}:post_purchase_email" for oid in order_ids}
-    jobs = [m["job"] for m in read_messages(run.fleet.mail_file) if m["job"] in wanted]
-    return len(jobs), len(set(jobs))
+def _mails(run: Run, order_ids: list[int]) -> tuple[int, set[int]]:
+    """(post-purchase e-mails the SMTP sink received for these orders, the orders mailed)."""
+    wanted = {f"{oid}:post_purchase_email": oid for oid in order_ids}
+    jobs = [wanted[m["job"]] for m in read_messages(run.fleet.mail_file) if m["job"] in wanted]
+    return len(jobs), set(jobs)
+
+
+def _uncertain(run: Run, order_ids: list[int]) -> set[int]:
+    """Orders whose post-purchase e-mail the fleet marked uncertain (the mail server may have
+    taken it when the connection broke): never re-sent by the fleet, left to a person."""
+    from domain.db import unit_of_work
+    from domain.models import NoncoreJob
+    from domain.noncore import UNCERTAIN
+
+    with unit_of_work(run.settings) as uow:
+        return set(uow.session.scalars(select(NoncoreJob.order_id).where(
+            NoncoreJob.order_id.in_(order_ids), NoncoreJob.kind == "post_purchase_email",
+            NoncoreJob.outcome == UNCERTAIN)))
+
+
+def _unmailed(run: Run, stream: Stream) -> set[int]:
+    """Labelled orders of the stream with neither an e-mail nor an uncertain one."""
+    labelled = [oid for oid, st, _ in _orders(run, stream).values() if st in MAILED]
+    return set(labelled) - _mails(run, labelled)[1] - _uncertain(run, labelled)
 
 
 def _mail_settle(run: Run, stream: Stream) -> float | None:
     """Wait until every labelled order of the stream has its post-purchase e-mail."""
     deadline = time.monotonic() + run.opts.settle_timeout_s
     while time.monotonic() < deadline:
-        labelled = [oid for oid, st, _ in _orders(run, stream).values() if st in MAILED]
-        if _mails(run, labelled)[1] >= len(labelled):
+        if not _unmailed(run, stream):
             return time.time()
         time.sleep(0.5)
     return None
@@ -520,7 +543,7 @@ def run_chaos(names: list[str], opts: ChaosOptions, *, quiet: bool = False) -> d
         own_pg.stop()
         own_redis.stop()
     ok = all(r["lost"] == 0 and r["duplicate_labels"] == 0 and r["duplicate_reservations"] == 0
-             and r["duplicate_emails"] == 0
+             and r["duplicate_emails"] == 0 and r["emails_missing"] == 0
              and r["oversold_units"] == 0 and r["stock_drift_units"] == 0 for r in results)
     return {"scenarios": results, "ok": ok, "seconds": round(time.time() - started, 1),
             "options": {"orders": opts.orders, "kills": opts.kills, "outage_s": opts.outage_s,
@@ -542,6 +565,8 @@ def _scenario(run: Run, name: str) -> dict[str, Any]:
     settled = _settle(run, stream)
     if settled is not None and name in MAIL:
         settled = _mail_settle(run, stream)
+    elif settled is not None:
+        _mail_settle(run, stream)  # e-mails follow their orders; count them once they could
     result = {"name": name, **check(run, stream),
               "recovered_s": None if settled is None else round(max(settled - over, 0.0), 1),
               "seconds": round(time.time() - t0, 1),
@@ -552,11 +577,13 @@ def _scenario(run: Run, name: str) -> dict[str, Any]:
 
 def _print(console: Console, results: list[dict[str, Any]]) -> None:
     table = Table("scenario", "orders", "lost", "duplicate labels", "duplicate reservations",
-                  "oversold", "stock drift", "recovered (s)", "restarts", "seconds")
+                  "oversold", "stock drift", "e-mails twice / missing / uncertain",
+                  "recovered (s)", "restarts", "seconds")
     for r in results:
         table.add_row(r["name"], str(r["orders"]), str(r["lost"]), str(r["duplicate_labels"]),
                       str(r["duplicate_reservations"]), str(r["oversold_units"]),
                       str(r["stock_drift_units"]),
+                      f"{r['duplicate_emails']} / {r['emails_missing']} / {r['emails_uncertain']}",
                       "not settled" if r["recovered_s"] is None else f"{r['recovered_s']:.1f}",
                       str(r["restarts"]), f"{r['seconds']:.0f}")
     console.print(table)

@@ -297,6 +297,9 @@ class Settings(BaseSettings):
     # Non-core jobs: real SMTP (a local aiosmtpd sink in up/demo/tests), a coupon ledger and
     # a marketing-list sync over HTTP.
     noncore_jobs: bool = True
+    # A broker that lost its messages lost the queued and parked non-core jobs too: those of
+    # orders that moved within this window and have none yet are sent again.
+    noncore_redrive_window_s: float = Field(86_400.0, gt=0)
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(8025, ge=1, le=65535)
     smtp_from: str = "orders@orderfleet.local"

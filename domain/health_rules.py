@@ -44,6 +44,9 @@ RUNBOOKS: dict[str, str] = {
     "OrderfleetWorkersDown": (
         "Orders wait in their queues (nothing is lost): start workers, read their logs, check"
         " Redis."),
+    "OrderfleetEmailUncertain": (
+        "Look each one up in the mail server's log (`orderfleet noncore list --outcome "
+        "uncertain`), then `orderfleet noncore settle` (it went out) or `resend`."),
 }
 
 
@@ -103,6 +106,10 @@ def evaluate(session: Session, settings: Settings, now: datetime,
     if workers_up == 0:
         out.append(Finding("OrderfleetWorkersDown", "fleet", "critical",
                            "no Celery worker answers a ping"))
+    if snap.emails_uncertain:
+        out.append(Finding("OrderfleetEmailUncertain", "fleet", "warning",
+                           f"{snap.emails_uncertain} e-mails may or may not have gone out "
+                           "(the connection broke while the mail server took them)"))
     return out
 
 

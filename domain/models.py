@@ -507,18 +507,31 @@ class RejectedTrackingPush(Base):
     raw: Mapped[str] = mapped_column(Text)
 
 
+# Outcomes of a non-core job that are not settled yet (see NoncoreJob).
+NONCORE_OPEN_SQL = "outcome IN ('claimed', 'sending', 'uncertain')"
+
+
 class NoncoreJob(Base):
-    """A non-core job done for an order: one row per (order, kind), written in the transaction
-    of its side effect (or just before an e-mail is handed to SMTP), so it happens once."""
+    """A non-core job done for an order: one row per (order, kind), so it happens once.
+
+    A coupon's row is written in the transaction of its side effect. An e-mail's row is claimed
+    and committed before SMTP sees it (``claimed``), marked ``sending`` just before the message
+    is handed over and ``sent`` once the server accepted it; one left ``sending`` by a dead
+    worker is ``uncertain`` and waits for a person, never re-sent by itself."""
 
     __tablename__ = "noncore_jobs"
+    __table_args__ = (Index("ix_noncore_jobs_open", "kind", "outcome",
+                            postgresql_where=text(NONCORE_OPEN_SQL),
+                            sqlite_where=text(NONCORE_OPEN_SQL)),)
 
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"),
                                           primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), primary_key=True)
     done_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    outcome: Mapped[str] = mapped_column(String(32))  # sent | issued | synced | skipped:...
+    # sent | issued | synced | skipped:... | failed:... | claimed | sending | uncertain
+    outcome: Mapped[str] = mapped_column(String(32))
     replayed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    claimed_by: Mapped[str | None] = mapped_column(String(64))  # the task (message) id
 
 
 class Coupon(Base):

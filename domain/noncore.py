@@ -2,11 +2,20 @@
 
 Post-purchase and review-request e-mails (SMTP), coupons (a ledger in the database) and a
 marketing-list sync (an HTTP call to the storefront). Each is done at most once per
-(order, kind): the ``noncore_jobs`` row is inserted in the transaction that carries the side
-effect (the coupon row; for an e-mail or an HTTP call, the transaction commits only after the
-SMTP server or storefront accepted it). A crash between acceptance and commit repeats the
-call once; the e-mail's Message-ID and the sync's Idempotency-Key are fixed per (order, kind),
-so the receiver can tell.
+(order, kind), kept in one ``noncore_jobs`` row:
+
+* a coupon's row is inserted in the transaction that issues it;
+* a marketing sync's row commits only after the storefront accepted the call; a crash between
+  the two repeats the call, which carries a fixed Idempotency-Key, so the storefront can tell;
+* an e-mail has no such key that mail servers honour, so its row is claimed and committed
+  first (``claimed``, with the message id of the task that claimed it), marked ``sending``
+  (committed) once the server accepted sender and recipient, and ``sent`` once it accepted the
+  message. Anything that fails before ``sending`` certainly delivered nothing: the claim is
+  given back and the job retried. A row left ``sending`` (the worker died, or the connection
+  broke while the server was taking the message) may or may not have gone out: it becomes
+  ``uncertain``, is never re-sent by itself, and waits for a person (``orderfleet noncore``),
+  who can look in the mail server's log. A redelivered task reclaims its own claims at once;
+  a claim whose task vanished is free again after the longest a task may run.
 """
 
 from __future__ import annotations
@@ -15,12 +24,17 @@ import contextlib
 import logging
 import secrets
 import smtplib
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from config.settings import Settings
 from domain.clock import utcnow
@@ -48,21 +62,34 @@ def message_id(order_id: int, kind: str) -> str:
     return f"<order-{order_id}.{kind}@orderfleet>"
 
 
+# The states of an e-mail's row before it settles (see the module docstring).
+CLAIMED, SENDING, UNCERTAIN = "claimed", "sending", "uncertain"
+
+
 @dataclass
 class JobOutcome:
     done: list[int] = field(default_factory=list)
     already: list[int] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)  # refused for good (a 5xx answer)
+    uncertain: list[int] = field(default_factory=list)
+
+
+class MailDeferred(Exception):
+    """The mail server cannot take the message now (a 4xx answer, or it went away before it
+    had the message): nothing was delivered, and a later attempt may succeed."""
 
 
 class _Mailer:
-    """One SMTP connection for a batch, opened on first use."""
+    """One SMTP connection for a batch, opened on first use; a message goes in two steps so
+    the caller knows whether the server can have it (``envelope``) or may have it (``data``)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._smtp: smtplib.SMTP | None = None
 
-    def send(self, msg: EmailMessage) -> None:
+    def envelope(self, msg: EmailMessage) -> None:
+        """Sender and recipient: nothing is delivered yet, whatever happens here."""
         s = self.settings
         if self._smtp is None:
             self._smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s)
@@ -70,7 +97,17 @@ class _Mailer:
                 self._smtp.starttls()
             if s.smtp_username and s.smtp_password:
                 self._smtp.login(s.smtp_username, s.smtp_password.get_secret_value())
-        self._smtp.send_message(msg)
+        self._smtp.ehlo_or_helo_if_needed()
+        for code, reply in (self._smtp.mail(str(msg["From"])), self._smtp.rcpt(str(msg["To"]))):
+            if code not in (250, 251):
+                self.close()
+                raise smtplib.SMTPResponseException(code, reply)
+
+    def data(self, msg: EmailMessage) -> None:
+        """The message itself; a refusal raises SMTPDataError (nothing delivered)."""
+        if self._smtp is None:
+            raise RuntimeError("data() before envelope()")
+        self._smtp.data(msg.as_bytes(policy=SMTP_POLICY))
 
     def close(self) -> None:
         if self._smtp is not None:
@@ -80,84 +117,217 @@ class _Mailer:
 
 
 def run_jobs(settings: Settings, kind: str, order_ids: Sequence[int], *,
-             replayed: bool = False) -> JobOutcome:
-    """Do the ``kind`` job for each order not done yet, one transaction per order."""
+             replayed: bool = False, claimer: str | None = None) -> JobOutcome:
+    """Do the ``kind`` job for each order not done yet.
+
+    ``claimer`` is the id of the task message asking (a redelivery carries the same id and
+    takes over what an earlier delivery claimed); a direct call gets an id of its own.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown non-core job {kind!r}")
+    ids = sorted(set(order_ids))
+    if kind in _EMAIL_TEXT:
+        return _run_emails(settings, kind, ids, replayed, claimer or f"run-{uuid.uuid4()}")
+    if kind in _COUPON_REASON:
+        return _run_coupons(settings, kind, ids, replayed)
+    return _run_marketing(settings, ids, replayed)
+
+
+def _claim(uow: UnitOfWork, kind: str, ids: list[int], replayed: bool, outcome: str,
+           claimer: str | None = None) -> list[int]:
+    """Insert the job rows of ``ids`` that do not exist yet; the ids whose row this inserted."""
+    rows = insert_ignoring_conflicts(
+        uow.session, NoncoreJob,
+        [{"order_id": i, "kind": kind, "done_at": utcnow(), "outcome": outcome,
+          "replayed": replayed, "claimed_by": claimer} for i in ids],
+        ["order_id", "kind"], returning=[NoncoreJob.order_id])
+    return sorted(r.order_id for r in rows)
+
+
+def _set_outcomes(uow: UnitOfWork, kind: str, outcomes: dict[int, str]) -> None:
+    by_outcome: dict[str, list[int]] = {}
+    for order_id, outcome in outcomes.items():
+        by_outcome.setdefault(outcome, []).append(order_id)
+    for outcome, ids in by_outcome.items():
+        uow.session.execute(update(NoncoreJob).where(NoncoreJob.kind == kind,
+                                                     NoncoreJob.order_id.in_(ids))
+                            .values(outcome=outcome, done_at=utcnow()))
+
+
+def _run_coupons(settings: Settings, kind: str, ids: list[int], replayed: bool) -> JobOutcome:
+    """Every order's coupon and its job row in one transaction."""
     out = JobOutcome()
-    mailer = _Mailer(settings)
-    http = (RetryingClient(settings.marketing_url, name="marketing",
-                           timeout_s=settings.marketing_timeout_s, retry_max_s=10.0)
-            if kind == "marketing_sync" else None)
-    try:
-        for order_id in sorted(set(order_ids)):
-            with unit_of_work(settings) as uow:
-                outcome = _one(uow, kind, order_id, replayed, mailer, http)
-            if outcome is None:
-                out.already.append(order_id)
-            elif outcome.startswith("skipped"):
-                out.skipped[order_id] = outcome
-            else:
-                out.done.append(order_id)
-    finally:
-        mailer.close()
-        if http is not None:
-            http.close()
+    with unit_of_work(settings) as uow:
+        claimed = _claim(uow, kind, ids, replayed, "pending")
+        orders = {o.id: o for o in uow.session.scalars(
+            select(OrderRow).where(OrderRow.id.in_(claimed)))} if claimed else {}
+        amount = (settings.compensation_coupon_amount if kind == "delay_compensation"
+                  else settings.coupon_amount)
+        insert_ignoring_conflicts(uow.session, Coupon, [{
+            "order_id": o.id, "reason": _COUPON_REASON[kind],
+            "code": secrets.token_hex(6).upper(), "amount": amount, "currency": o.currency,
+            "issued_at": utcnow()} for o in orders.values()], ["order_id", "reason"])
+        outcomes = {i: "issued" if i in orders else "skipped:no_order" for i in claimed}
+        _set_outcomes(uow, kind, outcomes)
+    _tally(out, ids, outcomes)
     return out
 
 
-def _one(uow: UnitOfWork, kind: str, order_id: int, replayed: bool, mailer: _Mailer,
-         http: RetryingClient | None) -> str | None:
+def _run_marketing(settings: Settings, ids: list[int], replayed: bool) -> JobOutcome:
+    """One transaction per order, committed after the storefront accepted the call."""
+    out = JobOutcome()
+    http = RetryingClient(settings.marketing_url, name="marketing",
+                          timeout_s=settings.marketing_timeout_s, retry_max_s=10.0)
+    outcomes: dict[int, str] = {}
+    try:
+        for order_id in ids:
+            with unit_of_work(settings) as uow:
+                if not _claim(uow, "marketing_sync", [order_id], replayed, "pending"):
+                    continue  # done before (or being done by a worker that holds the row)
+                order = uow.session.get(OrderRow, order_id)
+                outcome = "skipped:no_order" if order is None else _marketing(order, http)
+                _set_outcomes(uow, "marketing_sync", {order_id: outcome})
+            outcomes[order_id] = outcome
+    finally:
+        http.close()
+    _tally(out, ids, outcomes)
+    return out
+
+
+def _tally(out: JobOutcome, ids: list[int], outcomes: dict[int, str]) -> None:
+    for order_id in ids:
+        outcome = outcomes.get(order_id)
+        if outcome is None:
+            out.already.append(order_id)
+        elif outcome.startswith("skipped"):
+            out.skipped[order_id] = outcome
+        elif outcome.startswith("failed"):
+            out.failed[order_id] = outcome
+        elif outcome == UNCERTAIN:
+            out.uncertain.append(order_id)
+        else:
+            out.done.append(order_id)
+
+
+def _run_emails(settings: Settings, kind: str, ids: list[int], replayed: bool,
+                claimer: str) -> JobOutcome:
+    out = JobOutcome()
+    outcomes: dict[int, str] = {}
+    with unit_of_work(settings) as uow:
+        claimed, orders, lost = _claim_emails(uow, kind, ids, replayed, claimer)
+        for order_id in claimed:
+            order = orders.get(order_id)
+            if order is None:
+                outcomes[order_id] = "skipped:no_order"
+            elif "@" not in _recipient(order):
+                outcomes[order_id] = "skipped:no_email"
+        _set_outcomes(uow, kind, outcomes)
+    outcomes.update(dict.fromkeys(lost, UNCERTAIN))
+    mailer = _Mailer(settings)
+    try:
+        for order_id in claimed:
+            if order_id not in outcomes:
+                outcomes[order_id] = _send(settings, kind, orders[order_id], mailer, claimer)
+    except BaseException:
+        # What was not handed over is given back, so any later attempt may claim it.
+        with contextlib.suppress(DBAPIError), unit_of_work(settings) as uow:
+            uow.session.execute(delete(NoncoreJob).where(
+                NoncoreJob.kind == kind, NoncoreJob.order_id.in_(claimed),
+                NoncoreJob.claimed_by == claimer, NoncoreJob.outcome == CLAIMED))
+        raise
+    finally:
+        mailer.close()
+    _tally(out, ids, outcomes)
+    return out
+
+
+def _claim_emails(uow: UnitOfWork, kind: str, ids: list[int], replayed: bool, claimer: str
+                  ) -> tuple[list[int], dict[int, OrderRow], list[int]]:
+    """Claim the orders' e-mails (committed with the unit of work); what an earlier delivery of
+    the same message (or a vanished one) left half done is taken over or marked uncertain."""
     session = uow.session
-    claimed = insert_ignoring_conflicts(
-        session, NoncoreJob, [{"order_id": order_id, "kind": kind, "done_at": utcnow(),
-                               "outcome": "pending", "replayed": replayed}],
-        ["order_id", "kind"], returning=[NoncoreJob.order_id])
-    if not claimed:
-        return None  # done before (or being done by another worker, which holds the row)
-    order = session.get(OrderRow, order_id)
-    if order is None:
-        outcome = "skipped:no_order"
-    elif kind in _EMAIL_TEXT:
-        outcome = _email(uow.settings, kind, order, mailer)
-    elif kind in _COUPON_REASON:
-        outcome = _coupon(uow, kind, order)
-    else:
-        outcome = _marketing(order, http)
-    session.execute(update(NoncoreJob).where(NoncoreJob.order_id == order_id,
-                                             NoncoreJob.kind == kind).values(outcome=outcome))
+    fresh = _claim(uow, kind, ids, replayed, CLAIMED, claimer)
+    stale = utcnow() - timedelta(seconds=uow.settings.task_time_limit_s + 60)
+    earlier = (NoncoreJob.kind == kind, NoncoreJob.order_id.in_(ids),
+               or_(NoncoreJob.claimed_by == claimer, NoncoreJob.done_at < stale))
+    taken = session.scalars(update(NoncoreJob).where(*earlier, NoncoreJob.outcome == CLAIMED)
+                            .values(claimed_by=claimer, done_at=utcnow())
+                            .returning(NoncoreJob.order_id)).all()
+    lost = session.scalars(update(NoncoreJob).where(*earlier, NoncoreJob.outcome == SENDING)
+                           .values(outcome=UNCERTAIN, done_at=utcnow())
+                           .returning(NoncoreJob.order_id)).all()
+    if lost:
+        log.warning("%s: %d e-mail(s) were being handed to the mail server when their worker "
+                    "stopped; marked uncertain, not re-sent (orderfleet noncore list)",
+                    kind, len(lost))
+    claimed = sorted({*fresh, *taken})
+    orders = {o.id: o for o in session.scalars(
+        select(OrderRow).where(OrderRow.id.in_(claimed)))} if claimed else {}
+    return claimed, orders, sorted(lost)
+
+
+def _recipient(order: OrderRow) -> str:
+    return str((order.payload.get("customer") or {}).get("email") or "").strip()
+
+
+def _send(settings: Settings, kind: str, order: OrderRow, mailer: _Mailer, claimer: str) -> str:
+    """Hand one e-mail over; its outcome (committed unless it is ``claimed``, given back)."""
+    msg = _message(settings, kind, order)
+    try:
+        mailer.envelope(msg)
+    except smtplib.SMTPResponseException as exc:
+        if exc.smtp_code >= 500:
+            return _mark(settings, kind, order.id, claimer, f"failed:smtp {exc.smtp_code}")
+        raise MailDeferred(f"mail server answered {exc.smtp_code}") from exc
+    except smtplib.SMTPServerDisconnected as exc:
+        raise MailDeferred("mail server closed the connection") from exc
+    _mark(settings, kind, order.id, claimer, SENDING)
+    try:
+        mailer.data(msg)
+    except smtplib.SMTPDataError as exc:  # refused: the server does not have it
+        if exc.smtp_code >= 500:
+            return _mark(settings, kind, order.id, claimer, f"failed:smtp {exc.smtp_code}")
+        _mark(settings, kind, order.id, claimer, CLAIMED)
+        raise MailDeferred(f"mail server answered {exc.smtp_code}") from exc
+    except Exception:
+        # The server may have taken it before the connection broke: a person decides.
+        mailer.close()
+        log.warning("%s for order %d: connection lost while the mail server took the message; "
+                    "marked uncertain, not re-sent", kind, order.id)
+        return _mark(settings, kind, order.id, claimer, UNCERTAIN)
+    return _mark(settings, kind, order.id, claimer, "sent")
+
+
+def _db_blip(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError)
+                                                 and exc.connection_invalidated)
+
+
+def _mark(settings: Settings, kind: str, order_id: int, claimer: str, outcome: str) -> str:
+    """Commit an e-mail's new outcome on its own. A database that is restarting is waited for
+    (a minute at most): an e-mail the server took must not be left looking unsent."""
+    for attempt in Retrying(retry=retry_if_exception(_db_blip), stop=stop_after_delay(60),
+                            wait=wait_exponential(multiplier=0.2, max=5), reraise=True):
+        with attempt, unit_of_work(settings) as uow:
+            uow.session.execute(update(NoncoreJob).where(
+                NoncoreJob.kind == kind, NoncoreJob.order_id == order_id,
+                NoncoreJob.claimed_by == claimer).values(outcome=outcome, done_at=utcnow()))
     return outcome
 
 
-def _email(settings: Settings, kind: str, order: OrderRow, mailer: _Mailer) -> str:
-    to = ((order.payload.get("customer") or {}).get("email") or "").strip()
-    if "@" not in to:
-        return "skipped:no_email"
+def _message(settings: Settings, kind: str, order: OrderRow) -> EmailMessage:
     subject, body = _EMAIL_TEXT[kind]
     msg = EmailMessage()
     msg["From"] = settings.smtp_from
-    msg["To"] = to
+    msg["To"] = _recipient(order)
     msg["Subject"] = subject.format(order=order.source_order_id)
     msg["Message-ID"] = message_id(order.id, kind)
     msg["X-Orderfleet-Job"] = f"{order.id}:{kind}"
     msg.set_content(body.format(order=order.source_order_id, store=order.store))
-    mailer.send(msg)
-    return "sent"
+    return msg
 
 
-def _coupon(uow: UnitOfWork, kind: str, order: OrderRow) -> str:
-    amount = (uow.settings.compensation_coupon_amount if kind == "delay_compensation"
-              else uow.settings.coupon_amount)
-    insert_ignoring_conflicts(uow.session, Coupon, [{
-        "order_id": order.id, "reason": _COUPON_REASON[kind],
-        "code": secrets.token_hex(6).upper(), "amount": amount, "currency": order.currency,
-        "issued_at": utcnow()}], ["order_id", "reason"])
-    return "issued"
-
-
-def _marketing(order: OrderRow, http: RetryingClient | None) -> str:
-    if http is None:
-        raise ValueError("a marketing sync needs the storefront's HTTP client")
+def _marketing(order: OrderRow, http: RetryingClient) -> str:
     customer: dict[str, Any] = order.payload.get("customer") or {}
     email = (customer.get("email") or "").strip()
     if "@" not in email:
@@ -167,3 +337,26 @@ def _marketing(order: OrderRow, http: RetryingClient | None) -> str:
                        "order_id": order.source_order_id, "tags": customer.get("tags", [])},
                  headers={"Idempotency-Key": f"{order.id}:marketing_sync"})
     return "synced"
+
+
+def open_jobs(uow: UnitOfWork, outcome: str | None = None) -> Iterator[NoncoreJob]:
+    """Jobs not settled yet (claimed, sending, uncertain), oldest first."""
+    stmt = select(NoncoreJob).where(NoncoreJob.outcome.in_(
+        [outcome] if outcome else [CLAIMED, SENDING, UNCERTAIN]))
+    yield from uow.session.scalars(stmt.order_by(NoncoreJob.done_at))
+
+
+def release_uncertain(uow: UnitOfWork, kind: str, order_ids: Sequence[int]) -> list[int]:
+    """A person decided these uncertain e-mails did not go out: their rows go, so the next
+    run of the job sends them (the caller enqueues it after the commit)."""
+    return sorted(uow.session.scalars(delete(NoncoreJob).where(
+        NoncoreJob.kind == kind, NoncoreJob.order_id.in_(list(order_ids)),
+        NoncoreJob.outcome == UNCERTAIN).returning(NoncoreJob.order_id)).all())
+
+
+def settle_uncertain(uow: UnitOfWork, kind: str, order_ids: Sequence[int]) -> list[int]:
+    """A person found these uncertain e-mails in the mail server's log: they count as sent."""
+    return sorted(uow.session.scalars(update(NoncoreJob).where(
+        NoncoreJob.kind == kind, NoncoreJob.order_id.in_(list(order_ids)),
+        NoncoreJob.outcome == UNCERTAIN).values(outcome="sent", done_at=utcnow())
+        .returning(NoncoreJob.order_id)).all())

@@ -22,6 +22,7 @@ from config.settings import Settings
 from domain.lifecycle import PROCESSING, State
 from domain.models import (
     OPEN_SHIPMENTS,
+    NoncoreJob,
     OrderEvent,
     OrderRow,
     RejectedOrder,
@@ -30,6 +31,7 @@ from domain.models import (
     SkuHealth,
     SkuHold,
 )
+from domain.noncore import UNCERTAIN
 
 # An order reaching one of these needs more than the happy path: a person (on hold, label
 # failed), stock (backordered) or a fraud verdict (rejected). Counted per stage.
@@ -242,6 +244,8 @@ class Snapshot:
     tracking_push_rejections: int
     cost_7d: CostShare
     exceptions: ExceptionRates
+    # E-mails the mail server may or may not have taken: never re-sent without a person.
+    emails_uncertain: int
 
 
 def snapshot(session: Session, settings: Settings, now: datetime) -> Snapshot:
@@ -308,6 +312,8 @@ def snapshot(session: Session, settings: Settings, now: datetime) -> Snapshot:
             select(func.count()).select_from(RejectedTrackingPush)).scalar_one(),
         cost_7d=cost_share(session, settings, now - 7 * DAY, now),
         exceptions=exception_rates(session, now),
+        emails_uncertain=session.execute(select(func.count()).select_from(NoncoreJob).where(
+            NoncoreJob.outcome == UNCERTAIN)).scalar_one(),
     )
 
 

@@ -17,13 +17,15 @@ stage's queue (a test fails when a name here is not routed or not registered).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
+from domain.clock import utcnow
 from domain.db import UnitOfWork, chunks, send_task, unit_of_work
-from domain.lifecycle import State
-from domain.models import OrderRow, Wave
+from domain.lifecycle import LABELLED_OR_LATER, State, values
+from domain.models import NoncoreJob, OrderRow, Wave
 
 # --- the order pipeline --------------------------------------------------------------------
 FRAUD_CHECK = "orderfleet.fraud.check"
@@ -76,6 +78,9 @@ NONCORE_AFTER: dict[State, tuple[str, ...]] = {
     State.LABELLED: ("post_purchase_email", "coupon", "marketing_sync"),
     State.DELIVERED: ("review_request_email",),
 }
+# The states an order is in once it has reached a NONCORE_AFTER state.
+_REACHED: dict[State, frozenset[State]] = {State.LABELLED: LABELLED_OR_LATER,
+                                           State.DELIVERED: frozenset({State.DELIVERED})}
 
 
 def fast_lane_ids(session: Session, order_ids: Sequence[int]) -> set[int]:
@@ -148,3 +153,25 @@ def noncore_after(uow: UnitOfWork, state: State, order_ids: Sequence[int]) -> No
         return
     for kind in NONCORE_AFTER.get(state, ()):
         uow.enqueue_chunks(NONCORE_TASKS[kind], sorted(order_ids))
+
+
+def redrive_noncore(uow: UnitOfWork, within_s: float, limit: int = 50_000) -> dict[str, int]:
+    """Send again the non-core jobs of orders that reached their state in the last
+    ``within_s`` and have no job row yet: after a broker lost its messages, and the parked
+    jobs it kept, these would never run. A job is once per (order, kind), so re-sending one
+    that was merely waiting costs a message, not a second e-mail."""
+    if not uow.settings.noncore_jobs:
+        return {}
+    since = utcnow() - timedelta(seconds=within_s)
+    sent: dict[str, int] = {}
+    for state, kinds in NONCORE_AFTER.items():
+        for kind in kinds:
+            done = exists().where(NoncoreJob.order_id == OrderRow.id, NoncoreJob.kind == kind)
+            ids = list(uow.session.scalars(
+                select(OrderRow.id).where(OrderRow.state.in_(values(_REACHED[state])),
+                                          OrderRow.updated_at >= since, ~done)
+                .order_by(OrderRow.id).limit(limit)))
+            if ids:
+                uow.enqueue_chunks(NONCORE_TASKS[kind], ids)
+                sent[kind] = len(ids)
+    return sent

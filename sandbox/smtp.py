@@ -21,7 +21,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 
-class _KeepMessages:
+class KeepMessages:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.lock = threading.Lock()
@@ -44,7 +44,7 @@ class SmtpSink:
         self.out = out
         out.parent.mkdir(parents=True, exist_ok=True)
         out.touch()
-        self.controller = Controller(_KeepMessages(out), hostname=host, port=port)
+        self.controller = Controller(KeepMessages(out), hostname=host, port=port)
 
     def start(self) -> SmtpSink:
         self.controller.start()

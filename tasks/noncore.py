@@ -15,7 +15,7 @@ from celery import Task
 
 from config.settings import get_settings
 from domain.http import HttpUnavailable
-from domain.noncore import run_jobs
+from domain.noncore import MailDeferred, run_jobs
 from domain.pipeline import (
     COMPENSATION_COUPON,
     ISSUE_COUPON,
@@ -29,8 +29,8 @@ from tasks.base import is_transient, parse_ids, retry_countdown, stage_task
 log = logging.getLogger("orderfleet.noncore")
 # A mail server or storefront that is down or slow now may answer later (a mail server that is
 # not listening refuses the socket itself: ConnectionRefusedError, not an SMTP error).
-_TRANSIENT = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, HttpUnavailable,
-              ConnectionError, TimeoutError)
+_TRANSIENT = (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, MailDeferred,
+              HttpUnavailable, ConnectionError, TimeoutError)
 
 
 def _run(task: Task, kind: str, order_ids: list[Any], replay: bool) -> None:
@@ -44,13 +44,14 @@ def _run(task: Task, kind: str, order_ids: list[Any], replay: bool) -> None:
     finally:
         r.close()
     try:
-        out = run_jobs(settings, kind, ids, replayed=replay)
+        out = run_jobs(settings, kind, ids, replayed=replay, claimer=task.request.id)
     except Exception as exc:
         if not (is_transient(exc) or isinstance(exc, _TRANSIENT)):
             raise
         raise task.retry(exc=exc, countdown=retry_countdown(task.request.retries, 300)) from exc
-    log.info("%s: %d done, %d done before, %d skipped%s", kind, len(out.done), len(out.already),
-             len(out.skipped), " (replayed)" if replay else "")
+    log.info("%s: %d done, %d done before, %d skipped, %d refused, %d uncertain%s", kind,
+             len(out.done), len(out.already), len(out.skipped), len(out.failed),
+             len(out.uncertain), " (replayed)" if replay else "")
 
 
 @stage_task(POST_PURCHASE_EMAIL)

@@ -13,7 +13,8 @@ once, even while its stage's queue is deep. On a broker it cannot read (RabbitMQ
 
 A Redis that restarted empty lost every message at once. It also lost the epoch key that this
 module keeps there, which ``check_broker_epoch`` notices within ``broker_epoch_check_s``: it
-declares the queues again and re-drives every order that no message carries, without waiting.
+declares the queues again and re-drives every order that no message carries, without waiting,
+and the non-core jobs (e-mails, coupons, marketing sync) of recently moved orders that have none.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from domain.pipeline import (
     STAGE_FOR_STATE,
     advance,
     label_waves,
+    redrive_noncore,
 )
 from tasks.base import is_transient, retry_on_transient, stage_task
 
@@ -254,6 +256,8 @@ def recover_lost_broker(settings: Settings, app: Celery) -> dict[str, Any] | Non
         return None
     declare_queues(app)
     counts = redrive_stuck(settings, app, broker_lost=True)
+    with unit_of_work(settings) as uow:
+        counts["noncore"] = redrive_noncore(uow, settings.noncore_redrive_window_s)
     log.warning("the broker holds no epoch key (restarted empty?): queues declared, re-drove "
                 "%s", {k: v for k, v in counts.items() if v})
     return counts

@@ -964,9 +964,15 @@ main.add_command(exceptions)
 
 
 # --- surge control (workers/cli_surge.py) ------------------------------------------------------
-from workers.cli_surge import bench_surge, load_command, scale_command  # noqa: E402
+from workers.cli_surge import (  # noqa: E402
+    bench_surge,
+    load_command,
+    noncore_command,
+    scale_command,
+)
 
 main.add_command(load_command)
+main.add_command(noncore_command)
 main.add_command(scale_command)
 bench.add_command(bench_surge)
 

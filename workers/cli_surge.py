@@ -147,3 +147,66 @@ def bench_surge(n_orders: int, surge_s: float, baseline_s: float, baseline_rate:
                              quiet=as_json)
     if as_json:
         click.echo(json.dumps(result))
+
+
+@click.group("noncore")
+def noncore_command() -> None:
+    """Non-core jobs not settled: e-mails claimed, being sent, or uncertain (the mail server
+    may have taken them when the connection broke; never re-sent without a person)."""
+
+
+KIND = click.Choice(["post_purchase_email", "review_request_email"])
+
+
+@noncore_command.command("list")
+@click.option("--outcome", type=click.Choice(["claimed", "sending", "uncertain"]))
+@click.option("--json", "as_json", is_flag=True)
+def noncore_list(outcome: str | None, as_json: bool) -> None:
+    """Jobs not settled yet, oldest first."""
+    from domain.db import unit_of_work
+    from domain.noncore import open_jobs
+
+    with unit_of_work(_settings()) as uow:
+        rows: list[dict[str, Any]] = [
+            {"order_id": j.order_id, "kind": j.kind, "outcome": j.outcome,
+             "since": j.done_at.isoformat(), "claimed_by": j.claimed_by}
+            for j in open_jobs(uow, outcome)]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    table = Table("order", "kind", "outcome", "since", "claimed by")
+    for r in rows:
+        table.add_row(str(r["order_id"]), r["kind"], r["outcome"], r["since"][:19],
+                      r["claimed_by"] or "")
+    Console().print(table if rows else "every non-core job is settled")
+
+
+@noncore_command.command("resend")
+@click.argument("kind", type=KIND)
+@click.argument("order_ids", nargs=-1, type=int, required=True)
+def noncore_resend(kind: str, order_ids: tuple[int, ...]) -> None:
+    """Send uncertain e-mails again (the mail server's log shows they did not go out)."""
+    from domain.db import unit_of_work
+    from domain.noncore import release_uncertain
+    from domain.pipeline import NONCORE_TASKS
+
+    with unit_of_work(_settings()) as uow:
+        released = release_uncertain(uow, kind, order_ids)
+        if released:
+            uow.enqueue(NONCORE_TASKS[kind], released)
+    click.echo(f"{len(released)} e-mail(s) sent again: {released}")
+    raise SystemExit(0 if len(released) == len(set(order_ids)) else 1)
+
+
+@noncore_command.command("settle")
+@click.argument("kind", type=KIND)
+@click.argument("order_ids", nargs=-1, type=int, required=True)
+def noncore_settle(kind: str, order_ids: tuple[int, ...]) -> None:
+    """Count uncertain e-mails as sent (the mail server's log shows they went out)."""
+    from domain.db import unit_of_work
+    from domain.noncore import settle_uncertain
+
+    with unit_of_work(_settings()) as uow:
+        settled = settle_uncertain(uow, kind, order_ids)
+    click.echo(f"{len(settled)} e-mail(s) counted as sent: {settled}")
+    raise SystemExit(0 if len(settled) == len(set(order_ids)) else 1)

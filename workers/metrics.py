@@ -217,6 +217,12 @@ class FleetCollector(Collector):
         if exc.previous_rate is not None:
             rate.add_metric(["previous_day"], exc.previous_rate)
         yield rate
+        uncertain = GaugeMetricFamily(
+            "orderfleet_emails_uncertain",
+            "E-mails the mail server may or may not have taken when the connection broke; "
+            "never re-sent without a person.")
+        uncertain.add_metric([], snap.emails_uncertain)
+        yield uncertain
 
     # --- Redis --------------------------------------------------------------------------------
     def _queues(self) -> Iterator[Metric]:

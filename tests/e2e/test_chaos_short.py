@@ -33,9 +33,10 @@ def test_every_scenario_loses_nothing_and_does_nothing_twice(tmp_path) -> None:
     for name, row in rows.items():
         assert row["orders"] == ChaosOptions().short().orders, name
         assert (row["lost"], row["duplicate_labels"], row["duplicate_reservations"],
-                row["oversold_units"], row["stock_drift_units"]) == (0, 0, 0, 0, 0), row
+                row["oversold_units"], row["stock_drift_units"], row["duplicate_emails"],
+                row["emails_missing"]) == (0, 0, 0, 0, 0, 0, 0), row
         assert row["recovered_s"] is not None, row  # every order settled
         # the carrier charged one label per labelled order
         assert row["labels_charged"] == row["shipments_labelled"], row
     assert rows["kill-workers"]["restarts"] >= 1  # the supervisor brought killed workers back
-    assert report["ok"] and result.returncode == 0
+    assert report["ok"] and result.returncode == 0, report

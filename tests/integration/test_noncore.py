@@ -10,9 +10,16 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from domain.clock import utcnow
 from domain.db import unit_of_work
+from domain.health_rules import evaluate
 from domain.models import Coupon, NoncoreJob, OrderRow
-from domain.noncore import message_id, run_jobs
+from domain.noncore import (
+    SENDING,
+    UNCERTAIN,
+    message_id,
+    run_jobs,
+)
 from domain.pipeline import fast_lane_ids
 from domain.surge import (
     COUNTS_KEY,
@@ -26,7 +33,7 @@ from domain.surge import (
     recover_replaying,
     replay,
 )
-from sandbox.smtp import SmtpSink
+from sandbox.smtp import KeepMessages, SmtpSink
 from sandbox.storefront import SandboxStorefrontServer
 from tasks.intake import submit_orders
 from tests.integration.helpers import native_order
@@ -60,7 +67,7 @@ def test_each_kind_is_done_once_per_order_however_often_it_runs(sinks, settings)
         first = run_jobs(s, kind, ids)
         again = run_jobs(s, kind, ids, replayed=True)
         # then the second run finds everything done.
-        assert first.done == ids and again.done == [] and again.already == ids
+        assert first.done == ids and again.done == [] and again.already == ids, (kind, first)
     mails = sink.messages()
     assert len(mails) == 6
     assert {m["message_id"] for m in mails} == {
@@ -92,6 +99,115 @@ def test_a_mail_server_that_is_down_leaves_the_job_undone(db, broker, settings) 
         run_jobs(s, "post_purchase_email", ids)
     with unit_of_work(s) as uow:  # rolled back: a retry will send it
         assert uow.session.scalar(select(func.count()).select_from(NoncoreJob)) == 0
+
+
+class _KeepThenHangUp(KeepMessages):
+    """Keeps the message, then drops the connection before answering: the client cannot know
+    whether the message was taken (as when a mail server dies at that moment)."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        reply = await super().handle_DATA(server, session, envelope)
+        server.transport.abort()
+        return reply
+
+
+class _RefuseRecipient(KeepMessages):
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
+                          options: list[str]) -> str:
+        return "550 5.1.1 no such mailbox"
+
+
+def _sink_with(handler: KeepMessages) -> SmtpSink:
+    sink = SmtpSink(handler.out, port=free_port())
+    sink.controller.handler = handler
+    return sink.start()
+
+
+def _outcomes(s: Any, kind: str = "post_purchase_email") -> dict[int, str]:
+    with unit_of_work(s) as uow:
+        return dict(uow.session.execute(select(NoncoreJob.order_id, NoncoreJob.outcome)
+                                        .where(NoncoreJob.kind == kind)).all())
+
+
+def test_an_email_the_server_may_have_taken_is_never_sent_again_by_itself(db, broker,
+                                                                          settings, tmp_path
+                                                                          ) -> None:
+    from click.testing import CliRunner
+
+    from workers.cli import main as cli
+
+    # Given a mail server that keeps a message and hangs up before it says so,
+    sink = _sink_with(_KeepThenHangUp(tmp_path / "mail.jsonl"))
+    try:
+        s = settings.model_copy(update={"smtp_port": sink.controller.port})
+        ids = _orders(s, 2)
+        # when the job runs, and runs again (a redelivery, a replay),
+        first = run_jobs(s, "post_purchase_email", ids, claimer="task-1")
+        again = run_jobs(s, "post_purchase_email", ids, claimer="task-1")
+        # then each e-mail went out once and is marked uncertain, not re-sent.
+        assert first.uncertain == ids and again.already == ids
+        assert sorted(m["job"] for m in sink.messages()) == [
+            f"{i}:post_purchase_email" for i in ids]
+        assert _outcomes(s) == {i: UNCERTAIN for i in ids}
+        with unit_of_work(s) as uow:  # the alert a person acts on
+            found = evaluate(uow.session, s, utcnow(), workers_up=None)
+        assert [f.message for f in found if f.rule == "OrderfleetEmailUncertain"] == [
+            "2 e-mails may or may not have gone out (the connection broke while the mail "
+            "server took them)"]
+        listed = json.loads(CliRunner().invoke(cli, ["noncore", "list", "--json"]).output)
+        assert [(j["order_id"], j["outcome"]) for j in listed] == [(i, UNCERTAIN) for i in ids]
+        # A person counts one as sent (the server's log has it) and sends the other again,
+        assert CliRunner().invoke(cli, ["noncore", "settle", "post_purchase_email",
+                                        str(ids[0])]).exit_code == 0
+        assert CliRunner().invoke(cli, ["noncore", "resend", "post_purchase_email",
+                                        str(ids[1])]).exit_code == 0
+        assert broker.llen("email_post_purchase") == 1  # the job, enqueued again
+    finally:
+        sink.stop()
+    good = SmtpSink(tmp_path / "mail2.jsonl", port=free_port()).start()
+    try:
+        s = settings.model_copy(update={"smtp_port": good.controller.port})
+        # which the next run sends.
+        assert run_jobs(s, "post_purchase_email", ids).done == [ids[1]]
+        assert [m["job"] for m in good.messages()] == [f"{ids[1]}:post_purchase_email"]
+        assert _outcomes(s) == {ids[0]: "sent", ids[1]: "sent"}
+    finally:
+        good.stop()
+
+
+def test_a_redelivery_takes_over_its_own_claims_and_never_resends_a_half_sent_one(
+        sinks, settings) -> None:
+    sink, store = sinks
+    s = _settings(settings, sink, store)
+    ids = _orders(s, 3)
+    # Given a worker that died holding three e-mails of message "task-1": one claimed only,
+    # one being handed over, and one claimed by another message that is still running,
+    with unit_of_work(s) as uow:
+        for order_id, outcome, claimer in ((ids[0], "claimed", "task-1"),
+                                           (ids[1], SENDING, "task-1"),
+                                           (ids[2], "claimed", "task-2")):
+            uow.session.add(NoncoreJob(order_id=order_id, kind="post_purchase_email",
+                                       done_at=utcnow(), outcome=outcome, claimed_by=claimer))
+    # when "task-1" is delivered again,
+    out = run_jobs(s, "post_purchase_email", ids, claimer="task-1")
+    # then it sends what it had only claimed, marks the half-sent one uncertain, and leaves
+    # the other message's e-mail to it.
+    assert (out.done, out.uncertain, out.already) == ([ids[0]], [ids[1]], [ids[2]])
+    assert [m["job"] for m in sink.messages()] == [f"{ids[0]}:post_purchase_email"]
+    assert _outcomes(s) == {ids[0]: "sent", ids[1]: UNCERTAIN, ids[2]: "claimed"}
+
+
+def test_a_recipient_the_server_refuses_is_recorded_and_not_retried(db, broker, settings,
+                                                                    tmp_path) -> None:
+    sink = _sink_with(_RefuseRecipient(tmp_path / "mail.jsonl"))
+    try:
+        s = settings.model_copy(update={"smtp_port": sink.controller.port})
+        ids = _orders(s, 1)
+        assert run_jobs(s, "post_purchase_email", ids).failed == {ids[0]: "failed:smtp 550"}
+        assert run_jobs(s, "post_purchase_email", ids).already == ids
+        assert sink.messages() == []
+    finally:
+        sink.stop()
 
 
 def test_parked_jobs_are_replayed_in_order_within_the_budget(redis_client, settings) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import update
 
 from domain.clock import utcnow
 from domain.db import unit_of_work
-from domain.models import OrderRow
+from domain.models import NoncoreJob, OrderRow
 from tasks.intake import submit_orders
 from tasks.sweeps import EPOCH_KEY, recover_lost_broker, redrive_stuck
 from tests.integration.helpers import native_order
@@ -114,6 +114,29 @@ def test_a_broker_that_lost_its_data_is_redriven_at_once(db, broker, settings) -
     assert broker.exists(EPOCH_KEY)
     assert broker.smembers("_kombu.binding.orderfleet")  # queues declared again
     assert recover_lost_broker(settings, app) is None
+
+
+def test_a_lost_broker_sends_again_the_noncore_jobs_that_have_not_run(db, broker,
+                                                                       settings) -> None:
+    from workers.app import app
+
+    # Given three labelled orders, one already mailed, and an old one labelled last week,
+    ids = sorted(submit_orders([native_order(f"N-{i}") for i in range(4)],
+                               settings=settings).accepted)
+    with unit_of_work(settings) as uow:
+        uow.session.execute(update(OrderRow).where(OrderRow.id.in_(ids))
+                            .values(state="labelled", updated_at=utcnow()))
+        uow.session.add(NoncoreJob(order_id=ids[0], kind="post_purchase_email",
+                                   done_at=utcnow(), outcome="sent"))
+    _age(settings, [ids[3]], 8 * 86_400)
+    broker.set(EPOCH_KEY, "running")
+    broker.flushdb()  # when the broker loses its messages (and the jobs it queued),
+    counts = recover_lost_broker(settings, app)
+    # then the jobs that have not run are sent again, for recent orders only.
+    assert counts is not None
+    assert counts["noncore"] == {"post_purchase_email": 2, "coupon": 3, "marketing_sync": 3}
+    assert [_ids_in(m) for m in broker.lrange("email_post_purchase", 0, -1)] == [ids[1:3]]
+    assert [_ids_in(m) for m in broker.lrange("coupons", 0, -1)] == [ids[:3]]
 
 
 def test_the_redrive_command_shows_then_sends(db, broker, settings) -> None:
