@@ -43,6 +43,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from config.settings import Settings
 from workers.fleet import (
@@ -119,9 +121,21 @@ class _Meter:
         self.cpu: dict[str, float] = defaultdict(float)
         self.wall: dict[str, float] = defaultdict(float)
         self.instructions: dict[str, int] = defaultdict(int)
+        # Statements the database executes (an executemany counts each row: psycopg sends
+        # one statement per row; a multi-row VALUES batch counts once), the figure
+        # PostgreSQL's own CPU per order follows.
+        self.statements: dict[str, int] = defaultdict(int)
         self.callgrind = _Callgrind() if callgrind else None
         self.enabled = False
         self._profilers: dict[str, Any] = {}
+        self._current: str | None = None
+        event.listen(Engine, "before_cursor_execute", self._count)
+
+    def _count(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+               executemany: bool) -> None:
+        if self._current is not None:
+            rows = executemany and isinstance(parameters, list | tuple)
+            self.statements[self._current] += len(parameters) if rows else 1
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -137,9 +151,11 @@ class _Meter:
         if prof is not None:
             prof.enable() if isinstance(prof, cProfile.Profile) else prof.start()
         c0, w0 = time.process_time(), time.perf_counter()
+        self._current = name
         try:
             yield
         finally:
+            self._current = None
             self.cpu[name] += time.process_time() - c0
             self.wall[name] += time.perf_counter() - w0
             if prof is not None:
@@ -261,6 +277,7 @@ def run_stage_profile(*, n_orders: int, warmup: int, database_url: str | None,
         row: dict[str, Any] = {
             "ms_per_order": round(meter.cpu[stage] * 1000 / n_orders, 3),
             "wall_ms_per_order": round(meter.wall[stage] * 1000 / n_orders, 3),
+            "statements_per_order": round(meter.statements[stage] / n_orders, 2),
         }
         if callgrind:
             row["instructions_per_order"] = round(meter.instructions[stage] / n_orders)
@@ -277,6 +294,8 @@ def run_stage_profile(*, n_orders: int, warmup: int, database_url: str | None,
         "waves": counts["waves"],
         "stages": stages,
         "total_ms_per_order": round(sum(s["ms_per_order"] for s in stages.values()), 3),
+        "total_statements_per_order": round(
+            sum(s["statements_per_order"] for s in stages.values()), 2),
     }
     if profile:
         result["profiles"] = meter.write_profiles()
@@ -284,14 +303,17 @@ def run_stage_profile(*, n_orders: int, warmup: int, database_url: str | None,
     table.add_column("stage")
     table.add_column("CPU ms/order", justify="right")
     table.add_column("wall ms/order", justify="right")
+    table.add_column("SQL statements/order", justify="right")
     if callgrind:
         table.add_column("instructions/order", justify="right")
     for stage, row in stages.items():
-        cells = [stage, f"{row['ms_per_order']:.3f}", f"{row['wall_ms_per_order']:.3f}"]
+        cells = [stage, f"{row['ms_per_order']:.3f}", f"{row['wall_ms_per_order']:.3f}",
+                 f"{row['statements_per_order']:.2f}"]
         if callgrind:
             cells.append(f"{row['instructions_per_order']:,}")
         table.add_row(*cells)
-    table.add_row("total", f"{result['total_ms_per_order']:.3f}", "", *([""] if callgrind else []))
+    table.add_row("total", f"{result['total_ms_per_order']:.3f}", "",
+                  f"{result['total_statements_per_order']:.2f}", *([""] if callgrind else []))
     console.print(table)
     console.print(f"{result['labelled']} of {n_orders} orders labelled in {counts['waves']} waves")
     return result
