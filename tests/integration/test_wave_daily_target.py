@@ -11,7 +11,9 @@ from domain.clock import clock_at
 from domain.db import unit_of_work
 from domain.lifecycle import State
 from domain.models import OrderRow, Wave
+from domain.observability import snapshot
 from domain.routing import PRIORITY_LANES
+from domain.surge import measure
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders
@@ -119,3 +121,25 @@ def test_without_a_target_a_wave_closes_after_the_max_age(db, broker, settings) 
         assert run(close_due_waves, settings, settings) == []
     with clock_at(T0 + timedelta(seconds=settings.wave_max_age_s)):
         assert run(close_due_waves, settings, settings) == [w.id]
+
+
+def test_orders_held_in_a_wave_until_it_is_due_are_not_lag_or_backlog(db, broker,
+                                                                       settings) -> None:
+    sized = settings.model_copy(update={"wave_daily_target": 200, "wave_size": 1000})
+    put_stock(settings, [("TEE-M", "US-EAST", "US", 50)])
+    placed(sized, [native_order("H-1", paid_at=T0.isoformat())], T0)
+    (wave,) = open_waves(settings).values()
+    assert wave.close_by is not None and wave.close_by - T0 >= timedelta(hours=2)
+
+    def readings(at: datetime) -> tuple[float, int, float, int]:
+        with clock_at(at), unit_of_work(settings) as uow:
+            snap = snapshot(uow.session, settings, at)
+            m = measure(broker, uow.session, settings, slots=2, core_queues=["sharding"])
+        return snap.backlog_oldest_s, snap.status_lagging, m.oldest_wait_s, m.backlog_orders
+
+    # An hour on, the wave holds it by design: no lag, no backlog, no surge wait.
+    assert readings(T0 + timedelta(hours=1)) == (0.0, 0, 0.0, 0)
+    # Past its close_by and still open (the sweep is late): it counts again.
+    late = wave.close_by + timedelta(minutes=20)
+    oldest, lagging, wait, backlog = readings(late)
+    assert oldest == wait == (late - T0).total_seconds() and (lagging, backlog) == (1, 1)
