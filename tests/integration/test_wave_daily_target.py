@@ -18,6 +18,7 @@ from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders
 from tasks.sharding import assign_orders, close_due_waves, dispatch_deadline
+from tasks.watchdog import raise_status_lag
 from tests.integration.helpers import native_order, put_stock
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -131,15 +132,20 @@ def test_orders_held_in_a_wave_until_it_is_due_are_not_lag_or_backlog(db, broker
     (wave,) = open_waves(settings).values()
     assert wave.close_by is not None and wave.close_by - T0 >= timedelta(hours=2)
 
-    def readings(at: datetime) -> tuple[float, int, float, int]:
+    def readings(at: datetime) -> tuple[float, int, float, int, list[int]]:
         with clock_at(at), unit_of_work(settings) as uow:
             snap = snapshot(uow.session, settings, at)
             m = measure(broker, uow.session, settings, slots=2, core_queues=["sharding"])
-        return snap.backlog_oldest_s, snap.status_lagging, m.oldest_wait_s, m.backlog_orders
+            alerted = raise_status_lag(uow, settings, at)
+        return (snap.backlog_oldest_s, snap.status_lagging, m.oldest_wait_s, m.backlog_orders,
+                alerted)
 
-    # An hour on, the wave holds it by design: no lag, no backlog, no surge wait.
-    assert readings(T0 + timedelta(hours=1)) == (0.0, 0, 0.0, 0)
+    # An hour on, the wave holds it by design: no lag, no backlog, no surge wait, no alert.
+    assert readings(T0 + timedelta(hours=1)) == (0.0, 0, 0.0, 0, [])
     # Past its close_by and still open (the sweep is late): it counts again.
     late = wave.close_by + timedelta(minutes=20)
-    oldest, lagging, wait, backlog = readings(late)
+    oldest, lagging, wait, backlog, alerted = readings(late)
     assert oldest == wait == (late - T0).total_seconds() and (lagging, backlog) == (1, 1)
+    with unit_of_work(settings) as uow:
+        (order_id,) = uow.session.execute(select(OrderRow.id)).scalars().all()
+    assert alerted == [order_id]
