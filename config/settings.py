@@ -201,6 +201,15 @@ class Settings(BaseSettings):
     wave_daily_target: int | None = Field(None, ge=1, le=100_000)
     wave_size_min: int = Field(5, ge=1, le=1000)
     wave_rate_window_s: float = Field(3600.0, gt=0)
+    # With a target, a wave also stays open as long as its key takes to fill that size at the
+    # measured rate (at least wave_max_age_s; express and VIP waves wait only that), but it
+    # closes this long before the earliest promised dispatch of its orders (the lane's promise
+    # or its SLA, whichever is shorter): time left to pick, pack and buy the labels.
+    wave_promise_margin_s: float = Field(7200.0, ge=0)
+    # With a target, the longest an express or VIP wave waits for company (at least
+    # wave_max_age_s). Far within their 48 h / 24 h promises; shorter makes more waves: these
+    # lanes' keys see few orders an hour, so at 60 s nearly every such order is a wave alone.
+    wave_priority_max_age_s: float = Field(7200.0, gt=0)
     # Lanes per store: {"store": {"express_hours": 24, "custom_sku_prefixes": ["RING-"]}};
     # stores not listed follow lane_defaults.
     lane_defaults: LaneRules = Field(default_factory=lambda: LaneRules())

@@ -10,7 +10,8 @@ Where the order is decides what cancelling means:
 * labelled (label bought, parcel not handed over): ``cancelled``; the void task voids the label
   at the carrier and puts the units, which left stock when the label was bought, back.
 * in transit or delivered: too late to stop; it becomes ``return_requested`` and is restocked
-  by :func:`receive_returns` when the parcel comes back.
+  (or written off) through the returns lane when the parcel comes back
+  (``domain.returns.receive_order_return``, which opens its return then).
 * final states: nothing to do.
 
 The state change and the reservation release share one transaction; the carrier is called
@@ -31,12 +32,11 @@ from domain.lifecycle import (
     Move,
     State,
     apply_transitions,
-    values,
 )
 from domain.models import OrderRow, Shipment, ShipmentStatus
 from domain.notifications import notify_store
 from domain.pipeline import VOID_LABELS
-from domain.reservations import release_reservations, restock_orders
+from domain.reservations import release_reservations
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +102,3 @@ def cancel_orders(uow: UnitOfWork, order_ids: list[int], reason: str, *,
              len(outcome.cancelled), len(outcome.returns), len(outcome.unchanged))
     return outcome
 
-
-def receive_returns(uow: UnitOfWork, order_ids: list[int]) -> list[int]:
-    """A returned parcel arrived at the warehouse: restock it and close the order."""
-    session = uow.session
-    rows = session.execute(
-        select(OrderRow.id, OrderRow.state)
-        .where(OrderRow.id.in_(sorted(set(order_ids))),
-               OrderRow.state.in_(values({State.RETURN_REQUESTED, *AFTER_HANDOVER})))
-        .order_by(OrderRow.id).with_for_update(of=OrderRow)
-    ).all()
-    moves = [Move(i, State(s), State.RETURNED, {"reason": "return received"}) for i, s in rows]
-    applied = [m.order_id for m in apply_transitions(session, moves, stage="cancellation")]
-    if applied:
-        restock_orders(uow, applied, "returned")
-        session.execute(update(Shipment).where(Shipment.order_id.in_(applied))
-                        .values(status=ShipmentStatus.RETURNED))
-    return applied

@@ -11,15 +11,16 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, insert, or_, select, update
 from sqlalchemy.orm import Session, defer
 
 from domain.clock import utcnow
 from domain.db import any_of
-from domain.models import OrderRow, order_events_table
+from domain.models import OrderRow, Wave, order_events_table
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,14 @@ FINAL: frozenset[State] = TERMINAL | {S.RETURN_REQUESTED}
 # In flight: the pipeline moves these on its own within minutes (status-lag alerts watch them;
 # labelled and in-transit orders move on carrier time, watched by the tracking-silence alert).
 PROCESSING: frozenset[State] = frozenset({S.RECEIVED, S.FRAUD_CHECKED, S.RESERVED, S.IN_WAVE})
+
+
+def not_held_in_a_wave(now: datetime) -> ColumnElement[bool]:
+    """Orders not waiting, by design, in an open pick wave that is not due yet: with a daily
+    wave target a wave holds its orders for hours (tasks.sharding), which is neither lag nor
+    backlog. Once the wave is due and still open (its close sweep late) they count again."""
+    held = select(Wave.id).where(Wave.status == "open", Wave.close_by > now)
+    return or_(OrderRow.wave_id.is_(None), OrderRow.wave_id.not_in(held))
 # States the pipeline moves on its own, carrier time included.
 AUTOMATED: frozenset[State] = PROCESSING | {S.LABELLED, S.IN_TRANSIT}
 # Nothing reserved or shipped yet: the store may still change the address.

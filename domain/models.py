@@ -311,6 +311,9 @@ class Wave(Base):
     # The size it closes at, derived from the daily wave target when it opened.
     target_size: Mapped[int | None] = mapped_column(Integer)
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When it closes if not full: its age limit from the daily target, brought forward to the
+    # earliest promised dispatch of its orders (tasks.sharding). NULL: opened_at + max age.
+    close_by: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     close_reason: Mapped[str | None] = mapped_column(String(16))
     # Label purchase attempts of the wave, and when the deferred next one is due: a message

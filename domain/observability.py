@@ -19,7 +19,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from domain.lifecycle import PROCESSING, State
+from domain.lifecycle import PROCESSING, State, not_held_in_a_wave
 from domain.models import (
     OPEN_SHIPMENTS,
     NoncoreJob,
@@ -261,7 +261,7 @@ def snapshot(session: Session, settings: Settings, now: datetime) -> Snapshot:
             select(OrderRow.state, func.count(), func.min(OrderRow.updated_at),
                    func.min(OrderRow.received_at),
                    func.count().filter(OrderRow.updated_at < lag_cut))
-            .where(OrderRow.state.in_([s.value for s in PROCESSING]))
+            .where(OrderRow.state.in_([s.value for s in PROCESSING]), not_held_in_a_wave(now))
             .group_by(OrderRow.state)):
         lag[state] = (n, max((now - oldest_update).total_seconds(), 0.0))
         lagging += late

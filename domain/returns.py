@@ -1,7 +1,9 @@
 """The returns lane: a reverse flow beside the forward one, on its own queue.
 
 request -> return label -> received (inspected) -> restocked or written off -> refund notice
-to the store. Each step is a guarded UPDATE on the return's status, so a step run twice does
+to the store. A parcel back without a request (an order cancelled after handover) is received
+through a return opened on arrival (``receive_order_return``): restock and refund notice have
+this one path. Each step is a guarded UPDATE on the return's status, so a step run twice does
 nothing the second time; the return label carries an idempotency key (one per return), so a
 retried purchase returns the same label. The returns queue has its own messages and its own
 sweep: a flood of returns waits there and never delays a forward order's stage.
@@ -171,6 +173,47 @@ def receive_return(uow: UnitOfWork, return_id: int, condition: str) -> bool:
         if uow.session.get(ReturnRequest, return_id) is None:
             raise ReturnRefused(f"no return {return_id}")
         return False
+    uow.enqueue(SETTLE_RETURNS, [return_id], queue=RETURNS_QUEUE)
+    return True
+
+
+def receive_order_return(uow: UnitOfWork, order_id: int, condition: str,
+                         reason: str = "parcel came back without a return request") -> bool:
+    """An order's parcel is back: received through its return, the one path to restock (or
+    write-off) and refund notice. An order shipped without a return request (cancelled after
+    handover, or sent back unasked) gets one opened and received here, in this transaction:
+    with one return row per order, the settling runs once whichever way it came in. False
+    when it was received already."""
+    if condition not in CONDITIONS:
+        raise ReturnRefused(f"condition must be one of {CONDITIONS}")
+    session = uow.session
+    # The order's lock serialises this with request_return for the same order.
+    order = session.execute(select(OrderRow.id, OrderRow.state).where(OrderRow.id == order_id)
+                            .with_for_update()).one_or_none()
+    if order is None:
+        raise ReturnRefused(f"no order {order_id}")
+    return_id = session.execute(select(ReturnRequest.id).where(
+        ReturnRequest.order_id == order_id)).scalar_one_or_none()
+    if return_id is not None:
+        return receive_return(uow, return_id, condition)
+    state = State(order.state)
+    if state == State.RETURNED:
+        return False  # received before returns had rows of their own
+    if state not in (State.RETURN_REQUESTED, *RETURNABLE):
+        raise ReturnRefused(f"order {order_id} is {order.state}: it never left the warehouse")
+    now = utcnow()
+    rows = insert_ignoring_conflicts(session, ReturnRequest, [{
+        "order_id": order_id, "status": ReturnStatus.RECEIVED, "reason": reason[:1000],
+        "requested_at": now, "updated_at": now, "received_at": now, "condition": condition,
+        "idempotency_key": return_key(order_id), "label_attempts": 0}],
+        ["order_id"], returning=[ReturnRequest.id])
+    if not rows:  # cannot happen under the order's lock; if it did, the row is not ours
+        raise ReturnRefused(f"order {order_id}: a return was opened concurrently, retry")
+    return_id = rows[0].id
+    if state != State.RETURN_REQUESTED:
+        apply_transitions(session, [Move(order_id, state, State.RETURN_REQUESTED,
+                                         {"return_id": return_id, "reason": reason[:200]})],
+                          stage="returns")
     uow.enqueue(SETTLE_RETURNS, [return_id], queue=RETURNS_QUEUE)
     return True
 

@@ -31,7 +31,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from domain.lifecycle import PROCESSING, State
+from domain.lifecycle import PROCESSING, State, not_held_in_a_wave
 from domain.models import OrderEvent, OrderRow
 
 log = logging.getLogger("orderfleet.surge")
@@ -64,7 +64,7 @@ class Measurement:
     slots: int  # pool processes of workers on core queues, less those running the control loop
     busy_core: int  # core-queue messages reserved by workers and not yet acknowledged
     queued_core: int  # core-queue messages waiting in the lists
-    backlog_orders: int  # orders in an automated stage (received .. in_wave)
+    backlog_orders: int  # orders in an automated stage (received .. in_wave; not held in a wave)
     oldest_wait_s: float  # age of the oldest of them (0 with none)
     arrivals: int  # orders received in the last window_s
     drained: int  # orders labelled in the last window_s
@@ -97,11 +97,12 @@ def measure(r: redis.Redis, session: Session, settings: Settings, *, slots: int,
     now = time.time() if now is None else now
     unacked = unacked_by_queue(r)
     lengths = queue_lengths(r, core_queues)
+    from domain.clock import utcnow
+
     waiting = [s.value for s in PROCESSING]
     count, oldest = session.execute(
         select(func.count(), func.min(OrderRow.received_at))
-        .where(OrderRow.state.in_(waiting))).one()
-    from domain.clock import utcnow
+        .where(OrderRow.state.in_(waiting), not_held_in_a_wave(utcnow()))).one()
 
     since = utcnow() - timedelta(seconds=settings.surge_rate_window_s)
     arrivals = session.scalar(select(func.count()).select_from(OrderRow)

@@ -1,13 +1,35 @@
 """Sharding: reserved orders grouped into pick waves by warehouse, carrier service,
 destination zone and lane.
 
-A wave closes when it reaches its size or ``wave_max_age_s`` seconds, whichever comes first;
-a closed wave's labels are bought in one call to its carrier. With ``wave_daily_target`` set,
-the size is the measured order rate over the target (a 12,000-order day at 200 waves a day
-gives waves of 60); otherwise ``wave_size``. An order is claimed in ``reserved`` and leaves it
-in the same transaction, so a re-run never puts it in a second wave. A closed wave's label
-message goes to its lane's queue (``domain.pipeline.label_waves``): custom-made waves never
-wait behind standard ones, nor standard behind them.
+A wave closes when it reaches its size or at its ``close_by`` time, whichever comes first; a
+closed wave's labels are bought in one call to its carrier. Without ``wave_daily_target`` the
+size is ``wave_size`` and ``close_by`` is ``wave_max_age_s`` after the wave opened. With a
+target T, both follow the orders received over the last ``wave_rate_window_s`` (W), counted
+per wave key k (warehouse, carrier, service, zone, lane) as a rate r_k (orders a second; orders
+not in a wave yet are spread over the keys in the measured proportions, R = sum of r_k):
+
+* age limit A_k(S) = clamp(S / r_k, wave_max_age_s, cap_k): the key's expected time to fill
+  a wave of S orders, where cap_k is ``wave_priority_max_age_s`` for the express and VIP lanes
+  (they wait that long at most) and the lane's promised dispatch (its promise or its SLA, the
+  shorter) less ``wave_promise_margin_s`` for the others;
+* expected waves a day N(S) = sum over k of 86,400 x r_k / min(S, 1 + r_k x A_k(S)): a wave
+  opens on an order and holds S, or what arrives within its age limit if that is fewer;
+* size S = the smallest size in [wave_size_min, wave_size] with N(S) <= T. With no key capped
+  this is ceil(86,400 x R / T) (a 12,000-order day at 200 waves: 60); the waves capped keys
+  add beyond their share make the other keys' waves larger, up to ``wave_size``;
+* close_by = opened_at + A_k(S), brought forward by each order that joins to its own promised
+  dispatch less the margin: paid_at + min(lane promise, lane SLA) - wave_promise_margin_s. A
+  wave whose close_by has passed when an order joins closes at once (reason ``promise``).
+
+The beat's sweep (``close_due_waves``) closes waves whose close_by has come. Closing on
+``wave_max_age_s`` alone made one wave per key every minute: ~30 keys at a 12,000-order day
+gave ~7,600 waves instead of 200. A simulated day (``benchmarks/waves.py``) now gives ~225 with
+express and VIP waves held at most 2 hours; holding those only 60 s makes ~700 of them alone.
+
+An order is claimed in ``reserved`` and leaves it in the same transaction, so a re-run never
+puts it in a second wave. A closed wave's label message goes to its lane's queue
+(``domain.pipeline.label_waves``): custom-made waves never wait behind standard ones, nor
+standard behind them.
 """
 
 from __future__ import annotations
@@ -15,10 +37,11 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from celery import Task
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings, get_settings
@@ -27,7 +50,7 @@ from domain.db import UnitOfWork, any_of, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderRow, Warehouse, Wave, WaveStatus
 from domain.pipeline import ASSIGN_WAVES, label_waves
-from domain.routing import carrier_for, lane_for
+from domain.routing import PRIORITY_LANES, STANDARD, carrier_for, lane_for, promise_hours
 from domain.zones import zone_of
 from tasks.base import parse_ids, retry_on_transient, stage_task
 
@@ -35,24 +58,118 @@ log = logging.getLogger(__name__)
 
 
 WaveKey = tuple[str, str, str, str, str]  # warehouse, carrier, service, zone, lane
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class WavePlan:
+    """What a wave opened now closes at: the size, and each key's measured order rate."""
+
+    size: int
+    per_s: dict[WaveKey, float] = field(default_factory=dict)  # orders a second, per key
+
+
+def _orders_in_window(uow: UnitOfWork, settings: Settings) -> int:
+    cutoff = utcnow() - timedelta(seconds=settings.wave_rate_window_s)
+    return int(uow.session.execute(
+        select(func.count()).select_from(OrderRow)
+        .where(OrderRow.received_at >= cutoff)).scalar_one())
+
+
+def age_cap_s(key: WaveKey, settings: Settings) -> float:
+    """The longest a wave of ``key`` may wait for company: ``wave_priority_max_age_s`` for the
+    express and VIP lanes, else the lane's promised dispatch less the margin (each order's own
+    deadline brings its wave's close_by forward too); never below ``wave_max_age_s``."""
+    lane = key[4]
+    if lane in PRIORITY_LANES:
+        cap = settings.wave_priority_max_age_s
+    else:
+        sla = settings.sla_dispatch_hours
+        hours = min(float(promise_hours(settings.lane_defaults, lane)),
+                    sla.get(lane, sla.get(STANDARD, math.inf)))
+        cap = hours * 3600.0 - settings.wave_promise_margin_s
+    return max(settings.wave_max_age_s, cap)
+
+
+def age_limit_s(plan: WavePlan, key: WaveKey, settings: Settings) -> float:
+    """How long a wave of ``key`` opened now stays open if not full: the key's expected time
+    to fill the size at its measured rate, within [wave_max_age_s, its cap]."""
+    if settings.wave_daily_target is None:
+        return settings.wave_max_age_s
+    cap = age_cap_s(key, settings)
+    rate = plan.per_s.get(key, 0.0)
+    fill = plan.size / rate if rate > 0 else cap
+    return min(max(settings.wave_max_age_s, fill), cap)
+
+
+def waves_per_day(size: int, per_s: dict[WaveKey, float], settings: Settings) -> float:
+    """Waves a day the keys' rates make at this size: a wave opens on an order and holds the
+    size or what arrives within its age limit (1 + rate x limit), whichever is less."""
+    plan = WavePlan(size, per_s)
+    return sum(DAY_S * rate / min(size, 1.0 + rate * age_limit_s(plan, key, settings))
+               for key, rate in per_s.items() if rate > 0)
+
+
+def _size_for(per_s: dict[WaveKey, float], settings: Settings) -> int:
+    """The smallest size within [wave_size_min, wave_size] whose expected waves a day do not
+    exceed the target (``wave_size`` when even that one does): with no key capped this is
+    ceil(orders a day / target); keys capped by their promise make the others' waves larger."""
+    assert settings.wave_daily_target is not None
+    low, high = settings.wave_size_min, settings.wave_size
+    while low < high:  # waves_per_day never grows with the size
+        mid = (low + high) // 2
+        if waves_per_day(mid, per_s, settings) <= settings.wave_daily_target:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def wave_plan(uow: UnitOfWork, settings: Settings,
+              placing: dict[WaveKey, int] | None = None) -> WavePlan:
+    """The size and each key's rate, from the orders received in the last window; ``placing``:
+    orders about to be placed, by key (they count for their key even before they are in a
+    wave). Every order received in the window counts: orders not yet in a wave are spread over
+    the keys in the measured proportions."""
+    if settings.wave_daily_target is None:
+        return WavePlan(settings.wave_size)
+    window = settings.wave_rate_window_s
+    cutoff = utcnow() - timedelta(seconds=window)
+    key = (Wave.warehouse, Wave.carrier, Wave.service, Wave.zone, Wave.lane)
+    counts: dict[WaveKey, int] = defaultdict(int)
+    for warehouse, carrier, service, zone, lane, n in uow.session.execute(
+            select(*key, func.count()).select_from(OrderRow)
+            .join(Wave, Wave.id == OrderRow.wave_id)
+            .where(OrderRow.received_at >= cutoff).group_by(*key)):
+        counts[(warehouse, carrier, service, zone, lane)] += int(n)
+    for wave_key, n in (placing or {}).items():
+        counts[wave_key] += n
+    seen = sum(counts.values())
+    total = max(_orders_in_window(uow, settings), seen)
+    per_s = {k: n * total / seen / window for k, n in counts.items()} if seen else {}
+    if not per_s:
+        return WavePlan(max(settings.wave_size_min, min(
+            settings.wave_size, math.ceil(total * DAY_S / window / settings.wave_daily_target))))
+    return WavePlan(_size_for(per_s, settings), per_s)
 
 
 def wave_target_size(uow: UnitOfWork, settings: Settings) -> int:
-    """The size waves close at: orders per day (measured over the last window) over the
-    daily wave target, within [wave_size_min, wave_size]; ``wave_size`` without a target."""
-    if settings.wave_daily_target is None:
-        return settings.wave_size
-    window = settings.wave_rate_window_s
-    recent = uow.session.execute(
-        select(func.count()).select_from(OrderRow)
-        .where(OrderRow.received_at >= utcnow() - timedelta(seconds=window))).scalar_one()
-    per_day = recent * 86_400.0 / window
-    size = math.ceil(per_day / settings.wave_daily_target)
-    return max(settings.wave_size_min, min(settings.wave_size, size))
+    """The size waves close at now (``wave_size`` without a daily target)."""
+    return wave_plan(uow, settings).size
 
 
-def _open_wave(uow: UnitOfWork, key: WaveKey, target: int) -> Wave:
-    """The open wave for the key, locked; created (closing at ``target``) if there is none."""
+def dispatch_deadline(order: OrderRow, lane: str, settings: Settings) -> datetime:
+    """When the order's wave must have closed: its promised dispatch (the lane's promise or
+    its SLA, the shorter) less the time picking and labels need."""
+    sla = settings.sla_dispatch_hours
+    hours = min(float(promise_hours(settings.lanes_of(order.store), lane)),
+                sla.get(lane, sla.get(STANDARD, math.inf)))
+    return order.paid_at + timedelta(hours=hours, seconds=-settings.wave_promise_margin_s)
+
+
+def _open_wave(uow: UnitOfWork, key: WaveKey, target: int, age_s: float) -> Wave:
+    """The open wave for the key, locked; created (closing at ``target`` orders or after
+    ``age_s``) if there is none."""
     session = uow.session
     warehouse, carrier, service, zone, lane = key
     query = (
@@ -64,18 +181,21 @@ def _open_wave(uow: UnitOfWork, key: WaveKey, target: int) -> Wave:
     wave = session.execute(query).scalar_one_or_none()
     if wave is not None:
         return wave
+    now = utcnow()
     try:
         with session.begin_nested():
             session.execute(insert(Wave).values(
                 warehouse=warehouse, carrier=carrier, service=service, zone=zone, lane=lane,
-                status=WaveStatus.OPEN, size=0, target_size=target, opened_at=utcnow()))
+                status=WaveStatus.OPEN, size=0, target_size=target, opened_at=now,
+                close_by=now + timedelta(seconds=age_s)))
     except IntegrityError:
         pass  # another worker opened it first: the unique partial index said so
     return session.execute(query.execution_options(populate_existing=True)).scalar_one()
 
 
 def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> list[int]:
-    """Put reserved orders into waves; return the ids of waves closed by size."""
+    """Put reserved orders into waves; return the ids of the waves that closed (on size, or
+    on an order's promised dispatch)."""
     session = uow.session
     orders = claim(session, order_ids, [State.RESERVED])
     if not orders:
@@ -89,7 +209,7 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
         zone = zone_of(countries[o.warehouse], o.ship_country)
         groups[(o.warehouse, carrier, service, zone, lane)].append(o)
 
-    target = wave_target_size(uow, settings)
+    plan = wave_plan(uow, settings, {k: len(v) for k, v in groups.items()})
     closed: list[int] = []
     placed: dict[tuple[int, str, str], list[int]] = defaultdict(list)
     moves: list[Move] = []
@@ -98,7 +218,7 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
         _, carrier, service, zone, lane = key
         pending = groups[key]
         while pending:
-            wave = _open_wave(uow, key, target)
+            wave = _open_wave(uow, key, plan.size, age_limit_s(plan, key, settings))
             size = wave.target_size or settings.wave_size
             take, pending = pending[:max(size - wave.size, 1)], pending[max(size - wave.size, 1):]
             wave.size += len(take)
@@ -107,8 +227,16 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
                 moves.append(Move(o.id, State.RESERVED, State.IN_WAVE,
                                   {"wave_id": wave.id, "lane": lane, "carrier": carrier,
                                    "service": service, "zone": zone}))
+            if settings.wave_daily_target is not None:  # else it closes within max age
+                due = min(dispatch_deadline(o, lane, settings) for o in take)
+                if wave.close_by is None or due < wave.close_by:
+                    wave.close_by = due
             if wave.size >= size:
                 wave.status, wave.closed_at, wave.close_reason = WaveStatus.CLOSED, now, "size"
+                closed.append(wave.id)
+            elif wave.close_by is not None and wave.close_by <= now:  # an order at its
+                # promised dispatch less the margin: no more waiting
+                wave.status, wave.closed_at, wave.close_reason = WaveStatus.CLOSED, now, "promise"
                 closed.append(wave.id)
             session.flush()
     # One UPDATE per wave, not one per order.
@@ -121,11 +249,26 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
 
 
 def close_waves_older_than(uow: UnitOfWork, max_age_s: float) -> list[int]:
-    """Close open waves older than ``max_age_s``; return their ids."""
+    """Close open waves older than ``max_age_s`` whatever their ``close_by``; return their
+    ids (the end of a run, tests)."""
     now = utcnow()
     return list(uow.session.execute(
         update(Wave)
         .where(Wave.status == WaveStatus.OPEN, Wave.opened_at <= now - timedelta(seconds=max_age_s))
+        .values(status=WaveStatus.CLOSED, closed_at=now, close_reason="age")
+        .returning(Wave.id)
+    ).scalars())
+
+
+def close_due_waves(uow: UnitOfWork, settings: Settings) -> list[int]:
+    """Close open waves whose ``close_by`` has come (``wave_max_age_s`` after opening for a
+    wave without one); return their ids."""
+    now = utcnow()
+    due = or_(Wave.close_by <= now,
+              and_(Wave.close_by.is_(None),
+                   Wave.opened_at <= now - timedelta(seconds=settings.wave_max_age_s)))
+    return list(uow.session.execute(
+        update(Wave).where(Wave.status == WaveStatus.OPEN, due)
         .values(status=WaveStatus.CLOSED, closed_at=now, close_reason="age")
         .returning(Wave.id)
     ).scalars())
@@ -142,4 +285,4 @@ def assign(task: Task, order_ids: list[int]) -> None:
 def close_aged_waves(task: Task) -> None:
     settings = get_settings()
     with retry_on_transient(task), unit_of_work(settings) as uow:
-        label_waves(uow, close_waves_older_than(uow, settings.wave_max_age_s))
+        label_waves(uow, close_due_waves(uow, settings))

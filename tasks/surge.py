@@ -21,7 +21,7 @@ from config.celery import CONTROL_QUEUE, CORE_QUEUES
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
 from domain.db import send_task, unit_of_work
-from domain.lifecycle import PROCESSING
+from domain.lifecycle import PROCESSING, not_held_in_a_wave
 from domain.models import OrderRow
 from domain.pipeline import COMPENSATION_COUPON, NONCORE_TASKS
 from domain.surge import (
@@ -116,8 +116,8 @@ def _compensate(settings: Settings, r: redis.Redis) -> None:
     cutoff = utcnow() - timedelta(seconds=settings.compensation_after_s)
     with unit_of_work(settings) as uow:
         late = list(uow.session.scalars(select(OrderRow.id).where(
-            OrderRow.state.in_([s.value for s in PROCESSING]), OrderRow.received_at < cutoff)
-            .limit(5000)))
+            OrderRow.state.in_([s.value for s in PROCESSING]), OrderRow.received_at < cutoff,
+            not_held_in_a_wave(utcnow())).limit(5000)))
     if not late:
         return
     pipe = r.pipeline()

@@ -24,7 +24,7 @@ from config.settings import Settings, get_settings
 from domain.alerts import open_alerts, raise_alert, resolve_alert
 from domain.clock import utcnow
 from domain.db import UnitOfWork, unit_of_work
-from domain.lifecycle import PROCESSING, values
+from domain.lifecycle import PROCESSING, not_held_in_a_wave, values
 from domain.models import OPEN_SHIPMENTS, OrderRow, Shipment
 from tasks.base import retry_on_transient, stage_task
 
@@ -81,7 +81,7 @@ def raise_status_lag(uow: UnitOfWork, settings: Settings,
         select(OrderRow.id, OrderRow.store, OrderRow.state, OrderRow.updated_at,
                OrderRow.hold_reason)
         .where(OrderRow.state.in_(values(PROCESSING)),
-               OrderRow.updated_at < cutoff)
+               OrderRow.updated_at < cutoff, not_held_in_a_wave(now))
         .order_by(OrderRow.updated_at, OrderRow.id).limit(MAX_ALERTS_PER_SWEEP + len(already))
     ).all()
     raised = []
@@ -112,7 +112,8 @@ def resolve_cleared(uow: UnitOfWork, settings: Settings, now: datetime | None = 
         still = set(session.execute(
             select(OrderRow.id).where(OrderRow.id.in_(lag),
                                       OrderRow.state.in_(values(PROCESSING)),
-                                      OrderRow.updated_at < cutoff)).scalars())
+                                      OrderRow.updated_at < cutoff,
+                                      not_held_in_a_wave(now))).scalars())
         for order_id in lag.keys() - still:
             resolved += resolve_alert(session, "status_lag", str(order_id))
     silent = {a.key for a in open_alerts(session, "tracking_silent")}

@@ -146,8 +146,8 @@ def _order_ids(session: Any, order_ids: tuple[str, ...], store: str | None) -> l
 def cancel(order_ids: tuple[str, ...], store: str | None, reason: str) -> None:
     """Cancel orders wherever they are: release stock, void unused labels, never ship.
 
-    An order already handed to the carrier becomes a return (restock it with
-    ``orderfleet receive-return`` when the parcel is back).
+    An order already handed to the carrier becomes a return (receive it with
+    ``orderfleet receive-return`` when the parcel is back: restock and refund notice).
     """
     from domain.cancellation import cancel_orders
     from domain.db import unit_of_work
@@ -163,16 +163,33 @@ def cancel(order_ids: tuple[str, ...], store: str | None, reason: str) -> None:
 @main.command("receive-return")
 @click.argument("order_ids", nargs=-1, required=True)
 @click.option("--store", help="Disambiguate a store order id used by several stores.")
-def receive_return(order_ids: tuple[str, ...], store: str | None) -> None:
-    """A returned parcel is back at the warehouse: restock its units, close the order."""
-    from domain.cancellation import receive_returns
+@click.option("--condition", type=click.Choice(["resellable", "damaged"]),
+              default="resellable", show_default=True)
+def receive_return(order_ids: tuple[str, ...], store: str | None, condition: str) -> None:
+    """Returned parcels are back, by order: the returns lane's receive (``orderfleet returns
+    receive``) for each order's return, opened now if it had none (cancelled after
+    handover). Restock or write-off and the refund notice follow, once, on the returns queue.
+    """
     from domain.db import unit_of_work
+    from domain.returns import ReturnRefused, receive_order_return
 
-    with unit_of_work(_settings()) as uow:
+    settings = _settings()
+    with unit_of_work(settings) as uow:
         ids = _order_ids(uow.session, order_ids, store)
-        done = receive_returns(uow, ids)
-    click.echo(f"{len(done)} returns received and restocked")
-    sys.exit(0 if len(done) == len(ids) else 1)
+    received = 0
+    for raw, order_id in zip(order_ids, ids, strict=True):
+        try:
+            with unit_of_work(settings) as uow:  # one order's failure rolls back only its own
+                done = receive_order_return(uow, order_id, condition)
+        except ReturnRefused as exc:
+            click.echo(f"  order {raw}: {exc}", err=True)
+            continue
+        received += done
+        if not done:
+            click.echo(f"  order {raw} was received already", err=True)
+    click.echo(f"{received} returns received ({condition}); settling follows on the returns "
+               "queue")
+    sys.exit(0 if received == len(ids) else 1)
 
 
 # --- ops views --------------------------------------------------------------------------------

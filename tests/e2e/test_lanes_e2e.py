@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from domain.cancellation import cancel_orders
 from domain.db import unit_of_work
-from domain.models import OrderRow, ReturnRequest, Shipment, Stock, Wave
-from domain.returns import receive_return, request_return
+from domain.models import OrderRow, ReturnRequest, Shipment, Stock, StoreNotification, Wave
+from domain.returns import receive_order_return, receive_return, request_return
 from sandbox.storefront import SandboxStorefrontServer
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
@@ -25,19 +26,23 @@ SECRET = "returns-store-secret"
 def test_a_return_goes_from_request_to_refund_notice_with_real_workers(start_fleet,
                                                                        settings) -> None:
     with SandboxStorefrontServer(secrets={"shop": SECRET}) as shop:
-        # Given a fleet, a store that takes signed webhooks, and two delivered orders
+        # Given a fleet, a store that takes signed webhooks, and three delivered orders
         fleet = start_fleet(store_secrets={"shop": SECRET},
                             store_webhook_urls={"shop": f"{shop.url}/hooks/shop"})
         fs = fleet.settings
         put_stock(fs, [("TEE-M", "US-EAST", "US", 10)])
-        ids = submit_orders([native_order("RT-1", store="shop"),
-                             native_order("RT-2", store="shop")], settings=fs).accepted
-        eventually(lambda: state_counts(fs).get("delivered", 0) == 2, 240,
-                   "both orders to be delivered")
+        *ids, cancelled = submit_orders([native_order("RT-1", store="shop"),
+                                         native_order("RT-2", store="shop"),
+                                         native_order("RT-3", store="shop")],
+                                        settings=fs).accepted
+        eventually(lambda: state_counts(fs).get("delivered", 0) == 3, 240,
+                   "the orders to be delivered")
 
-        # When the customers ask to return them
+        # When the customers ask to return two, and the third is cancelled after handover
         with unit_of_work(fs) as uow:
             returns = [request_return(uow, oid, "does not fit") for oid in ids]
+        with unit_of_work(fs) as uow:
+            assert cancel_orders(uow, [cancelled], "customer").returns == [cancelled]
         with unit_of_work(fs) as uow:  # asking again opens nothing new
             assert request_return(uow, ids[0], "again") == returns[0]
 
@@ -53,19 +58,26 @@ def test_a_return_goes_from_request_to_refund_notice_with_real_workers(start_fle
         with unit_of_work(fs) as uow:
             assert receive_return(uow, returns[0], "resellable")
             assert receive_return(uow, returns[1], "damaged")
+        # ... and the cancelled one, received by order twice (it had no return: one is opened)
+        with unit_of_work(fs) as uow:
+            assert receive_order_return(uow, cancelled, "resellable")
+        with unit_of_work(fs) as uow:
+            assert not receive_order_return(uow, cancelled, "resellable")
 
         def settled() -> dict[int, str]:
             with unit_of_work(fs) as uow:
                 rows = dict(uow.session.execute(
                     select(ReturnRequest.id, ReturnRequest.status)).all())
-            return rows if set(rows.values()) == {"restocked", "written_off"} else {}
+            done = len(rows) == 3 and set(rows.values()) <= {"restocked", "written_off"}
+            return rows if done else {}
 
-        assert eventually(settled, 120, "returns settled") == {
-            returns[0]: "restocked", returns[1]: "written_off"}
-        # Then the resellable unit is back on the shelf, the damaged one is not
+        outcome = eventually(settled, 120, "returns settled")
+        assert [outcome[r] for r in returns] == ["restocked", "written_off"]
+        assert sorted(outcome.values()) == ["restocked", "restocked", "written_off"]
+        # Then the resellable units are back on the shelf once each, the damaged one is not
         with unit_of_work(fs) as uow:
             s = uow.session
-            assert s.get_one(Stock, ("TEE-M", "US-EAST")).on_hand == 9
+            assert s.get_one(Stock, ("TEE-M", "US-EAST")).on_hand == 9  # 10 - 3 + 2
             assert set(s.execute(select(OrderRow.state)).scalars()) == {"returned"}
             assert set(s.execute(select(Shipment.status)).scalars()) == {"returned"}
 
@@ -73,10 +85,14 @@ def test_a_return_goes_from_request_to_refund_notice_with_real_workers(start_fle
         def refund_notices() -> list[dict]:
             hooks = [w for w in shop.state.webhooks.get("shop", [])
                      if w["topic"] == "refund_due"]
-            return hooks if len(hooks) == 2 else []
+            return hooks if len(hooks) == 3 else []
 
-        hooks = eventually(refund_notices, 60, "two refund notices at the store")
-        assert sorted(h["json"]["order_id"] for h in hooks) == ["RT-1", "RT-2"]
+        hooks = eventually(refund_notices, 60, "three refund notices at the store")
+        assert sorted(h["json"]["order_id"] for h in hooks) == ["RT-1", "RT-2", "RT-3"]
+        with unit_of_work(fs) as uow:  # one refund notice per order, the cancelled one too
+            assert sorted(uow.session.execute(select(StoreNotification.order_id).where(
+                StoreNotification.event == "refund_due")).scalars()) == sorted(
+                    [*ids, cancelled])
         assert all("tracking" not in h["json"] for h in hooks)
 
 

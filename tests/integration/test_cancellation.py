@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+from click.testing import CliRunner
 from sqlalchemy import select
 
-from domain.cancellation import cancel_orders, receive_returns
+from domain.cancellation import cancel_orders
 from domain.db import unit_of_work
-from domain.models import OrderRow, Reservation, Shipment, Stock
+from domain.models import OrderRow, Reservation, ReturnRequest, Shipment, Stock, StoreNotification
+from domain.returns import SETTLE_RETURNS, settle_returns
 from tasks.cancellation import void_cancelled_labels
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
@@ -126,8 +130,10 @@ def test_no_label_found_is_checked_again_before_it_counts_as_never_bought(
     assert carrier.stats()["labels_voided"] == 0
 
 
-def test_after_hand_over_it_becomes_a_return_restocked_when_it_arrives(
+def test_after_hand_over_it_becomes_a_return_restocked_and_refunded_once_when_it_arrives(
         db, broker, settings, carrier) -> None:
+    from workers.cli import main
+
     put_stock(settings, [("TEE-M", "US-EAST", "US", 10)])
     order_id, wave = to_batched(settings, "C-6")
     buy_wave_labels(wave, settings, carrier)
@@ -143,10 +149,30 @@ def test_after_hand_over_it_becomes_a_return_restocked_when_it_arrives(
     assert out.returns == [order_id] and out.to_void == []
     assert state_of(settings, order_id) == "return_requested"
     assert stock_of(settings) == (8, 0) and carrier.stats()["labels_voided"] == 0
-    assert run(receive_returns, settings, [order_id]) == [order_id]
+    broker.delete("returns")
+    # The parcel is back: received twice (a second scan, a retried command).
+    first = CliRunner().invoke(main, ["receive-return", "C-6"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, ["receive-return", "C-6", "--store", "acme"])
+    assert again.exit_code == 1 and "received already" in again.output
+    # A return was opened and received in one go: one settling message on the returns queue.
+    with unit_of_work(settings) as uow:
+        (ret,) = uow.session.execute(select(ReturnRequest)).scalars().all()
+        assert (ret.order_id, ret.status, ret.condition) == (order_id, "received", "resellable")
+    assert broker.llen("returns") == 1
+    body = json.loads(broker.lindex("returns", 0))
+    assert body["headers"]["task"] == SETTLE_RETURNS
+    # Settling, delivered twice, restocks once and tells the store to refund once.
+    assert run(settle_returns, settings, [ret.id]) == {"restocked": [order_id]}
+    assert run(settle_returns, settings, [ret.id]) == {}
     assert state_of(settings, order_id) == "returned" and stock_of(settings) == (10, 0)
-    assert run(receive_returns, settings, [order_id]) == []  # once
-    assert stock_of(settings) == (10, 0)
+    assert shipment_of(settings, order_id).status == "returned"
+    with unit_of_work(settings) as uow:
+        events = uow.session.execute(select(StoreNotification.event).where(
+            StoreNotification.order_id == order_id)).scalars().all()
+    assert sorted(events).count("refund_due") == 1
+    third = CliRunner().invoke(main, ["receive-return", "C-6"])
+    assert third.exit_code == 1 and stock_of(settings) == (10, 0)
 
 
 def test_a_void_whose_message_was_lost_is_found_by_the_sweep(db, broker, settings,

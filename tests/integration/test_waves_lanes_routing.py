@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
 from benchmarks.routing_eval import evaluate, generate_history
+from domain.clock import utcnow
 from domain.db import unit_of_work
 from domain.lifecycle import State
 from domain.models import Alert, OrderRow, ReturnRequest, Shipment, Wave
@@ -93,7 +94,8 @@ def test_wave_size_comes_from_the_daily_target_and_the_measured_rate(db, broker,
     sized = settings.model_copy(update={"wave_daily_target": 200, "wave_rate_window_s": 3600.0,
                                         "wave_size": 1000, "wave_size_min": 2})
     stock(settings)
-    ids = reserved(settings, [native_order(f"S-{i}") for i in range(25)])
+    paid = utcnow().isoformat()  # paid just now: far from its promised dispatch
+    ids = reserved(settings, [native_order(f"S-{i}", paid_at=paid) for i in range(25)])
     closed = run(assign_orders, sized, ids, sized)
     ws = waves(settings)
     assert {w.target_size for w in ws} == {3}
