@@ -5,13 +5,15 @@ marketing-list sync (an HTTP call to the storefront). Each is done at most once 
 (order, kind), kept in one ``noncore_jobs`` row:
 
 * a coupon's row is inserted in the transaction that issues it;
-* a marketing sync's row commits only after the storefront accepted the call; a crash between
-  the two repeats the call, which carries a fixed Idempotency-Key, so the storefront can tell;
+* a marketing sync's row commits (a batch's rows together) only after the storefront accepted
+  the calls; a crash in between repeats them, each with a fixed Idempotency-Key, so the
+  storefront can tell;
 * an e-mail has no such key that mail servers honour, so its row is claimed and committed
   first (``claimed``, with the message id of the task that claimed it), marked ``sending``
   (committed) once the server accepted sender and recipient, and ``sent`` once it accepted the
-  message. Anything that fails before ``sending`` certainly delivered nothing: the claim is
-  given back and the job retried. A row left ``sending`` (the worker died, or the connection
+  message (committed with the next e-mail's ``sending``: one transaction per e-mail).
+  Anything that fails before ``sending`` certainly delivered nothing: the claim is given back
+  and the job retried. A row left ``sending`` (the worker died, or the connection
   broke while the server was taking the message) may or may not have gone out: it becomes
   ``uncertain``, is never re-sent by itself, and waits for a person (``orderfleet noncore``),
   who can look in the mail server's log. A redelivered task reclaims its own claims at once;
@@ -174,20 +176,23 @@ def _run_coupons(settings: Settings, kind: str, ids: list[int], replayed: bool) 
 
 
 def _run_marketing(settings: Settings, ids: list[int], replayed: bool) -> JobOutcome:
-    """One transaction per order, committed after the storefront accepted the call."""
+    """One transaction for the batch, committed after the storefront accepted every call (a
+    crash before the commit repeats calls the Idempotency-Key lets the storefront ignore)."""
     out = JobOutcome()
     http = RetryingClient(settings.marketing_url, name="marketing",
                           timeout_s=settings.marketing_timeout_s, retry_max_s=10.0)
     outcomes: dict[int, str] = {}
     try:
-        for order_id in ids:
-            with unit_of_work(settings) as uow:
-                if not _claim(uow, "marketing_sync", [order_id], replayed, "pending"):
-                    continue  # done before (or being done by a worker that holds the row)
-                order = uow.session.get(OrderRow, order_id)
-                outcome = "skipped:no_order" if order is None else _marketing(order, http)
-                _set_outcomes(uow, "marketing_sync", {order_id: outcome})
-            outcomes[order_id] = outcome
+        with unit_of_work(settings) as uow:
+            # Rows claimed here stay locked until the commit: a duplicate delivery waits.
+            claimed = _claim(uow, "marketing_sync", ids, replayed, "pending")
+            orders = {o.id: o for o in uow.session.scalars(
+                select(OrderRow).where(OrderRow.id.in_(claimed)))} if claimed else {}
+            for order_id in claimed:
+                order = orders.get(order_id)
+                outcomes[order_id] = ("skipped:no_order" if order is None
+                                      else _marketing(order, http))
+            _set_outcomes(uow, "marketing_sync", outcomes)
     finally:
         http.close()
     _tally(out, ids, outcomes)
@@ -224,11 +229,15 @@ def _run_emails(settings: Settings, kind: str, ids: list[int], replayed: bool,
         _set_outcomes(uow, kind, outcomes)
     outcomes.update(dict.fromkeys(lost, UNCERTAIN))
     mailer = _Mailer(settings)
+    marks = _Marks(settings, kind, claimer)
     try:
         for order_id in claimed:
             if order_id not in outcomes:
-                outcomes[order_id] = _send(settings, kind, orders[order_id], mailer, claimer)
+                outcomes[order_id] = _send(settings, kind, orders[order_id], mailer, marks)
+        marks.flush()
     except BaseException:
+        with contextlib.suppress(DBAPIError):
+            marks.flush()
         # What was not handed over is given back, so any later attempt may claim it.
         with contextlib.suppress(DBAPIError), unit_of_work(settings) as uow:
             uow.session.execute(delete(NoncoreJob).where(
@@ -270,32 +279,33 @@ def _recipient(order: OrderRow) -> str:
     return str((order.payload.get("customer") or {}).get("email") or "").strip()
 
 
-def _send(settings: Settings, kind: str, order: OrderRow, mailer: _Mailer, claimer: str) -> str:
+def _send(settings: Settings, kind: str, order: OrderRow, mailer: _Mailer, marks: _Marks
+          ) -> str:
     """Hand one e-mail over; its outcome (committed unless it is ``claimed``, given back)."""
     msg = _message(settings, kind, order)
     try:
         mailer.envelope(msg)
     except smtplib.SMTPResponseException as exc:
         if exc.smtp_code >= 500:
-            return _mark(settings, kind, order.id, claimer, f"failed:smtp {exc.smtp_code}")
+            return marks.set(order.id, f"failed:smtp {exc.smtp_code}")
         raise MailDeferred(f"mail server answered {exc.smtp_code}") from exc
     except smtplib.SMTPServerDisconnected as exc:
         raise MailDeferred("mail server closed the connection") from exc
-    _mark(settings, kind, order.id, claimer, SENDING)
+    marks.set(order.id, SENDING)
     try:
         mailer.data(msg)
     except smtplib.SMTPDataError as exc:  # refused: the server does not have it
         if exc.smtp_code >= 500:
-            return _mark(settings, kind, order.id, claimer, f"failed:smtp {exc.smtp_code}")
-        _mark(settings, kind, order.id, claimer, CLAIMED)
+            return marks.set(order.id, f"failed:smtp {exc.smtp_code}")
+        marks.set(order.id, CLAIMED)
         raise MailDeferred(f"mail server answered {exc.smtp_code}") from exc
     except Exception:
         # The server may have taken it before the connection broke: a person decides.
         mailer.close()
         log.warning("%s for order %d: connection lost while the mail server took the message; "
                     "marked uncertain, not re-sent", kind, order.id)
-        return _mark(settings, kind, order.id, claimer, UNCERTAIN)
-    return _mark(settings, kind, order.id, claimer, "sent")
+        return marks.set(order.id, UNCERTAIN)
+    return marks.taken_by_server(order.id)
 
 
 def _db_blip(exc: BaseException) -> bool:
@@ -303,16 +313,42 @@ def _db_blip(exc: BaseException) -> bool:
                                                  and exc.connection_invalidated)
 
 
-def _mark(settings: Settings, kind: str, order_id: int, claimer: str, outcome: str) -> str:
-    """Commit an e-mail's new outcome on its own. A database that is restarting is waited for
-    (a minute at most): an e-mail the server took must not be left looking unsent."""
-    for attempt in Retrying(retry=retry_if_exception(_db_blip), stop=stop_after_delay(60),
-                            wait=wait_exponential(multiplier=0.2, max=5), reraise=True):
-        with attempt, unit_of_work(settings) as uow:
-            uow.session.execute(update(NoncoreJob).where(
-                NoncoreJob.kind == kind, NoncoreJob.order_id == order_id,
-                NoncoreJob.claimed_by == claimer).values(outcome=outcome, done_at=utcnow()))
-    return outcome
+class _Marks:
+    """Commits e-mails' outcomes, one transaction per e-mail: an e-mail the server took is
+    recorded ``sent`` in the transaction that marks the next one ``sending`` (or at the end of
+    the batch). Until then it is ``sending``: a crash in between leaves it uncertain, never
+    re-sent. A database that is restarting is waited for (a minute at most), so that an
+    e-mail the server took is not left looking half sent for a blip."""
+
+    def __init__(self, settings: Settings, kind: str, claimer: str) -> None:
+        self.settings, self.kind, self.claimer = settings, kind, claimer
+        self._taken: int | None = None
+
+    def taken_by_server(self, order_id: int) -> str:
+        self._taken = order_id
+        return "sent"
+
+    def set(self, order_id: int, outcome: str) -> str:
+        self._commit({order_id: outcome})
+        return outcome
+
+    def flush(self) -> None:
+        self._commit({})
+
+    def _commit(self, outcomes: dict[int, str]) -> None:
+        if self._taken is not None:
+            outcomes = {self._taken: "sent", **outcomes}
+        if not outcomes:
+            return
+        for attempt in Retrying(retry=retry_if_exception(_db_blip), stop=stop_after_delay(60),
+                                wait=wait_exponential(multiplier=0.2, max=5), reraise=True):
+            with attempt, unit_of_work(self.settings) as uow:
+                for order_id, outcome in outcomes.items():
+                    uow.session.execute(update(NoncoreJob).where(
+                        NoncoreJob.kind == self.kind, NoncoreJob.order_id == order_id,
+                        NoncoreJob.claimed_by == self.claimer)
+                        .values(outcome=outcome, done_at=utcnow()))
+        self._taken = None
 
 
 def _message(settings: Settings, kind: str, order: OrderRow) -> EmailMessage:
