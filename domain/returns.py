@@ -53,19 +53,27 @@ def return_key(order_id: int) -> str:
     return f"orderfleet-return-{order_id}"
 
 
+def _lock_order(uow: UnitOfWork, order_id: int) -> tuple[State, int | None]:
+    """Lock the order (which serialises opening and receiving its return) and read its state
+    and its return's id, if it has one."""
+    session = uow.session
+    state = session.execute(select(OrderRow.state).where(OrderRow.id == order_id)
+                            .with_for_update()).scalar_one_or_none()
+    if state is None:
+        raise ReturnRefused(f"no order {order_id}")
+    return_id = session.execute(select(ReturnRequest.id).where(
+        ReturnRequest.order_id == order_id)).scalar_one_or_none()
+    return State(state), return_id
+
+
 def request_return(uow: UnitOfWork, order_id: int, reason: str) -> int:
     """Open the return of a delivered order (once); its label is bought after the commit."""
     session = uow.session
-    order = session.execute(select(OrderRow.id, OrderRow.state).where(OrderRow.id == order_id)
-                            .with_for_update()).one_or_none()
-    if order is None:
-        raise ReturnRefused(f"no order {order_id}")
-    existing = session.execute(select(ReturnRequest.id).where(
-        ReturnRequest.order_id == order_id)).scalar_one_or_none()
+    state, existing = _lock_order(uow, order_id)
     if existing is not None:
         return existing
-    if State(order.state) not in RETURNABLE:
-        raise ReturnRefused(f"order {order_id} is {order.state}: only a delivered (or shipped) "
+    if state not in RETURNABLE:
+        raise ReturnRefused(f"order {order_id} is {state}: only a delivered (or shipped) "
                             "order can be returned")
     now = utcnow()
     rows = insert_ignoring_conflicts(session, ReturnRequest, [{
@@ -76,7 +84,7 @@ def request_return(uow: UnitOfWork, order_id: int, reason: str) -> int:
         return int(session.execute(select(ReturnRequest.id).where(
             ReturnRequest.order_id == order_id)).scalar_one())
     return_id = rows[0].id
-    apply_transitions(session, [Move(order_id, State(order.state), State.RETURN_REQUESTED,
+    apply_transitions(session, [Move(order_id, state, State.RETURN_REQUESTED,
                                      {"return_id": return_id, "reason": reason[:200]})],
                       stage="returns")
     uow.enqueue(ISSUE_RETURN_LABELS, [return_id], queue=RETURNS_QUEUE)
@@ -187,20 +195,13 @@ def receive_order_return(uow: UnitOfWork, order_id: int, condition: str,
     if condition not in CONDITIONS:
         raise ReturnRefused(f"condition must be one of {CONDITIONS}")
     session = uow.session
-    # The order's lock serialises this with request_return for the same order.
-    order = session.execute(select(OrderRow.id, OrderRow.state).where(OrderRow.id == order_id)
-                            .with_for_update()).one_or_none()
-    if order is None:
-        raise ReturnRefused(f"no order {order_id}")
-    return_id = session.execute(select(ReturnRequest.id).where(
-        ReturnRequest.order_id == order_id)).scalar_one_or_none()
+    state, return_id = _lock_order(uow, order_id)
     if return_id is not None:
         return receive_return(uow, return_id, condition)
-    state = State(order.state)
     if state == State.RETURNED:
         return False  # received before returns had rows of their own
     if state not in (State.RETURN_REQUESTED, *RETURNABLE):
-        raise ReturnRefused(f"order {order_id} is {order.state}: it never left the warehouse")
+        raise ReturnRefused(f"order {order_id} is {state}: it never left the warehouse")
     now = utcnow()
     rows = insert_ignoring_conflicts(session, ReturnRequest, [{
         "order_id": order_id, "status": ReturnStatus.RECEIVED, "reason": reason[:1000],
