@@ -3,6 +3,7 @@ an order no single warehouse can serve becomes one part per warehouse, and only 
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -13,8 +14,11 @@ from sqlalchemy import select
 
 from domain.cancellation import cancel_orders
 from domain.db import unit_of_work
-from domain.models import OrderEvent, OrderLine, OrderRow, Reservation, Shipment, Stock, Wave
+from domain.models import Coupon, OrderEvent, OrderLine, OrderRow, Reservation, Shipment, Stock, Wave
 from domain.models import ReservationStatus as R
+from domain.noncore import run_jobs
+from domain.pipeline import redrive_noncore, store_orders
+from config.celery import NONCORE_QUEUES
 from sandbox.storefront import SandboxStorefrontServer
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
@@ -121,6 +125,23 @@ def test_an_order_two_warehouses_share_becomes_two_parts_each_shipped_from_its_o
     assert shipments == [(p1.id, "labelled"), (p2.id, "labelled")]
     assert {o.state for o in rows(settings, [p1.id, p2.id]).values()} == {"labelled"}
     assert rows(settings, [parent])[parent].state == "split"
+    # And the customer's post-purchase e-mail, coupon and marketing sync follow the store's
+    # order once, not once per parcel
+    with unit_of_work(settings) as uow:
+        queue = NONCORE_QUEUES["post_purchase_email"]
+        sent = [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]
+                for m in broker.lrange(queue, 0, -1)]
+        # One message per wave (two parcels), each naming the parent: the job is once per
+        # (order, kind), so the second does nothing
+        assert sent == [[parent], [parent]]
+    for ids in sent:
+        run_jobs(settings, "coupon", ids)
+    with unit_of_work(settings) as uow:
+        assert uow.session.execute(select(Coupon.order_id)).scalars().all() == [parent]
+        assert store_orders(uow.session, [p1.id, p2.id]) == [parent]
+        # The re-drive sweep sees the parent's jobs not done yet: one each (coupon done)
+        assert redrive_noncore(uow, 3600) == {"post_purchase_email": 1, "marketing_sync": 1}
+        assert uow.outbox[0] == ("orderfleet.noncore.post_purchase_email", ([parent],))
     # And `orderfleet status` shows the parent with its parts and their states
     from workers.cli import main
     shown = CliRunner().invoke(main, ["status", str(parent), "--json"])
