@@ -12,13 +12,22 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from config.celery import NONCORE_QUEUES
 from domain.cancellation import cancel_orders
 from domain.db import unit_of_work
-from domain.models import Coupon, OrderEvent, OrderLine, OrderRow, Reservation, Shipment, Stock, Wave
+from domain.models import (
+    Coupon,
+    OrderEvent,
+    OrderLine,
+    OrderRow,
+    Reservation,
+    Shipment,
+    Stock,
+    Wave,
+)
 from domain.models import ReservationStatus as R
 from domain.noncore import run_jobs
 from domain.pipeline import redrive_noncore, store_orders
-from config.celery import NONCORE_QUEUES
 from sandbox.storefront import SandboxStorefrontServer
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
