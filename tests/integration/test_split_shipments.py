@@ -349,3 +349,27 @@ def test_a_parts_label_is_a_webhook_naming_the_parents_order_and_its_lines(
              h["json"]["line_items"], h["json"]["tracking"]["number"]) for h in hooks] == [
         ("C-77", p1, 1, [{"sku": "MUG", "quantity": 1}], tracking_of(settings, p1)),
         ("C-77", p2, 2, [{"sku": "TEE-M", "quantity": 2}], tracking_of(settings, p2))]
+
+
+def test_past_its_promise_a_split_order_counts_late_through_its_parts_only(
+        db, broker, settings) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from domain.clock import utcnow
+    from domain.observability import sla_attainment, snapshot
+
+    two_warehouse_stock(settings)
+    parent = split_order(settings)
+    parts = run(reserve_orders, settings, [parent], settings).split[parent]
+    now = utcnow()
+    promise = timedelta(hours=settings.sla_dispatch_hours["standard"])
+    with unit_of_work(settings) as uow:  # paid long enough ago that the promise ran out
+        uow.session.execute(update(OrderRow).values(paid_at=now - promise - timedelta(hours=1)))
+    with unit_of_work(settings) as uow:
+        sla = sla_attainment(uow.session, settings, now - timedelta(hours=2), now)
+        snap = snapshot(uow.session, settings, now)
+    # The two unlabelled parts are late; the parent, which never ships itself, is not
+    assert (sla.on_time, sla.late) == (0, len(parts)) == (0, 2)
+    assert snap.orders_by_state["split"] == 1 and "split" not in snap.lag_by_state
