@@ -39,28 +39,28 @@ def test_an_order_two_warehouses_share_ships_as_two_parcels_with_real_workers(
         def parts_delivered() -> list[tuple[int, str, str | None, int | None]]:
             with unit_of_work(fs) as uow:
                 rows = uow.session.execute(
-                    select(OrderRow.id, OrderRow.state, OrderRow.warehouse, Wave.id)
-                    .outerjoin(Wave, Wave.id == OrderRow.wave_id)
+                    select(OrderRow.id, OrderRow.state, OrderRow.warehouse, OrderRow.wave_id)
                     .where(OrderRow.parent_id == parent).order_by(OrderRow.part_no)).all()
             done = len(rows) == 2 and all(r.state == "delivered" for r in rows)
-            return [tuple(r) for r in rows] if done else []
+            return [(r.id, r.state, r.warehouse, r.wave_id) for r in rows] if done else []
 
         # Then it is split, and each part is reserved, waved, labelled and delivered from
         # its own warehouse by the workers
         parts = eventually(parts_delivered, 240, "both parts delivered")
         assert [wh for _, _, wh, _ in parts] == ["EU-DE", "US-EAST"]
+        wave_ids = [w for *_, w in parts if w is not None]
         with unit_of_work(fs) as uow:
             s = uow.session
             assert s.get_one(OrderRow, parent).state == "split"
             assert s.get_one(OrderRow, parent).wave_id is None
             waves = dict(s.execute(select(Wave.id, Wave.warehouse)
-                                   .where(Wave.id.in_([w for *_, w in parts]))).all())
+                                   .where(Wave.id.in_(wave_ids))).all())
             tracking = dict(s.execute(select(Shipment.order_id, Shipment.tracking_number)
                                       .where(Shipment.order_id.in_([p[0] for p in parts])))
                             .all())
             assert s.execute(select(Shipment.id).where(Shipment.order_id == parent)).first() \
                 is None
-        assert [waves[w] for *_, w in parts] == ["EU-DE", "US-EAST"]
+        assert [waves[w] for w in wave_ids] == ["EU-DE", "US-EAST"]
         assert len(tracking) == 2 and all(tracking.values())
 
         # And the store heard of each parcel once, as part of its order SP-1, with its lines
