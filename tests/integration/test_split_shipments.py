@@ -23,6 +23,7 @@ from domain.models import (
     Reservation,
     Shipment,
     Stock,
+    StoreNotification,
     Wave,
 )
 from domain.models import ReservationStatus as R
@@ -44,9 +45,9 @@ LINES = [{"sku": "TEE-M", "quantity": 2, "unit_price": "10.00", "weight_g": 200}
 TOTALS = {"subtotal": "35.00", "shipping": "5.00", "total": "40.00"}
 
 
-def run(fn: Any, settings: Any, *args: Any) -> Any:
+def run(fn: Any, settings: Any, *args: Any, **kw: Any) -> Any:
     with unit_of_work(settings) as uow:
-        return fn(uow, *args)
+        return fn(uow, *args, **kw)
 
 
 def two_warehouse_stock(settings: Any) -> None:
@@ -228,7 +229,7 @@ def test_cancelling_the_parent_cancels_the_parts_and_releases_their_stock(
     parent = split_order(settings)
     parts = run(reserve_orders, settings, [parent], settings).split[parent]
     assert reserved_units(settings, "TEE-M", "US-EAST") == 2
-    out = run(cancel_orders, settings, [parent], "cancelled in the store")
+    out = run(cancel_orders, settings, [parent], "cancelled in the store", notify=True)
     assert out.split == [parent] and sorted(out.cancelled) == parts and out.unchanged == {}
     assert {o.state for o in rows(settings, parts).values()} == {"cancelled"}
     assert rows(settings, [parent])[parent].state == "split"
@@ -239,6 +240,10 @@ def test_cancelling_the_parent_cancels_the_parts_and_releases_their_stock(
         logged = uow.session.execute(select(OrderEvent.detail).where(
             OrderEvent.order_id == parent, OrderEvent.stage == "cancellation")).scalar_one()
     assert logged == {"reason": "cancelled in the store", "parts": parts}
+    with unit_of_work(settings) as uow:  # the store hears of its order once, not per part
+        told = uow.session.execute(select(StoreNotification.order_id, StoreNotification.event)
+                                   ).all()
+    assert [tuple(t) for t in told] == [(parent, "cancelled")]
     # Cancelling again changes nothing
     again = run(cancel_orders, settings, [parent], "again")
     assert again.cancelled == [] and set(again.unchanged) == set(parts)
