@@ -66,17 +66,21 @@ def cancel_orders(uow: UnitOfWork, order_ids: list[int], reason: str, *,
     ids = sorted(set(order_ids))
     if not ids:
         return outcome
-    # A split parent is cancelled through its parts (locked below with the rest).
-    split = sorted(session.scalars(select(OrderRow.id).where(
-        OrderRow.id.in_(ids), OrderRow.state == State.SPLIT.value)))
-    parts = parts_of(session, split)
-    ids = sorted(set(ids) | {p for ps in parts.values() for p in ps})
-    # A plain FOR UPDATE, not claim()'s SKIP LOCKED: a cancel must wait for a stage that holds
-    # the order rather than be dropped.
-    rows = session.execute(
-        select(OrderRow.id, OrderRow.state).where(OrderRow.id.in_(ids))
-        .order_by(OrderRow.id).with_for_update(of=OrderRow)
-    ).all()
+
+    def lock(order_ids: list[int]) -> list[tuple[int, str]]:
+        # A plain FOR UPDATE, not claim()'s SKIP LOCKED: a cancel must wait for a stage that
+        # holds the order rather than be dropped.
+        return [(r.id, r.state) for r in session.execute(
+            select(OrderRow.id, OrderRow.state).where(OrderRow.id.in_(order_ids))
+            .order_by(OrderRow.id).with_for_update(of=OrderRow)).all()]
+
+    rows = lock(ids)
+    # A split parent is cancelled through its parts. Found after the lock: an order the
+    # reservation stage was splitting while this waited for it is split now, with parts.
+    parts = parts_of(session, [i for i, st in rows if st == State.SPLIT.value])
+    of_parts = {p for ps in parts.values() for p in ps}
+    if of_parts - set(ids):
+        rows += lock(sorted(of_parts - set(ids)))
     detail = {"reason": reason[:500]}
     moves: list[Move] = []
     release: list[int] = []
@@ -117,9 +121,8 @@ def cancel_orders(uow: UnitOfWork, order_ids: list[int], reason: str, *,
         uow.enqueue_chunks(VOID_LABELS, sorted(outcome.to_void))
     if notify and (outcome.cancelled or outcome.returns or outcome.split):
         # The store knows the parent's order, not its parts: one notice for the parent.
-        of_parts = {p for ps in parts.values() for p in ps}
-        notify_store(uow, [i for i in outcome.cancelled + outcome.returns if i not in of_parts]
-                     + outcome.split, "cancelled")
+        told = [i for i in outcome.cancelled + outcome.returns if i not in of_parts]
+        notify_store(uow, told + outcome.split, "cancelled")
     log.info("cancelled %d orders, %d become returns, %d already final",
              len(outcome.cancelled), len(outcome.returns), len(outcome.unchanged))
     return outcome

@@ -378,3 +378,40 @@ def test_past_its_promise_a_split_order_counts_late_through_its_parts_only(
     # The two unlabelled parts are late; the parent, which never ships itself, is not
     assert (sla.on_time, sla.late) == (0, len(parts)) == (0, 2)
     assert snap.orders_by_state["split"] == 1 and "split" not in snap.lag_by_state
+
+
+def test_a_cancel_that_waited_for_the_split_cancels_the_parts_it_made(db, broker,
+                                                                     settings) -> None:
+    import threading
+
+    from sqlalchemy import text
+
+    from tests.waiting import eventually
+
+    two_warehouse_stock(settings)
+    parent = split_order(settings)
+    result: dict[str, Any] = {}
+
+    def cancel() -> None:
+        result["out"] = run(cancel_orders, settings, [parent], "cancelled in the store")
+
+    def cancel_waits_for_a_lock() -> bool:
+        with unit_of_work(settings) as uow:
+            return bool(uow.session.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).scalar_one())
+
+    # Given the reservation stage splitting the order, its transaction still open
+    with unit_of_work(settings) as uow:
+        parts = reserve_orders(uow, [parent], settings).split[parent]
+        # When the store's cancellation arrives meanwhile, it waits for the order's lock
+        waiter = threading.Thread(target=cancel)
+        waiter.start()
+        eventually(cancel_waits_for_a_lock, 20, "the cancel to wait for the order's lock")
+    waiter.join(20)
+    # Then, the split committed first, the cancel finds the parts and cancels them too
+    out = result["out"]
+    assert out.split == [parent] and sorted(out.cancelled) == parts
+    assert {o.state for o in rows(settings, parts).values()} == {"cancelled"}
+    assert reserved_units(settings, "TEE-M", "US-EAST") == 0
+    assert reserved_units(settings, "MUG", "EU-DE") == 0
