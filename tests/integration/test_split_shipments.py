@@ -163,6 +163,8 @@ def test_an_order_two_warehouses_share_becomes_two_parts_each_shipped_from_its_o
     assert all(p["tracking_number"] for p in info["parts"])
     text = CliRunner().invoke(main, ["status", str(parent)])
     assert "part 1: order SPLIT-1~1" in text.output and "part 2: order SPLIT-1~2" in text.output
+    part = CliRunner().invoke(main, ["status", "SPLIT-1~2"])
+    assert f"part 2 of split order id {parent}" in part.output and "labelled" in part.output
 
 
 def test_running_the_reservation_stage_twice_creates_the_parts_once(db, broker,
