@@ -258,7 +258,18 @@ class Stream:
 
 
 def _orders(run: Run, stream: Stream) -> dict[str, tuple[int, str, str]]:
-    """source order id -> (order id, state, carrier reference) of the stream's orders."""
+    """source order id -> (order id, state, carrier reference) of the stream's orders.
+
+    A split order (settled itself) is as far as its parts: the state of a part still on its
+    way, else of a labelled one (its e-mail is the order's), else ``split``.
+    """
+    orders, _ = _orders_and_parts(run, stream)
+    return orders
+
+
+def _orders_and_parts(run: Run, stream: Stream
+                      ) -> tuple[dict[str, tuple[int, str, str]], list[tuple[int, str, str]]]:
+    """:func:`_orders`, and (order id, state, carrier reference) of their parts."""
     from domain.db import unit_of_work
     from domain.models import OrderRow
 
@@ -267,8 +278,24 @@ def _orders(run: Run, stream: Stream) -> dict[str, tuple[int, str, str]]:
         rows = uow.session.execute(
             select(OrderRow.source_order_id, OrderRow.id, OrderRow.state, OrderRow.store)
             .where(OrderRow.store == STORE, OrderRow.source_order_id.in_(ids))).all()
-    return {r.source_order_id: (r.id, r.state, f"{r.store}/{r.source_order_id}")
-            for r in rows}
+        split = [r.id for r in rows if r.state == "split"]
+        part_rows = uow.session.execute(
+            select(OrderRow.parent_id, OrderRow.id, OrderRow.state, OrderRow.store,
+                   OrderRow.source_order_id)
+            .where(OrderRow.parent_id.in_(split)).order_by(OrderRow.id)).all() if split else []
+    part_states: dict[int, list[str]] = {}
+    for p in part_rows:
+        part_states.setdefault(p.parent_id, []).append(p.state)
+
+    def state_of(order_id: int, state: str) -> str:
+        states = part_states.get(order_id, [])
+        return next((s for s in states if s not in EXPECTED),
+                    next((s for s in states if s in MAILED), state))
+
+    orders = {r.source_order_id: (r.id, state_of(r.id, r.state), f"{r.store}/{r.source_order_id}")
+              for r in rows}
+    parts = [(p.id, p.state, f"{p.store}/{p.source_order_id}") for p in part_rows]
+    return orders, parts
 
 
 def _settled_count(run: Run, stream: Stream) -> int:
@@ -296,10 +323,11 @@ def check(run: Run, stream: Stream) -> dict[str, Any]:
     from domain.db import unit_of_work
     from domain.models import Reservation, ReservationStatus, Shipment, Stock
 
-    orders = _orders(run, stream)
+    orders, parts = _orders_and_parts(run, stream)
     lost = len(stream.payloads) - sum(1 for _, st, _ in orders.values() if st in EXPECTED)
-    refs = {ref for _, _, ref in orders.values()}
-    order_ids = [oid for oid, _, _ in orders.values()]
+    # Labels, reservations and shipments of a split order are its parts'.
+    refs = {ref for _, _, ref in [*orders.values(), *parts]}
+    order_ids = [oid for oid, _, _ in [*orders.values(), *parts]]
     books = run.carrier.books()
     twice = {r: n for r, n in books["references_charged_twice"].items() if r in refs}
     live = (ReservationStatus.ACTIVE, ReservationStatus.CONSUMED)

@@ -40,7 +40,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from domain.lifecycle import LABELLED_OR_LATER, LABELLED_OR_SETTLED, State
+from domain.lifecycle import LABELLED_OR_LATER, LABELLED_OR_SETTLED, State, values
 from workers.fleet import BENCH_REDIS_DB, Fleet, reset_run_database, run_settings, use_settings
 
 BLACK_FRIDAY_ORDERS = 12_000
@@ -167,9 +167,20 @@ def _counts_after(settings: Settings, first_id: int) -> dict[str, int]:
     from domain.models import OrderRow
 
     with unit_of_work(settings) as uow:
-        return {s: int(c) for s, c in uow.session.execute(
-            select(OrderRow.state, func.count()).where(OrderRow.id > first_id)
+        # The store's orders (parts of a split order are counted through their parent).
+        counts = {s: int(c) for s, c in uow.session.execute(
+            select(OrderRow.state, func.count())
+            .where(OrderRow.id > first_id, OrderRow.parent_id.is_(None))
             .group_by(OrderRow.state)).all()}
+        # A split order is settled once its parts are: until then it is on its way.
+        on_the_way = int(uow.session.execute(
+            select(func.count(func.distinct(OrderRow.parent_id)))
+            .where(OrderRow.id > first_id, OrderRow.parent_id.is_not(None),
+                   OrderRow.state.not_in(values(LABELLED_OR_SETTLED)))).scalar_one())
+    if on_the_way:
+        counts[State.SPLIT.value] -= on_the_way
+        counts["split_parts_on_the_way"] = on_the_way
+    return counts
 
 
 def _done(counts: dict[str, int]) -> int:

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     sku_auto_freeze: bool = True
     sku_freeze_failure_rate: float = Field(0.01, gt=0, lt=1)
     sku_freeze_window: int = Field(200, ge=10, le=10_000)
+    # When no single warehouse has every line but each SKU is whole in one of them, split the
+    # order into one part per warehouse (off: it is backordered, the plan named in its event).
+    split_shipments: bool = True
 
     # --- sharding (pick waves) ------------------------------------------------------------
     wave_size: int = Field(50, ge=1, le=1000)

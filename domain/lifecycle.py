@@ -31,6 +31,9 @@ class State(StrEnum):
     REJECTED = "rejected"  # fraud verdict
     FRAUD_CHECKED = "fraud_checked"
     BACKORDERED = "backordered"  # not enough stock; retried when stock arrives
+    # No one warehouse has every line: the order became one part (a child order) per
+    # warehouse, each reserved, waved and labelled on its own; the parent itself never ships.
+    SPLIT = "split"
     RESERVED = "reserved"
     IN_WAVE = "in_wave"  # in a pick wave
     LABEL_FAILED = "label_failed"  # the carrier refused the parcel: a person must fix it
@@ -48,8 +51,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.RECEIVED: frozenset({S.FRAUD_CHECKED, S.ON_HOLD, S.REJECTED, S.CANCELLED}),
     # on_hold -> received: an order held at intake (before any fraud check) was approved.
     S.ON_HOLD: frozenset({S.RECEIVED, S.FRAUD_CHECKED, S.REJECTED, S.CANCELLED}),
-    S.FRAUD_CHECKED: frozenset({S.RESERVED, S.BACKORDERED, S.ON_HOLD, S.CANCELLED}),
-    S.BACKORDERED: frozenset({S.RESERVED, S.ON_HOLD, S.CANCELLED}),
+    S.FRAUD_CHECKED: frozenset({S.RESERVED, S.BACKORDERED, S.SPLIT, S.ON_HOLD, S.CANCELLED}),
+    S.BACKORDERED: frozenset({S.RESERVED, S.SPLIT, S.ON_HOLD, S.CANCELLED}),
     # reserved -> fraud_checked: the reservation expired; the order will be reserved again.
     S.RESERVED: frozenset({S.IN_WAVE, S.FRAUD_CHECKED, S.CANCELLED}),
     S.IN_WAVE: frozenset({S.LABELLED, S.LABEL_FAILED, S.CANCELLED}),
@@ -59,6 +62,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.DELIVERED: frozenset({S.RETURNED, S.RETURN_REQUESTED}),
     S.RETURN_REQUESTED: frozenset({S.RETURNED}),
     S.REJECTED: frozenset(),
+    # Final for the parent: what happens next (a cancel included) happens to its parts.
+    S.SPLIT: frozenset(),
     S.CANCELLED: frozenset(),
     S.RETURNED: frozenset(),
 }
@@ -93,7 +98,7 @@ LABELLED_OR_LATER: frozenset[State] = frozenset({S.LABELLED, S.IN_TRANSIT, S.DEL
 # benchmark is over when every order is in one of these.
 SETTLED: frozenset[State] = frozenset(
     {S.DELIVERED, S.ON_HOLD, S.REJECTED, S.BACKORDERED, S.CANCELLED, S.RETURNED,
-     S.LABEL_FAILED})
+     S.LABEL_FAILED, S.SPLIT})
 
 # Past the label stage: labelled (the parcel moves on carrier time) or at rest. A run that
 # measures paid -> labelled is over when every order is in one of these.

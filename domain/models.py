@@ -140,6 +140,10 @@ class OrderRow(Base):
     source_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # VIP or express (domain.fastlane): its stage messages go to the stages' fast-lane queues.
     fast_lane: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
+    # A part of a split order (one per warehouse): its parent, in state split, and its number.
+    # The parent's platform order is the one the store knows; a part reports to it.
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    part_no: Mapped[int | None] = mapped_column(Integer)
 
 
 class OrderLine(Base):

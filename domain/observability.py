@@ -37,7 +37,8 @@ from domain.noncore import UNCERTAIN
 # failed), stock (backordered) or a fraud verdict (rejected). Counted per stage.
 EXCEPTION_STATES: tuple[str, ...] = (State.ON_HOLD.value, State.REJECTED.value,
                                      State.BACKORDERED.value, State.LABEL_FAILED.value)
-# Orders still waiting for a label that a store may still expect on time.
+# Orders still waiting for a label that a store may still expect on time. Not ``split``: a
+# split order never gets a label itself; its parts (orders of their own) are counted instead.
 AWAITING_LABEL: tuple[str, ...] = tuple(
     s.value for s in (*PROCESSING, State.ON_HOLD, State.BACKORDERED, State.LABEL_FAILED))
 # Seconds: from a fraction of a second (a bulk stage) to a day (a review, a backorder).

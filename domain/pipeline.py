@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
@@ -151,8 +151,17 @@ def noncore_after(uow: UnitOfWork, state: State, order_ids: Sequence[int]) -> No
     its own queue; under load the breaker parks them (tasks.noncore)."""
     if not order_ids or not uow.settings.noncore_jobs:
         return
+    ids = store_orders(uow.session, order_ids)
     for kind in NONCORE_AFTER.get(state, ()):
-        uow.enqueue_chunks(NONCORE_TASKS[kind], sorted(order_ids))
+        uow.enqueue_chunks(NONCORE_TASKS[kind], ids)
+
+
+def store_orders(session: Session, order_ids: Sequence[int]) -> list[int]:
+    """The orders the store knows among ``order_ids``: a part of a split order stands for its
+    parent, so the customer gets one e-mail, one coupon, however many parcels."""
+    return sorted(set(session.scalars(
+        select(func.coalesce(OrderRow.parent_id, OrderRow.id))
+        .where(OrderRow.id.in_(sorted(set(order_ids)))))))
 
 
 def redrive_noncore(uow: UnitOfWork, within_s: float, limit: int = 50_000) -> dict[str, int]:
@@ -166,11 +175,13 @@ def redrive_noncore(uow: UnitOfWork, within_s: float, limit: int = 50_000) -> di
     sent: dict[str, int] = {}
     for state, kinds in NONCORE_AFTER.items():
         for kind in kinds:
-            done = exists().where(NoncoreJob.order_id == OrderRow.id, NoncoreJob.kind == kind)
-            ids = list(uow.session.scalars(
-                select(OrderRow.id).where(OrderRow.state.in_(values(_REACHED[state])),
+            # A part's job is its parent's (store_orders).
+            store_order = func.coalesce(OrderRow.parent_id, OrderRow.id)
+            done = exists().where(NoncoreJob.order_id == store_order, NoncoreJob.kind == kind)
+            ids = sorted(set(uow.session.scalars(
+                select(store_order).where(OrderRow.state.in_(values(_REACHED[state])),
                                           OrderRow.updated_at >= since, ~done)
-                .order_by(OrderRow.id).limit(limit)))
+                .order_by(OrderRow.id).limit(limit))))
             if ids:
                 uow.enqueue_chunks(NONCORE_TASKS[kind], ids)
                 sent[kind] = len(ids)

@@ -37,6 +37,12 @@ def order_status(
     ).scalars().all()
     shipment = session.execute(
         select(Shipment).where(Shipment.order_id == order.id)).scalar_one_or_none()
+    # A split order's parts (one per warehouse), each with its own state and parcel.
+    parts = session.execute(
+        select(OrderRow.id, OrderRow.part_no, OrderRow.source_order_id, OrderRow.state,
+               OrderRow.warehouse, Shipment.tracking_number)
+        .outerjoin(Shipment, Shipment.order_id == OrderRow.id)
+        .where(OrderRow.parent_id == order.id).order_by(OrderRow.part_no)).all()
     return {
         "id": order.id,
         "store": order.store,
@@ -53,6 +59,11 @@ def order_status(
         "fraud_score": order.fraud_score,
         "fraud_reasons": order.fraud_reasons or [],
         "hold_reason": order.hold_reason,
+        "parent_id": order.parent_id,
+        "part_no": order.part_no,
+        "parts": [{"id": p.id, "part_no": p.part_no, "source_order_id": p.source_order_id,
+                   "state": p.state, "warehouse": p.warehouse,
+                   "tracking_number": p.tracking_number} for p in parts],
         "shipment": None if shipment is None else {
             "carrier": shipment.carrier, "service": shipment.service,
             "label_id": shipment.label_id, "tracking_number": shipment.tracking_number,

@@ -122,6 +122,18 @@ query orderFulfillmentOrders($id: ID!) {
     fulfillmentOrders(first: 20) { nodes { id status supportedActions { action } } }
   }
 }"""
+# With their line items: a part of a split order fulfils only its own lines.
+ORDER_FULFILLMENT_ORDER_LINES = """
+query orderFulfillmentOrderLines($id: ID!) {
+  order(id: $id) {
+    fulfillmentOrders(first: 20) {
+      nodes {
+        id status supportedActions { action }
+        lineItems(first: 250) { nodes { id sku remainingQuantity } }
+      }
+    }
+  }
+}"""
 FULFILLMENT_CREATE = """
 mutation fulfillmentCreate($fulfillment: FulfillmentInput!) {
   fulfillmentCreate(fulfillment: $fulfillment) {
@@ -140,6 +152,30 @@ mutation fulfillmentEventCreate($fulfillmentEvent: FulfillmentEventInput!) {
     userErrors { field message }
   }
 }"""
+
+
+def _line_items_by_fulfillment_order(order_id: str, fos: list[dict[str, Any]],
+                                     line_items: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """``lineItemsByFulfillmentOrder`` for these (sku, quantity): each unit from an open
+    fulfilment order line of its SKU with units remaining. Refused (4xx: a person looks) when
+    the shop's order has not that many units of a SKU left to fulfil."""
+    wanted: dict[str, int] = {}
+    for sku, qty in line_items:
+        wanted[sku] = wanted.get(sku, 0) + qty
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    for fo in fos:
+        for li in (fo.get("lineItems") or {}).get("nodes", []):
+            need = wanted.get(str(li.get("sku") or ""), 0)
+            take = min(need, int(li.get("remainingQuantity") or 0))
+            if take > 0:
+                chosen.setdefault(fo["id"], []).append({"id": li["id"], "quantity": take})
+                wanted[str(li["sku"])] = need - take
+    short = {sku: n for sku, n in wanted.items() if n > 0}
+    if short:
+        raise StorefrontRejected(422, f"order {order_id} has no open fulfillment order line "
+                                      f"for {short}")
+    return [{"fulfillmentOrderId": fo_id, "fulfillmentOrderLineItems": items}
+            for fo_id, items in chosen.items()]
 
 
 class ShopifyAdmin:
@@ -188,27 +224,34 @@ class ShopifyAdmin:
         return None
 
     def ensure_fulfillment(self, order_id: str, tracking: TrackingInfo, *,
-                           notify_customer: bool = True) -> str:
+                           notify_customer: bool = True,
+                           line_items: list[tuple[str, int]] | None = None) -> str:
         """Fulfil the order's open fulfilment orders with this tracking; return the gid.
 
-        Looks first, so a retry after a lost response adopts the fulfilment it created.
+        ``line_items`` ((sku, quantity), a part of a split order): only those units are
+        fulfilled, taken from the open fulfilment order lines of the same SKU; without it,
+        everything open is. Looks first, so a retry after a lost response adopts the
+        fulfilment it created.
         """
         existing = self.find_fulfillment(order_id, tracking.number)
         if existing:
             return existing
-        order = self.graphql(ORDER_FULFILLMENT_ORDERS,
-                             {"id": shopify_gid("Order", order_id)})["order"] or {}
+        query = ORDER_FULFILLMENT_ORDERS if line_items is None else ORDER_FULFILLMENT_ORDER_LINES
+        order = self.graphql(query, {"id": shopify_gid("Order", order_id)})["order"] or {}
         open_fos = [fo for fo in (order.get("fulfillmentOrders") or {}).get("nodes", [])
                     if fo.get("status") in ("OPEN", "IN_PROGRESS")
                     and "CREATE_FULFILLMENT" in {a.get("action")
                                                  for a in fo.get("supportedActions") or []}]
         if not open_fos:
             raise StorefrontRejected(422, f"order {order_id} has no open fulfillment order")
+        by_fo: list[dict[str, Any]] = [{"fulfillmentOrderId": fo["id"]} for fo in open_fos]
+        if line_items is not None:
+            by_fo = _line_items_by_fulfillment_order(order_id, open_fos, line_items)
         tracking_input = {"number": tracking.number, "company": tracking.company}
         if tracking.url:
             tracking_input["url"] = tracking.url
         created = self.graphql(FULFILLMENT_CREATE, {"fulfillment": {
-            "lineItemsByFulfillmentOrder": [{"fulfillmentOrderId": fo["id"]} for fo in open_fos],
+            "lineItemsByFulfillmentOrder": by_fo,
             "trackingInfo": tracking_input,
             "notifyCustomer": notify_customer,
         }})["fulfillmentCreate"]

@@ -29,10 +29,18 @@ enum FulfillmentEventStatus { ATTEMPTED_DELIVERY CARRIER_PICKED_UP CONFIRMED DEL
   READY_FOR_PICKUP }
 
 type FulfillmentOrderSupportedAction { action: FulfillmentOrderAction! }
+type FulfillmentOrderLineItem {
+  id: ID!
+  sku: String
+  totalQuantity: Int!
+  remainingQuantity: Int!
+}
+type FulfillmentOrderLineItemConnection { nodes: [FulfillmentOrderLineItem!]! }
 type FulfillmentOrder {
   id: ID!
   status: FulfillmentOrderStatus!
   supportedActions: [FulfillmentOrderSupportedAction!]!
+  lineItems(first: Int): FulfillmentOrderLineItemConnection!
 }
 type FulfillmentOrderConnection { nodes: [FulfillmentOrder!]! }
 type FulfillmentTrackingInfo { number: String company: String url: URL }
@@ -113,8 +121,12 @@ class ShopGraph:
 
     # --- views ---------------------------------------------------------------------------
     def _fulfillment_order(self, fo: dict[str, Any]) -> dict[str, Any]:
+        lines = [{"id": _gid("FulfillmentOrderLineItem", li["id"]), "sku": li.get("sku"),
+                  "totalQuantity": li["quantity"], "remainingQuantity": li["fulfillable_quantity"]}
+                 for li in fo["line_items"]]
         return {"id": _gid("FulfillmentOrder", fo["id"]), "status": fo["status"].upper(),
-                "supportedActions": [{"action": a.upper()} for a in fo["supported_actions"]]}
+                "supportedActions": [{"action": a.upper()} for a in fo["supported_actions"]],
+                "lineItems": lambda info, first=None: {"nodes": lines[:first]}}
 
     def _fulfillment(self, f: dict[str, Any]) -> dict[str, Any]:
         events = self.state.events.get(str(f["id"]), [])
@@ -168,11 +180,29 @@ class ShopGraph:
         if len(fos) != len(wanted):
             return {"fulfillment": None, "userErrors": [{
                 "field": ["fulfillment"], "message": "Fulfillment order does not exist."}]}
-        closed = [fo for fo in fos if fo["status"] != "open"]
+        closed = [fo for fo in fos if fo["status"] not in ("open", "in_progress")]
         if closed:
             return {"fulfillment": None, "userErrors": [{
                 "field": ["fulfillment"], "message": f"Fulfillment order {closed[0]['id']} has "
                 f"an unfulfillable status= {closed[0]['status']}."}]}
+        # Which units: the listed fulfilment order lines, or every unit still open.
+        taking: list[tuple[dict[str, Any], int]] = []
+        for item in items:
+            fo = next(f for f in fos if str(f["id"]) == _tail(item["fulfillmentOrderId"]))
+            listed = item.get("fulfillmentOrderLineItems")
+            if not listed:
+                taking += [(li, li["fulfillable_quantity"]) for li in fo["line_items"]
+                           if li["fulfillable_quantity"] > 0]
+                continue
+            for wanted_line in listed:
+                li = next((li for li in fo["line_items"]
+                           if str(li["id"]) == _tail(wanted_line["id"])), None)
+                if li is None or not 0 < wanted_line["quantity"] <= li["fulfillable_quantity"]:
+                    return {"fulfillment": None, "userErrors": [{
+                        "field": ["fulfillment", "lineItemsByFulfillmentOrder"],
+                        "message": f"Invalid fulfillment order line item quantity requested "
+                                   f"for {wanted_line['id']}."}]}
+                taking.append((li, wanted_line["quantity"]))
         tracking = fulfillment.get("trackingInfo") or {}
         numbers = [n for n in [tracking.get("number"), *(tracking.get("numbers") or [])] if n]
         urls = [u for u in [tracking.get("url"), *(tracking.get("urls") or [])] if u]
@@ -182,9 +212,16 @@ class ShopGraph:
                "tracking_number": numbers[0] if numbers else None,
                "tracking_numbers": numbers, "tracking_url": urls[0] if urls else None,
                "tracking_urls": urls, "notify_customer": bool(fulfillment.get("notifyCustomer")),
-               "via": "graphql"}
+               "via": "graphql",
+               "line_items": [{"sku": li.get("sku"), "quantity": n} for li, n in taking]}
+        for li, n in taking:
+            li["fulfillable_quantity"] -= n
         for fo in fos:
-            fo["status"], fo["supported_actions"] = "closed", []
+            # Closed once every unit is fulfilled; in progress while some remain (a split).
+            if all(li["fulfillable_quantity"] == 0 for li in fo["line_items"]):
+                fo["status"], fo["supported_actions"] = "closed", []
+            else:
+                fo["status"] = "in_progress"
         self.state.fulfillments.setdefault((self.shop, order_id), []).append(ful)
         return {"fulfillment": self._fulfillment(ful), "userErrors": []}
 

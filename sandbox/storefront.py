@@ -104,14 +104,22 @@ class StorefrontState:
     # Marketing-list members per store, by Idempotency-Key (a repeated call changes nothing).
     marketing: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(9_000_000_001))
+    # The lines (sku, quantity) of orders a test placed in the shop (``add_order``); an order
+    # the shop was not told of gets one fulfilment order line of one unit.
+    order_lines: dict[tuple[str, str], list[tuple[str, int]]] = field(default_factory=dict)
 
     def reset(self) -> None:
         with self.lock:
             for store in (self.received, self.failures):
                 store.clear()
             for d in (self.fulfillment_orders, self.fulfillments, self.events, self.webhooks,
-                      self.marketing):
+                      self.marketing, self.order_lines):
                 d.clear()
+
+    def add_order(self, shop: str, order_id: str, lines: list[tuple[str, int]]) -> None:
+        """Place an order in the shop with these lines: its fulfilment order lists them."""
+        with self.lock:
+            self.order_lines[(shop, order_id)] = list(lines)
 
     def fulfillment_order(self, shop: str, order_id: str) -> dict[str, Any]:
         key = (shop, order_id)
@@ -119,8 +127,9 @@ class StorefrontState:
             self.fulfillment_orders[key] = {
                 "id": next(self.ids), "order_id": int(order_id) if order_id.isdigit() else
                 order_id, "status": "open", "supported_actions": ["create_fulfillment"],
-                "line_items": [{"id": next(self.ids), "quantity": 1,
-                                "fulfillable_quantity": 1}],
+                "line_items": [{"id": next(self.ids), "sku": sku, "quantity": qty,
+                                "fulfillable_quantity": qty}
+                               for sku, qty in self.order_lines.get(key, [(None, 1)])],
             }
         return self.fulfillment_orders[key]
 

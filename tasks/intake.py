@@ -724,7 +724,7 @@ def _on_cancelled(uow: UnitOfWork, d: Delivery, source_order_id: str) -> Deliver
                                                                        else ""))
     if d.triggered_at and (row.source_updated_at is None or d.triggered_at > row.source_updated_at):
         row.source_updated_at = d.triggered_at
-    return DeliveryResult("already_final" if out.unchanged else "cancelled", 200, row.id)
+    return DeliveryResult("already_final" if row.id in out.unchanged else "cancelled", 200, row.id)
 
 
 def _on_updated(uow: UnitOfWork, d: Delivery, settings: Settings,

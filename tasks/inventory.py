@@ -43,11 +43,12 @@ from domain.models import OrderLine, OrderRow, Reservation, SkuHold, Stock, Ware
 from domain.models import ReservationStatus as R
 from domain.pipeline import RESERVE, WAKE_BACKORDERED, advance
 from domain.reservations import release_reservations
-from domain.routing import plan_warehouses
+from domain.routing import WarehousePlan, plan_warehouses
 from domain.sku_health import FAILED as ATTEMPT_FAILED
 from domain.sku_health import RESERVED as ATTEMPT_RESERVED
 from domain.sku_health import freeze_reason as auto_freeze_reason
 from domain.sku_health import hold_reason, load_health, over_the_line, record_attempts
+from domain.split import split_orders
 from domain.stock import stock_lock_order
 from tasks.base import parse_ids, retry_on_transient, stage_task
 
@@ -68,6 +69,8 @@ class ReserveOutcome:
     # transaction, or held for a SKU that was unfrozen while this batch ran.
     contended: list[int] = field(default_factory=list)
     frozen_skus: list[str] = field(default_factory=list)  # frozen by this batch
+    # Split across warehouses: parent id -> its part ids (reserved in this transaction too).
+    split: dict[int, list[int]] = field(default_factory=dict)
 
 
 def choose_warehouse(
@@ -175,6 +178,7 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
     attempts: dict[str, list[str]] = defaultdict(list)
     decided: dict[str, str] = {}  # SKUs frozen by this batch, with the reason
     reservations, moves, placed = [], [], []
+    to_split: dict[int, tuple[State, WarehousePlan]] = {}
     to_hold: list[tuple[int, State, list[str]]] = []
     for order in orders:  # oldest id first: first paid, first served
         lines = lines_by_order[order.id]
@@ -184,14 +188,23 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
         if stopped:
             to_hold.append((order.id, state, stopped))
             continue
-        wh = choose_warehouse(wanted, available, warehouses, order.ship_country)
+        plan = plan_warehouses(wanted, available, warehouses, order.ship_country)
+        wh = plan.warehouse
         short: list[str] = []
-        if wh is None:
+        if wh is None and plan.is_split and settings.split_shipments and order.parent_id is None:
+            # No one warehouse has every line, each SKU is whole in one: one part per
+            # warehouse. Their units are set aside from this batch's view, so a later order
+            # of the batch cannot take them before the parts are reserved below.
+            for part_wh, part in plan.parts.items():
+                for sku, qty in part.items():
+                    available[(sku, part_wh)] -= qty
+            to_split[order.id] = (state, plan)
+        elif wh is None:
             short = short_skus(wanted, available, warehouses)
             outcome.backordered.append(order.id)
             if state != State.BACKORDERED:
-                # Say whether a split across warehouses could ship it now (ops decide).
-                plan = plan_warehouses(wanted, available, warehouses, order.ship_country)
+                # Say whether a split across warehouses could ship it now (splitting is off,
+                # or this order is a part already).
                 detail: dict[str, Any] = {"short_skus": short}
                 if plan.is_split:
                     detail["plan"] = plan.reason
@@ -253,9 +266,26 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
         session.execute(update(OrderRow), held_rows)
         # An order held again (approved by a person while the SKU stayed frozen) keeps its row.
         insert_ignoring_conflicts(session, SkuHold, holds, ["order_id", "sku"])
+    if to_split:
+        parts = split_orders(uow, {i: plan for i, (_, plan) in to_split.items()})
+        for order_id, (state, plan) in to_split.items():
+            moves.append(Move(order_id, state, State.SPLIT,
+                              {"plan": plan.reason, "parts": parts.get(order_id, [])}))
+        outcome.split = parts
     apply_transitions(session, moves, stage="inventory")
-    log.info("inventory batch: %d reserved, %d backordered, %d held",
-             len(outcome.reserved), len(outcome.backordered), len(outcome.held))
+    log.info("inventory batch: %d reserved, %d backordered, %d held, %d split",
+             len(outcome.reserved), len(outcome.backordered), len(outcome.held),
+             len(outcome.split))
+    part_ids = sorted(i for ids in outcome.split.values() for i in ids)
+    if part_ids:
+        # The parts now, in this transaction: each finds its one warehouse (the units were
+        # set aside above, and the stock rows are still locked by this transaction).
+        more = reserve_orders(uow, part_ids, settings)
+        outcome.reserved += more.reserved
+        outcome.backordered += more.backordered
+        outcome.held += more.held
+        outcome.contended += more.contended
+        outcome.frozen_skus += more.frozen_skus
     return outcome
 
 
@@ -289,8 +319,9 @@ def expire_stale_reservations(uow: UnitOfWork, settings: Settings, limit: int = 
 
 
 def servable_backorders(uow: UnitOfWork, skus: list[str] | None = None,
-                        limit: int = MAX_WAKE_SCAN) -> list[int]:
-    """Backordered orders (with a line of ``skus``, or any) that today's free stock can serve.
+                        limit: int = MAX_WAKE_SCAN, *, split: bool = False) -> list[int]:
+    """Backordered orders (with a line of ``skus``, or any) that today's free stock can serve:
+    from one warehouse, or (``split``: splitting is on) split across several.
 
     A dry run of the allocation, oldest first and without locks: the reservation stage
     decides for real. Orders with a frozen SKU are left alone (unfreezing wakes them).
@@ -300,7 +331,7 @@ def servable_backorders(uow: UnitOfWork, skus: list[str] | None = None,
     if skus:
         free = free.where(Stock.sku.in_(sorted(set(skus))))
     candidates = list(session.execute(
-        select(OrderRow.id, OrderRow.ship_country)
+        select(OrderRow.id, OrderRow.ship_country, OrderRow.parent_id)
         .where(OrderRow.state == State.BACKORDERED.value,
                OrderRow.id.in_(select(OrderLine.order_id).where(OrderLine.sku.in_(free))))
         .order_by(OrderRow.id).limit(limit)
@@ -321,14 +352,19 @@ def servable_backorders(uow: UnitOfWork, skus: list[str] | None = None,
     frozen = {s for s, h in load_health(session, all_skus).items() if h.frozen}
     warehouses = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
     out = []
-    for order_id, country in candidates:
+    for order_id, country, parent_id in candidates:
         wanted = lines[order_id]
         if any(s in frozen for s, _ in wanted):
             continue
-        wh = choose_warehouse(wanted, available, warehouses, country)
-        if wh is not None:
+        plan = plan_warehouses(wanted, available, warehouses, country)
+        if plan.warehouse is not None:
             for sku, qty in wanted:
-                available[(sku, wh)] -= qty
+                available[(sku, plan.warehouse)] -= qty
+            out.append(order_id)
+        elif split and plan.is_split and parent_id is None:
+            for wh, units in plan.parts.items():
+                for sku, qty in units.items():
+                    available[(sku, wh)] -= qty
             out.append(order_id)
     return out
 
@@ -336,7 +372,7 @@ def servable_backorders(uow: UnitOfWork, skus: list[str] | None = None,
 def wake_backordered(settings: Settings, skus: list[str] | None = None) -> int:
     """Re-enqueue backordered orders (for these SKUs) that the stock on hand can now serve."""
     with unit_of_work(settings) as uow:
-        ids = servable_backorders(uow, skus)
+        ids = servable_backorders(uow, skus, split=settings.split_shipments)
         advance(uow, State.FRAUD_CHECKED, ids)  # the reservation stage takes them
     if ids:
         log.info("woke %d backordered orders", len(ids))

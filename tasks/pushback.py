@@ -21,13 +21,14 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Task
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import aliased
 
 from config.settings import Settings, get_settings
 from domain.alerts import raise_alert
 from domain.clock import utcnow
 from domain.db import UnitOfWork, unit_of_work
-from domain.models import NotificationStatus, OrderRow, Shipment, StoreNotification
+from domain.models import NotificationStatus, OrderLine, OrderRow, Shipment, StoreNotification
 from domain.notifications import WITHOUT_TRACKING
 from domain.pipeline import SEND_NOTIFICATIONS
 from domain.storefront import (
@@ -60,6 +61,9 @@ class _Job:
     tracking_number: str | None
     last_event_at: Any
     remote_id: str | None = None  # the order's Shopify fulfilment id, when one was recorded
+    part_no: int | None = None  # a part of a split order: reported to the parent's order
+    # A part's lines (sku, quantity): its fulfilment carries these only.
+    lines: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -86,18 +90,34 @@ def claim_notifications(uow: UnitOfWork, ids: list[int], settings: Settings) -> 
     ).scalars())
     if not claimed:
         return []
+    parent = aliased(OrderRow)
     rows = session.execute(
         select(StoreNotification.id, StoreNotification.order_id, StoreNotification.event,
                StoreNotification.channel, OrderRow.source, OrderRow.store,
-               OrderRow.source_order_id, Shipment.carrier, Shipment.tracking_number,
-               Shipment.last_event_at)
+               # A part of a split order reports to its parent's platform order.
+               func.coalesce(parent.source_order_id, OrderRow.source_order_id),
+               Shipment.carrier, Shipment.tracking_number, Shipment.last_event_at)
         .join(OrderRow, OrderRow.id == StoreNotification.order_id)
+        .outerjoin(parent, parent.id == OrderRow.parent_id)
         .outerjoin(Shipment, Shipment.order_id == StoreNotification.order_id)
         .where(StoreNotification.id.in_(claimed))
         # label_bought before tracking news of the same order.
         .order_by(StoreNotification.order_id, StoreNotification.id)
     ).all()
     jobs = [_Job(*r) for r in rows]
+    parts = dict(session.execute(
+        select(OrderRow.id, OrderRow.part_no)
+        .where(OrderRow.id.in_({j.order_id for j in jobs}), OrderRow.part_no.is_not(None))
+    ).all())
+    lines: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    if parts:
+        for order_id, sku, qty in session.execute(
+                select(OrderLine.order_id, OrderLine.sku, OrderLine.quantity)
+                .where(OrderLine.order_id.in_(list(parts)))
+                .order_by(OrderLine.order_id, OrderLine.line_no)):
+            lines[order_id].append((sku, qty))
+    for j in jobs:
+        j.part_no, j.lines = parts.get(j.order_id), lines.get(j.order_id, [])
     remote = dict(session.execute(
         select(StoreNotification.order_id, StoreNotification.remote_id)
         .where(StoreNotification.order_id.in_({j.order_id for j in jobs}),
@@ -152,7 +172,9 @@ def _send_one(job: _Job, clients: _Clients) -> tuple[str | None, dict[str, Any]]
     if job.channel == "shopify":
         shop = clients.shopify(job.store)
         tracking = _tracking(job)
-        fulfillment_id = job.remote_id or shop.ensure_fulfillment(job.source_order_id, tracking)
+        # A part fulfils only its own lines of the parent's order; a whole order, all of it.
+        fulfillment_id = job.remote_id or shop.ensure_fulfillment(
+            job.source_order_id, tracking, line_items=job.lines if job.part_no else None)
         sent: dict[str, Any] = {"tracking_info": tracking.to_json(),
                                 "fulfillment_id": fulfillment_id}
         if tracking_status:
@@ -171,6 +193,10 @@ def _send_one(job: _Job, clients: _Clients) -> tuple[str | None, dict[str, Any]]
         "orderfleet_order_id": job.order_id,
         "occurred_at": utcnow().isoformat(),
     }
+    if job.part_no is not None:
+        # One shipment of a split order: the store's order, and the lines this parcel carries.
+        payload["part"] = job.part_no
+        payload["line_items"] = [{"sku": sku, "quantity": qty} for sku, qty in job.lines]
     if job.event not in WITHOUT_TRACKING:
         payload["tracking"] = {**_tracking(job).to_json(), "status": tracking_status}
     clients.webhook(job.store).send(f"{job.order_id}:{job.event}", payload["event"], payload)

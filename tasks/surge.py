@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from config.celery import CONTROL_QUEUE, CORE_QUEUES
 from config.settings import Settings, get_settings
@@ -115,9 +115,11 @@ def _compensate(settings: Settings, r: redis.Redis) -> None:
 
     cutoff = utcnow() - timedelta(seconds=settings.compensation_after_s)
     with unit_of_work(settings) as uow:
-        late = list(uow.session.scalars(select(OrderRow.id).where(
-            OrderRow.state.in_([s.value for s in PROCESSING]), OrderRow.received_at < cutoff,
-            not_held_in_a_wave(utcnow())).limit(5000)))
+        # A late part of a split order compensates its parent's order: one coupon per order.
+        late = sorted(set(uow.session.scalars(
+            select(func.coalesce(OrderRow.parent_id, OrderRow.id)).where(
+                OrderRow.state.in_([s.value for s in PROCESSING]),
+                OrderRow.received_at < cutoff, not_held_in_a_wave(utcnow())).limit(5000))))
     if not late:
         return
     pipe = r.pipeline()

@@ -155,7 +155,9 @@ def cancel(order_ids: tuple[str, ...], store: str | None, reason: str) -> None:
     with unit_of_work(_settings()) as uow:
         out = cancel_orders(uow, _order_ids(uow.session, order_ids, store), reason, notify=True)
     click.echo(f"cancelled {len(out.cancelled)} (labels to void: {len(out.to_void)}), "
-               f"{len(out.returns)} become returns, {len(out.unchanged)} already final")
+               f"{len(out.returns)} become returns, {len(out.unchanged)} already final"
+               + (f"; split orders cancelled through their parts: {out.split}"
+                  if out.split else ""))
     for order_id, state in out.unchanged.items():
         click.echo(f"  order {order_id} is {state}: nothing to cancel", err=True)
 
@@ -220,6 +222,13 @@ def status(order_id: str, store: str | None, as_json: bool) -> None:
         sh = info["shipment"]
         console.print(f"  shipment {sh['carrier']}/{sh['service']} tracking "
                       f"{sh['tracking_number']} ({sh['status']})")
+    if info["parent_id"] is not None:
+        console.print(f"  part {info['part_no']} of split order id {info['parent_id']}")
+    for part in info["parts"]:
+        console.print(f"  part {part['part_no']}: order {part['source_order_id']} (id "
+                      f"{part['id']}) from {part['warehouse'] or '-'}: [bold]{part['state']}"
+                      f"[/bold]" + (f", tracking {part['tracking_number']}"
+                                   if part["tracking_number"] else ""))
     for dl in info["dead_letters"]:
         console.print(f"  [red]dead letter {dl['id']}[/red] ({dl['status']}): {dl['task']} "
                       f"{dl['reason']}: {dl['error']}")

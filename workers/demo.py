@@ -29,8 +29,19 @@ def state_counts(settings: Settings) -> dict[str, int]:
     from domain.models import OrderRow
 
     with unit_of_work(settings) as uow:
-        return dict(uow.session.execute(
-            select(OrderRow.state, func.count()).group_by(OrderRow.state)).all())
+        # The store's orders; a split one is settled once its parts are (until then it shows
+        # as split_parts_on_the_way).
+        counts = {s: int(n) for s, n in uow.session.execute(
+            select(OrderRow.state, func.count()).where(OrderRow.parent_id.is_(None))
+            .group_by(OrderRow.state)).all()}
+        on_the_way = int(uow.session.execute(
+            select(func.count(func.distinct(OrderRow.parent_id)))
+            .where(OrderRow.parent_id.is_not(None),
+                   OrderRow.state.not_in([s.value for s in SETTLED]))).scalar_one())
+    if on_the_way:
+        counts[State.SPLIT.value] -= on_the_way
+        counts["split_parts_on_the_way"] = on_the_way
+    return counts
 
 
 def surge_line(settings: Settings) -> str:

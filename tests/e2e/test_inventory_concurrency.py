@@ -1,4 +1,5 @@
-"""Proof that reservation never oversells on a real fleet, and survives a kill -9 mid-task.
+"""Proof that reservation never oversells on a real fleet (orders split across warehouses
+included), and survives a kill -9 mid-task.
 
 Eight Celery worker processes (one pool process each) consume only the inventory queue; the
 orders are placed straight in ``fraud_checked`` so the test isolates the reservation stage.
@@ -22,7 +23,8 @@ from benchmarks.inventory import place_orders
 from domain.clock import utcnow
 from domain.db import unit_of_work
 from domain.models import OrderEvent, OrderLine, OrderRow, Reservation, SkuHealth, Stock, Warehouse
-from tasks.inventory import choose_warehouse, reserve
+from domain.routing import plan_warehouses
+from tasks.inventory import reserve
 from tests.e2e.conftest import state_counts
 from tests.integration.helpers import put_stock
 from tests.waiting import eventually
@@ -32,9 +34,13 @@ pytestmark = pytest.mark.e2e
 HOT_UNITS = 1000
 SINGLE_ORDERS = 5000
 MULTI_ORDERS = 1000
+# SPL-A only in US-EAST, SPL-B only in EU-DE: an order of both can only ship split.
+SPLIT_UNITS = 150
+SPLIT_ORDERS = 300
 STOCK = [("HOT", "US-EAST", "US", HOT_UNITS),
          ("HOT-B", "US-EAST", "US", 300), ("HOT-B", "EU-DE", "DE", 200),
-         ("HOT-C", "US-EAST", "US", 250), ("HOT-C", "EU-DE", "DE", 250)]
+         ("HOT-C", "US-EAST", "US", 250), ("HOT-C", "EU-DE", "DE", 250),
+         ("SPL-A", "US-EAST", "US", SPLIT_UNITS), ("SPL-B", "EU-DE", "DE", SPLIT_UNITS)]
 
 # One statement, so one snapshot: stock levels and the active reservations behind them.
 SAMPLE_SQL = text("""
@@ -98,9 +104,24 @@ def assert_reservations_consistent(settings: Any) -> dict[str, Any]:
         assert st.reserved == active.get(key, 0), key
         assert 0 <= st.reserved <= st.on_hand, key
     available = {k: st.on_hand - st.reserved for k, st in stock.items()}
+    parts_of: dict[int, list[int]] = defaultdict(list)
+    for o in orders.values():
+        if o.parent_id is not None:
+            parts_of[o.parent_id].append(o.id)
     for oid, order in orders.items():
-        # One transition per order: duplicates and redeliveries changed nothing twice.
-        assert events.get(oid) == 1, (oid, events.get(oid))
+        if order.state == "split":
+            # No one warehouse had every line: its parts hold its lines, each exactly once,
+            # and the reservations; a redelivery created no part twice.
+            assert events.get(oid) == 1 and res[oid] == [], oid
+            assert len(parts_of[oid]) >= 2, oid
+            assert sorted((sku, q) for p in parts_of[oid] for _, sku, q in lines[p]) == sorted(
+                (sku, q) for _, sku, q in lines[oid]), oid
+            assert len({orders[p].warehouse for p in parts_of[oid]}) == len(parts_of[oid]), oid
+            continue
+        # One transition per order (a part: its insertion, then its decision): duplicates and
+        # redeliveries changed nothing twice.
+        expected_events = 1 if order.parent_id is None else 2
+        assert events.get(oid) == expected_events, (oid, events.get(oid))
         if order.state == "reserved":
             # All lines, each once, from the order's one warehouse.
             got = sorted((r.order_line_id, r.sku, r.quantity) for r in res[oid])
@@ -111,8 +132,19 @@ def assert_reservations_consistent(settings: Any) -> dict[str, Any]:
             assert res[oid] == [], oid
             # Stock only went down during the run: what cannot ship now could not then.
             wanted = [(sku, qty) for _, sku, qty in lines[oid]]
-            assert choose_warehouse(wanted, available, countries, order.ship_country) is None
+            plan = plan_warehouses(wanted, available, countries, order.ship_country)
+            assert plan.warehouse is None, oid
+            # ... nor could a split (a part is never split again).
+            assert order.parent_id is not None or not plan.is_split, oid
     return {"active_units": dict(active), "orders": len(orders)}
+
+
+def store_order_counts(settings: Any) -> dict[str, int]:
+    """States of the orders placed (not the parts a split created)."""
+    with unit_of_work(settings) as uow:
+        return dict(uow.session.execute(
+            select(OrderRow.state, func.count()).where(OrderRow.parent_id.is_(None))
+            .group_by(OrderRow.state)).all())
 
 
 def test_5000_orders_compete_for_1000_units_on_8_workers_and_none_is_oversold(
@@ -127,11 +159,12 @@ def test_5000_orders_compete_for_1000_units_on_8_workers_and_none_is_oversold(
         skus = rng.sample(["HOT", "HOT-B", "HOT-C"], rng.randint(2, 3))
         specs.append(([(s, 1 if s == "HOT" else rng.randint(1, 2)) for s in skus],
                       rng.choice(["US", "DE"])))
+    specs += [([("SPL-A", 1), ("SPL-B", 1)], "US")] * SPLIT_ORDERS
     rng.shuffle(specs)
     with unit_of_work(settings) as uow:
         ids = place_orders(uow, [lines for lines, _ in specs], tag="proof",
                            country=[c for _, c in specs])
-    total = SINGLE_ORDERS + MULTI_ORDERS
+    total = SINGLE_ORDERS + MULTI_ORDERS + SPLIT_ORDERS
     assert len(ids) == total
     sampler = StockSampler(settings.database_url)
     sampler.start()
@@ -145,10 +178,10 @@ def test_5000_orders_compete_for_1000_units_on_8_workers_and_none_is_oversold(
         reserve.delay(part)
 
     def decided() -> bool:
-        counts = state_counts(settings)
-        return counts.get("reserved", 0) + counts.get("backordered", 0) == total
+        # Reserved, backordered or split (its parts are decided in the same transaction).
+        return state_counts(settings).get("fraud_checked", 0) == 0
 
-    eventually(decided, 120, "every order to be reserved or backordered")
+    eventually(decided, 120, "every order to be reserved, backordered or split")
     elapsed = time.perf_counter() - t0
     # Retries of contended orders may still be in flight: let the queue drain.
     eventually(lambda: broker.llen("inventory") == 0 and not broker.hlen("unacked"), 60,
@@ -159,8 +192,14 @@ def test_5000_orders_compete_for_1000_units_on_8_workers_and_none_is_oversold(
     # Then exactly the available units of HOT are reserved, none oversold
     figures = assert_reservations_consistent(settings)
     assert figures["active_units"][("HOT", "US-EAST")] == HOT_UNITS
-    counts = state_counts(settings)
-    assert counts["reserved"] + counts["backordered"] == total
+    # ... and the split-only orders took every unit of both, each order split once in two
+    assert figures["active_units"][("SPL-A", "US-EAST")] == SPLIT_UNITS
+    assert figures["active_units"][("SPL-B", "EU-DE")] == SPLIT_UNITS
+    counts = store_order_counts(settings)
+    assert counts.get("reserved", 0) + counts.get("backordered", 0) + counts.get("split", 0) \
+        == total
+    assert counts["split"] == SPLIT_UNITS
+    assert state_counts(settings)["split"] == SPLIT_UNITS
     # ... and stock on hand minus reserved was never below zero at any sampled moment
     assert sampler.samples >= 20, sampler.samples
     assert sampler.lowest_free is not None and sampler.lowest_free >= 0
@@ -173,8 +212,9 @@ def test_5000_orders_compete_for_1000_units_on_8_workers_and_none_is_oversold(
             and st.get("total", {}).get("orderfleet.inventory.reserve", 0) > 0]
     assert len(busy) == 8, stats.keys()
     print(f"\nproof: {total} orders decided by 8 workers in {elapsed:.2f}s "
-          f"({total / elapsed:.0f} orders/s); {counts['reserved']} reserved, "
-          f"{counts['backordered']} backordered; {sampler.samples} stock samples, lowest "
+          f"({total / elapsed:.0f} orders/s); {counts.get('reserved', 0)} reserved, "
+          f"{counts.get('backordered', 0)} backordered, {counts.get('split', 0)} split; "
+          f"{sampler.samples} stock samples, lowest "
           f"free {sampler.lowest_free}; units reserved {figures['active_units']}")
     assert all(fleet.alive().values())
 

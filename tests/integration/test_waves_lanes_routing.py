@@ -274,6 +274,8 @@ def test_skus_returned_more_than_five_percent_are_flagged(db, broker, settings) 
 
 def test_an_order_no_single_warehouse_can_ship_says_which_split_would(db, broker,
                                                                       settings) -> None:
+    # With splitting off (tests/integration/test_split_shipments.py has it on): backordered.
+    settings = settings.model_copy(update={"split_shipments": False})
     put_stock(settings, [("TEE-M", "US-EAST", "US", 5), ("MUG", "EU-DE", "DE", 5)])
     lines = [{"sku": s, "quantity": 1, "unit_price": "10.00", "weight_g": 100}
              for s in ("TEE-M", "MUG")]

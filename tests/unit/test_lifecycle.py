@@ -8,7 +8,8 @@ def test_every_state_has_a_row() -> None:
 
 
 def test_terminal_states_allow_nothing() -> None:
-    assert {State.REJECTED, State.CANCELLED, State.RETURNED} == TERMINAL
+    # split: final for the parent of a split order (its parts carry on).
+    assert {State.REJECTED, State.CANCELLED, State.RETURNED, State.SPLIT} == TERMINAL
     for s in TERMINAL:
         for t in State:
             assert not is_allowed(s, t)
@@ -37,3 +38,10 @@ def test_happy_path_is_allowed_and_shortcuts_are_not() -> None:
 
 def test_held_orders_are_not_automated() -> None:
     assert State.ON_HOLD not in AUTOMATED and State.BACKORDERED not in AUTOMATED
+
+
+def test_only_a_reservable_order_can_be_split_and_a_split_is_settled() -> None:
+    from domain.lifecycle import FINAL, SETTLED
+    assert {s for s in State if is_allowed(s, State.SPLIT)} == {State.FRAUD_CHECKED,
+                                                               State.BACKORDERED}
+    assert State.SPLIT in SETTLED and State.SPLIT in FINAL and State.SPLIT not in AUTOMATED
