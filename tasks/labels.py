@@ -349,7 +349,10 @@ def record_labels(uow: UnitOfWork, labels: list[Label]) -> list[int]:
     applied = apply_transitions(session, moves, stage="labels")
     labelled = [m.order_id for m in applied]
     if labelled:
-        session.execute(update(OrderRow).where(any_of(session, OrderRow.id, labelled))
+        # Only rows that carry a reason (a label that failed before): rewriting every labelled
+        # order's row to the NULL it already holds was 3% of PostgreSQL's time in the pipeline.
+        session.execute(update(OrderRow).where(any_of(session, OrderRow.id, labelled),
+                                               OrderRow.hold_reason.is_not(None))
                         .values(hold_reason=None))
         notify_store(uow, labelled, "label_bought")
         noncore_after(uow, State.LABELLED, labelled)
