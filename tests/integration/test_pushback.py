@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select, update
 
 from domain.alerts import open_alerts
 from domain.db import unit_of_work
 from domain.models import OrderRow, Shipment, StoreNotification
 from domain.notifications import notify_store
-from sandbox.storefront import SandboxStorefrontServer
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders
@@ -22,39 +19,11 @@ from tasks.labels import buy_wave_labels
 from tasks.pushback import send_notifications
 from tasks.sharding import assign_orders, close_waves_older_than
 from tasks.tracking import backfill_shipments
+from tests.integration.conftest import TOKEN
 from tests.integration.helpers import native_order, put_stock
 from tests.waiting import eventually
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-TOKEN = "shpat_acme_admin_token"
-HOOK_SECRET = "custom-store-secret"
-
-
-@pytest.fixture(scope="module")
-def storefront() -> Iterator[SandboxStorefrontServer]:
-    with SandboxStorefrontServer(tokens={"acme": TOKEN}, secrets={"custom": HOOK_SECRET}) as s:
-        yield s
-
-
-@pytest.fixture
-def shop_settings(db, broker, storefront, monkeypatch) -> Iterator[Any]:
-    """Configuration naming the sandbox storefront, for this process and its stages."""
-    from config.settings import get_settings
-
-    storefront.state.reset()
-    env = {
-        "ORDERFLEET_SHOPIFY_ADMIN_TOKENS": json.dumps({"acme": TOKEN}),
-        "ORDERFLEET_SHOPIFY_ADMIN_URL": f"{storefront.url}/{{shop}}",
-        "ORDERFLEET_STORE_SECRETS": json.dumps({"custom": HOOK_SECRET}),
-        "ORDERFLEET_STORE_WEBHOOK_URLS": json.dumps({"custom": f"{storefront.url}/hooks/custom"}),
-        "ORDERFLEET_PUSHBACK_RETRY_MAX_S": "1.5",
-        "ORDERFLEET_PUSHBACK_TIMEOUT_S": "2",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
 
 
 def run(fn, settings, *args, **kw):

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -29,7 +27,6 @@ from domain.models import (
 from domain.models import ReservationStatus as R
 from domain.noncore import run_jobs
 from domain.pipeline import redrive_noncore, store_orders
-from sandbox.storefront import SandboxStorefrontServer
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders, wake_backordered
@@ -38,8 +35,6 @@ from tasks.pushback import send_notifications
 from tasks.sharding import assign_orders, close_waves_older_than
 from tests.integration.helpers import native_order, put_stock
 
-TOKEN = "shpat_acme_admin_token"
-HOOK_SECRET = "custom-store-secret"
 LINES = [{"sku": "TEE-M", "quantity": 2, "unit_price": "10.00", "weight_g": 200},
          {"sku": "MUG", "quantity": 1, "unit_price": "15.00", "weight_g": 400}]
 TOTALS = {"subtotal": "35.00", "shipping": "5.00", "total": "40.00"}
@@ -266,32 +261,6 @@ def test_a_store_cancellation_of_a_split_order_cancels_its_parts(db, broker, set
 
 
 # --- push-back -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def storefront() -> Iterator[SandboxStorefrontServer]:
-    with SandboxStorefrontServer(tokens={"acme": TOKEN}, secrets={"custom": HOOK_SECRET}) as s:
-        yield s
-
-
-@pytest.fixture
-def shop_settings(db, broker, storefront, monkeypatch) -> Iterator[Any]:
-    from config.settings import get_settings
-
-    storefront.state.reset()
-    env = {
-        "ORDERFLEET_SHOPIFY_ADMIN_TOKENS": json.dumps({"acme": TOKEN}),
-        "ORDERFLEET_SHOPIFY_ADMIN_URL": f"{storefront.url}/{{shop}}",
-        "ORDERFLEET_STORE_SECRETS": json.dumps({"custom": HOOK_SECRET}),
-        "ORDERFLEET_STORE_WEBHOOK_URLS": json.dumps({"custom": f"{storefront.url}/hooks/custom"}),
-        "ORDERFLEET_PUSHBACK_RETRY_MAX_S": "1.5",
-        "ORDERFLEET_PUSHBACK_TIMEOUT_S": "2",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
-
-
 def labelled_parts(settings: Any, carrier: Any, parent: int) -> list[int]:
     parts = run(reserve_orders, settings, [parent], settings).split[parent]
     run(assign_orders, settings, parts, settings)
