@@ -740,6 +740,12 @@ def _on_updated(uow: UnitOfWork, d: Delivery, settings: Settings,
         return DeliveryResult("stale", 200, row.id)
     if _is_cancelled(d):
         return _on_cancelled(uow, d, source_order_id)
+    if State(row.state) == State.SPLIT:
+        # Final for the parent, but its parts hold the stock already (reserved in the split's
+        # transaction): as for any reserved order, an address change now needs a person.
+        log.warning("order %s changed in the store after it was split; change not applied",
+                    row.id)
+        return DeliveryResult("too_late", 200, row.id)
     if State(row.state) in FINAL:  # nothing left to change for a closed order
         return DeliveryResult("already_final", 200, row.id)
     order = validate(d.payload, settings, store=d.store,

@@ -261,6 +261,20 @@ def test_a_store_cancellation_of_a_split_order_cancels_its_parts(db, broker, set
 
 
 # --- push-back -------------------------------------------------------------------------------
+def test_an_address_change_after_a_split_is_too_late_not_final(db, broker, settings) -> None:
+    two_warehouse_stock(settings)
+    parent = split_order(settings, "5213468230100", source="shopify")
+    run(reserve_orders, settings, [parent], settings)
+    from tasks.intake import Delivery, accept_delivery
+    body = {"id": 5213468230100, "updated_at": "2026-11-27T11:00:00Z",
+            "financial_status": "paid", "shipping_address": {"address1": "1 New Road"}}
+    delivery = Delivery(source="shopify", store="acme", event_id="update-split-1",
+                        topic="orders/updated", body=json.dumps(body).encode(), payload=body)
+    result = run(accept_delivery, settings, delivery, settings)
+    # The parts hold the stock: a person must change the address, as for a reserved order.
+    assert (result.status, result.order_id) == ("too_late", parent)
+
+
 def labelled_parts(settings: Any, carrier: Any, parent: int) -> list[int]:
     parts = run(reserve_orders, settings, [parent], settings).split[parent]
     run(assign_orders, settings, parts, settings)
