@@ -11,6 +11,7 @@ from typing import Any, TypeVar, cast
 import orjson
 from sqlalchemy import ColumnElement, Engine, Table, any_, bindparam, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from config.settings import Settings, get_settings
@@ -63,6 +64,15 @@ def make_engine(url: str) -> Engine:
         return engine
     return create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True,
                          json_serializer=_json_bytes, json_deserializer=orjson.loads)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True for a database error a later attempt may not meet: the connection was lost, the
+    server is restarting, a deadlock or serialisation failure. Not IntegrityError, DataError
+    or a CHECK violation: those fail the same way every time."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def get_engine(settings: Settings | None = None) -> Engine:

@@ -35,12 +35,17 @@ from email.policy import SMTP as SMTP_POLICY
 from typing import Any
 
 from sqlalchemy import delete, or_, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from config.settings import Settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, insert_ignoring_conflicts, unit_of_work
+from domain.db import (
+    UnitOfWork,
+    database_unavailable,
+    insert_ignoring_conflicts,
+    unit_of_work,
+)
 from domain.http import RetryingClient
 from domain.models import Coupon, NoncoreJob, OrderRow
 
@@ -308,11 +313,6 @@ def _send(settings: Settings, kind: str, order: OrderRow, mailer: _Mailer, marks
     return marks.taken_by_server(order.id)
 
 
-def _db_blip(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError)
-                                                 and exc.connection_invalidated)
-
-
 class _Marks:
     """Commits e-mails' outcomes, one transaction per e-mail: an e-mail the server took is
     recorded ``sent`` in the transaction that marks the next one ``sending`` (or at the end of
@@ -340,7 +340,8 @@ class _Marks:
             outcomes = {self._taken: "sent", **outcomes}
         if not outcomes:
             return
-        for attempt in Retrying(retry=retry_if_exception(_db_blip), stop=stop_after_delay(60),
+        for attempt in Retrying(retry=retry_if_exception(database_unavailable),
+                                stop=stop_after_delay(60),
                                 wait=wait_exponential(multiplier=0.2, max=5), reraise=True):
             with attempt, unit_of_work(self.settings) as uow:
                 for order_id, outcome in outcomes.items():

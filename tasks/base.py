@@ -14,7 +14,9 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 import kombu.exceptions
 import redis
 from celery import Signature, Task, shared_task
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from domain.db import database_unavailable
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)
@@ -45,9 +47,7 @@ def is_transient(exc: BaseException) -> bool:
 
     A DBAPI error of any class raised while SQLAlchemy found the connection dead counts too.
     """
-    if isinstance(exc, TRANSIENT_ERRORS):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    return isinstance(exc, TRANSIENT_ERRORS) or database_unavailable(exc)
 
 
 def retry_countdown(attempt: int, cap_s: float = 60.0) -> float:

@@ -60,8 +60,8 @@ class _Job:
     carrier: str | None
     tracking_number: str | None
     last_event_at: Any
-    remote_id: str | None = None  # the order's Shopify fulfilment id, when one was recorded
     part_no: int | None = None  # a part of a split order: reported to the parent's order
+    remote_id: str | None = None  # the order's Shopify fulfilment id, when one was recorded
     # A part's lines (sku, quantity): its fulfilment carries these only.
     lines: list[tuple[str, int]] = field(default_factory=list)
 
@@ -96,7 +96,8 @@ def claim_notifications(uow: UnitOfWork, ids: list[int], settings: Settings) -> 
                StoreNotification.channel, OrderRow.source, OrderRow.store,
                # A part of a split order reports to its parent's platform order.
                func.coalesce(parent.source_order_id, OrderRow.source_order_id),
-               Shipment.carrier, Shipment.tracking_number, Shipment.last_event_at)
+               Shipment.carrier, Shipment.tracking_number, Shipment.last_event_at,
+               OrderRow.part_no)
         .join(OrderRow, OrderRow.id == StoreNotification.order_id)
         .outerjoin(parent, parent.id == OrderRow.parent_id)
         .outerjoin(Shipment, Shipment.order_id == StoreNotification.order_id)
@@ -105,19 +106,16 @@ def claim_notifications(uow: UnitOfWork, ids: list[int], settings: Settings) -> 
         .order_by(StoreNotification.order_id, StoreNotification.id)
     ).all()
     jobs = [_Job(*r) for r in rows]
-    parts = dict(session.execute(
-        select(OrderRow.id, OrderRow.part_no)
-        .where(OrderRow.id.in_({j.order_id for j in jobs}), OrderRow.part_no.is_not(None))
-    ).all())
+    parts = {j.order_id for j in jobs if j.part_no is not None}
     lines: dict[int, list[tuple[str, int]]] = defaultdict(list)
     if parts:
         for order_id, sku, qty in session.execute(
                 select(OrderLine.order_id, OrderLine.sku, OrderLine.quantity)
-                .where(OrderLine.order_id.in_(list(parts)))
+                .where(OrderLine.order_id.in_(sorted(parts)))
                 .order_by(OrderLine.order_id, OrderLine.line_no)):
             lines[order_id].append((sku, qty))
     for j in jobs:
-        j.part_no, j.lines = parts.get(j.order_id), lines.get(j.order_id, [])
+        j.lines = lines.get(j.order_id, [])
     remote = dict(session.execute(
         select(StoreNotification.order_id, StoreNotification.remote_id)
         .where(StoreNotification.order_id.in_({j.order_id for j in jobs}),

@@ -44,13 +44,19 @@ from celery import Task
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from config.settings import Settings, get_settings
+from config.settings import LaneRules, Settings, get_settings
 from domain.clock import utcnow
 from domain.db import UnitOfWork, any_of, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderRow, Warehouse, Wave, WaveStatus
 from domain.pipeline import ASSIGN_WAVES, label_waves
-from domain.routing import PRIORITY_LANES, STANDARD, carrier_for, lane_for, promise_hours
+from domain.routing import (
+    PRIORITY_LANES,
+    STANDARD,
+    carrier_for,
+    lane_for,
+    promise_hours,
+)
 from domain.zones import zone_of
 from tasks.base import parse_ids, retry_on_transient, stage_task
 
@@ -76,6 +82,13 @@ def _orders_in_window(uow: UnitOfWork, settings: Settings) -> int:
         .where(OrderRow.received_at >= cutoff)).scalar_one())
 
 
+def _dispatch_hours(lanes: LaneRules, lane: str, settings: Settings) -> float:
+    """Hours from payment to promised dispatch in ``lane``: its promise or its SLA, the
+    shorter."""
+    sla = settings.sla_dispatch_hours
+    return min(float(promise_hours(lanes, lane)), sla.get(lane, sla.get(STANDARD, math.inf)))
+
+
 def age_cap_s(key: WaveKey, settings: Settings) -> float:
     """The longest a wave of ``key`` may wait for company: ``wave_priority_max_age_s`` for the
     express and VIP lanes, else the lane's promised dispatch less the margin (each order's own
@@ -84,9 +97,7 @@ def age_cap_s(key: WaveKey, settings: Settings) -> float:
     if lane in PRIORITY_LANES:
         cap = settings.wave_priority_max_age_s
     else:
-        sla = settings.sla_dispatch_hours
-        hours = min(float(promise_hours(settings.lane_defaults, lane)),
-                    sla.get(lane, sla.get(STANDARD, math.inf)))
+        hours = _dispatch_hours(settings.lane_defaults, lane, settings)
         cap = hours * 3600.0 - settings.wave_promise_margin_s
     return max(settings.wave_max_age_s, cap)
 
@@ -161,9 +172,7 @@ def wave_target_size(uow: UnitOfWork, settings: Settings) -> int:
 def dispatch_deadline(order: OrderRow, lane: str, settings: Settings) -> datetime:
     """When the order's wave must have closed: its promised dispatch (the lane's promise or
     its SLA, the shorter) less the time picking and labels need."""
-    sla = settings.sla_dispatch_hours
-    hours = min(float(promise_hours(settings.lanes_of(order.store), lane)),
-                sla.get(lane, sla.get(STANDARD, math.inf)))
+    hours = _dispatch_hours(settings.lanes_of(order.store), lane, settings)
     return order.paid_at + timedelta(hours=hours, seconds=-settings.wave_promise_margin_s)
 
 
