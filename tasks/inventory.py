@@ -177,7 +177,7 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
     increments: dict[tuple[str, str], int] = defaultdict(int)
     attempts: dict[str, list[str]] = defaultdict(list)
     decided: dict[str, str] = {}  # SKUs frozen by this batch, with the reason
-    reservations, moves, placed = [], [], []
+    reservations, moves = [], []
     to_split: dict[int, tuple[State, WarehousePlan]] = {}
     to_hold: list[tuple[int, State, list[str]]] = []
     for order in orders:  # oldest id first: first paid, first served
@@ -217,8 +217,9 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
                                      "sku": ln.sku, "warehouse": wh, "quantity": ln.quantity,
                                      "status": R.ACTIVE, "created_at": now,
                                      "expires_at": expires})
-            placed.append({"id": order.id, "warehouse": wh})
-            moves.append(Move(order.id, state, State.RESERVED, {"warehouse": wh}))
+            # The warehouse is written by the UPDATE that moves the order (one row version).
+            moves.append(Move(order.id, state, State.RESERVED, {"warehouse": wh},
+                              {"warehouse": wh}))
             outcome.reserved.append(order.id)
         if state == State.FRAUD_CHECKED:
             # A first attempt: it counts for each SKU that failed (short) or was reserved. The
@@ -242,14 +243,12 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
         if _add_reserved(uow, increments) != len(increments):
             raise RuntimeError("stock changed under a held lock; refusing to reserve")
         session.execute(insert(Reservation), reservations)
-        session.execute(update(OrderRow), placed)
     # Health rows last (after every stock lock), the same order in every transaction. Locked,
     # they also tell whether a SKU was unfrozen by hand since this batch read it.
     health_now = record_attempts(
         session, {sku: "".join(marks) for sku, marks in attempts.items()}, settings, decided,
         also_lock={s for _, _, stopped in to_hold for s in stopped})
     outcome.frozen_skus = health_now.froze
-    held_rows: list[dict[str, Any]] = []
     holds: list[dict[str, Any]] = []
     for order_id, state, stopped in to_hold:
         still = [s for s in stopped if s in health_now.frozen]
@@ -257,13 +256,11 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
             outcome.contended.append(order_id)
             continue
         reason = hold_reason(still)
-        held_rows.append({"id": order_id, "hold_reason": reason})
         holds.extend({"order_id": order_id, "sku": s, "held_at": now} for s in still)
         moves.append(Move(order_id, state, State.ON_HOLD,
-                          {"frozen_skus": still, "hold_reason": reason}))
+                          {"frozen_skus": still, "hold_reason": reason}, {"hold_reason": reason}))
         outcome.held.append(order_id)
-    if held_rows:
-        session.execute(update(OrderRow), held_rows)
+    if holds:
         # An order held again (approved by a person while the SKU stayed frozen) keeps its row.
         insert_ignoring_conflicts(session, SkuHold, holds, ["order_id", "sku"])
     if to_split:

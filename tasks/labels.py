@@ -371,10 +371,9 @@ def fail_labels(uow: UnitOfWork, failed: dict[int, str]) -> list[int]:
     orders = claim(session, failed, [State.IN_WAVE], with_payload=False)
     if not orders:
         return []
-    session.execute(update(OrderRow), [
-        {"id": o.id, "hold_reason": f"no label: {failed[o.id]}"[:1000]} for o in orders])
     applied = apply_transitions(session, [
-        Move(o.id, State.IN_WAVE, State.LABEL_FAILED, {"carrier_error": failed[o.id][:500]})
+        Move(o.id, State.IN_WAVE, State.LABEL_FAILED, {"carrier_error": failed[o.id][:500]},
+             {"hold_reason": f"no label: {failed[o.id]}"[:1000]})
         for o in orders], stage="labels")
     for m in applied:
         raise_alert(session, "label_failed", str(m.order_id),

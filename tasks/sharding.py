@@ -46,7 +46,7 @@ from sqlalchemy.exc import IntegrityError
 
 from config.settings import LaneRules, Settings, get_settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, any_of, unit_of_work
+from domain.db import UnitOfWork, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderRow, Warehouse, Wave, WaveStatus
 from domain.pipeline import ASSIGN_WAVES, label_waves
@@ -220,7 +220,6 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
 
     plan = wave_plan(uow, settings, {k: len(v) for k, v in groups.items()})
     closed: list[int] = []
-    placed: dict[tuple[int, str, str], list[int]] = defaultdict(list)
     moves: list[Move] = []
     now = utcnow()
     for key in sorted(groups):  # sorted: waves are locked in one order by every worker
@@ -231,11 +230,13 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
             size = wave.target_size or settings.wave_size
             take, pending = pending[:max(size - wave.size, 1)], pending[max(size - wave.size, 1):]
             wave.size += len(take)
-            placed[(wave.id, carrier, lane)].extend(o.id for o in take)
+            # The wave, lane and carrier are written by the UPDATE that moves the orders: one
+            # statement per wave (the values are the wave's), one row version per order.
+            columns = {"wave_id": wave.id, "carrier": carrier, "lane": lane}
             for o in take:
                 moves.append(Move(o.id, State.RESERVED, State.IN_WAVE,
                                   {"wave_id": wave.id, "lane": lane, "carrier": carrier,
-                                   "service": service, "zone": zone}))
+                                   "service": service, "zone": zone}, columns))
             if settings.wave_daily_target is not None:  # else it closes within max age
                 due = min(dispatch_deadline(o, lane, settings) for o in take)
                 if wave.close_by is None or due < wave.close_by:
@@ -248,11 +249,6 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
                 wave.status, wave.closed_at, wave.close_reason = WaveStatus.CLOSED, now, "promise"
                 closed.append(wave.id)
             session.flush()
-    # One UPDATE per wave, not one per order.
-    for (wave_id, carrier, lane), ids in placed.items():
-        session.execute(update(OrderRow).where(any_of(session, OrderRow.id, ids))
-                        .values(wave_id=wave_id, carrier=carrier, lane=lane)
-                        .execution_options(synchronize_session=False))
     apply_transitions(session, moves, stage="sharding")
     return closed
 
