@@ -222,11 +222,12 @@ def _drive(n: int, first_seed: int, settings: Settings, messages: MessageLog,
     # The beat closes a wave that is not full after wave_max_age_s: here, at once.
     with meter.stage("sharding"), unit_of_work(settings) as uow:
         label_waves(uow, close_waves_older_than(uow, 0.0))
-    waves = messages.take(BUY_LABELS)
+    label_messages = messages.take(BUY_LABELS)
     with meter.stage("labels"):
-        for args in waves:
+        for args in label_messages:
             buy(*args)
-    return {"accepted": accepted, "waves": len(waves)}
+    waves = sum(len(a[0]) if isinstance(a[0], list) else 1 for a in label_messages)
+    return {"accepted": accepted, "waves": waves, "label_messages": len(label_messages)}
 
 
 def run_stage_profile(*, n_orders: int, warmup: int, database_url: str | None,
@@ -292,6 +293,7 @@ def run_stage_profile(*, n_orders: int, warmup: int, database_url: str | None,
         "labelled": by_state.get(State.LABELLED.value, 0),
         "by_state": by_state,
         "waves": counts["waves"],
+        "label_messages": counts["label_messages"],
         "stages": stages,
         "total_ms_per_order": round(sum(s["ms_per_order"] for s in stages.values()), 3),
         "total_statements_per_order": round(
@@ -315,5 +317,6 @@ def run_stage_profile(*, n_orders: int, warmup: int, database_url: str | None,
     table.add_row("total", f"{result['total_ms_per_order']:.3f}", "",
                   f"{result['total_statements_per_order']:.2f}", *([""] if callgrind else []))
     console.print(table)
-    console.print(f"{result['labelled']} of {n_orders} orders labelled in {counts['waves']} waves")
+    console.print(f"{result['labelled']} of {n_orders} orders labelled in {counts['waves']} waves "
+                  f"({counts['label_messages']} label messages)")
     return result

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # Orders carried by one stage message. 100 keeps a message small (ids only) while the
     # per-message broker overhead (~1 ms) is spread over many orders.
     batch_size: int = Field(100, ge=1, le=1000)
+    # Orders of the waves one label message carries at most (a wave is never split): waves
+    # closed together are bought together, one carrier call and a few statements for all.
+    label_batch_orders: int = Field(200, ge=1, le=1000)
 
     # --- fraud ----------------------------------------------------------------------------
     review_threshold_usd: Decimal = Field(Decimal("500"), gt=0)

@@ -48,15 +48,18 @@ class Letter:
 
 
 def order_ids_of(session: Session, task: str | None, args: Sequence[Any] | None) -> list[int]:
-    """The orders a task's arguments name: a list of order ids, or a wave's orders."""
+    """The orders a task's arguments name: a list of order ids, or the orders of waves (a
+    list of wave ids, or one from a message sent before waves were carried together)."""
     if not args:
         return []
     first = args[0]
-    if task in WAVE_TASKS and isinstance(first, int) and not isinstance(first, bool):
-        return list(session.execute(select(OrderRow.id).where(OrderRow.wave_id == first))
-                    .scalars())
+    ids = sorted({i for i in (first if isinstance(first, list) else [first])
+                  if isinstance(i, int) and not isinstance(i, bool)})
+    if task in WAVE_TASKS and ids:
+        return sorted(session.execute(select(OrderRow.id).where(OrderRow.wave_id.in_(ids)))
+                      .scalars())
     if task in ORDER_TASKS and isinstance(first, list):
-        return sorted({i for i in first if isinstance(i, int) and not isinstance(i, bool)})
+        return ids
     return []
 
 

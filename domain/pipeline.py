@@ -8,7 +8,7 @@ sat too long, so what a stage does next and what the sweep resends cannot drift 
 ::
 
     paid -> received --FRAUD_CHECK--> fraud_checked --RESERVE--> reserved --ASSIGN_WAVES-->
-    batched (in a wave) --BUY_LABELS(wave)--> labelled --tracking sweeps--> delivered
+    batched (in a wave) --BUY_LABELS(waves)--> labelled --tracking sweeps--> delivered
 
 Task names are ``orderfleet.<stage module>.<verb>``; ``config/celery.py`` routes each to its
 stage's queue (a test fails when a name here is not routed or not registered).
@@ -31,7 +31,7 @@ from domain.models import NoncoreJob, OrderRow, Wave
 FRAUD_CHECK = "orderfleet.fraud.check"
 RESERVE = "orderfleet.inventory.reserve"
 ASSIGN_WAVES = "orderfleet.sharding.assign"
-BUY_LABELS = "orderfleet.labels.buy"  # one message per pick wave, not per order
+BUY_LABELS = "orderfleet.labels.buy"  # pick waves (ids), several per message
 TRACKING_BACKFILL = "orderfleet.tracking.backfill"  # shipment ids, fanned out by a beat sweep
 
 # --- work the stages hand each other besides the main line ----------------------------------
@@ -131,19 +131,33 @@ LANE_LABEL_QUEUES: dict[str, str] = {"custom": "labels_custom"}
 
 
 def label_waves(uow: UnitOfWork, wave_ids: Sequence[int]) -> None:
-    """Closed pick waves go to the label stage (one message per wave) after the commit: a lane
-    with a label queue of its own (custom-made) goes there, else a wave carrying a fast-lane order
-    goes on the label stage's fast lane."""
+    """Closed pick waves go to the label stage after the commit: a lane with a label queue of
+    its own (custom-made) goes there, else a wave carrying a fast-lane order goes on the label
+    stage's fast lane. The waves of one queue share messages, up to ``label_batch_orders``
+    orders each (a wave is never split): one label run buys for all of them together."""
     if not wave_ids:
         return
-    lanes = dict(uow.session.execute(
-        select(Wave.id, Wave.lane).where(Wave.id.in_(list(wave_ids)))).all())
+    waves = uow.session.execute(
+        select(Wave.id, Wave.lane, Wave.size).where(Wave.id.in_(sorted(set(wave_ids))))
+        .order_by(Wave.id)).all()
     fast_waves = set(uow.session.scalars(select(OrderRow.wave_id).where(
         OrderRow.wave_id.in_(list(wave_ids)), OrderRow.fast_lane.is_(True)).distinct()))
-    for wave_id in wave_ids:
-        own = LANE_LABEL_QUEUES.get(lanes.get(wave_id) or "")
-        uow.enqueue(BUY_LABELS, wave_id, queue=own or (
-            FAST_LANE_QUEUE[BUY_LABELS] if wave_id in fast_waves else None))
+    by_queue: dict[str | None, list[tuple[int, int]]] = {}
+    for wave_id, lane, size in waves:
+        own = LANE_LABEL_QUEUES.get(lane or "")
+        queue = own or (FAST_LANE_QUEUE[BUY_LABELS] if wave_id in fast_waves else None)
+        by_queue.setdefault(queue, []).append((wave_id, size))
+    cap = uow.settings.label_batch_orders
+    for queue, sized in by_queue.items():
+        message: list[int] = []
+        orders = 0
+        for wave_id, size in sized:
+            if message and orders + size > cap:
+                uow.enqueue(BUY_LABELS, message, queue=queue)
+                message, orders = [], 0
+            message.append(wave_id)
+            orders += size
+        uow.enqueue(BUY_LABELS, message, queue=queue)
 
 
 def noncore_after(uow: UnitOfWork, state: State, order_ids: Sequence[int]) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,7 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 from celery import Task
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from config.settings import Settings, get_settings
 from domain.alerts import raise_alert, resolve_alert
@@ -153,11 +154,21 @@ def _quote(client: CarrierAdapter, q: RateQuery, carrier: str | None) -> list[Ra
     return rates
 
 
+@dataclass
+class Shopped:
+    """Rate shopping's outcome: a service per order, and the orders that could not be quoted
+    (their carrier unreachable: ``error`` says why), which wait; the others go on."""
+
+    choices: dict[int, ServiceChoice]
+    unquoted: set[int] = field(default_factory=set)
+    error: CarrierUnavailable | None = None
+
+
 def rate_shop(client: CarrierAdapter, queries: list[RateQuery], settings: Settings,
-              models: RoutingModels | None = None) -> dict[int, ServiceChoice]:
+              models: RoutingModels | None = None) -> Shopped:
     """Choose a service per order through its A/B arm's routing strategy (the rules, or the
-    learned model once one is trained). Raises CarrierUnavailable when quotes cannot be had
-    (the choice is final once stored, so it is not made blind).
+    learned model once one is trained). An order whose quotes cannot be had gets no choice
+    (the choice is final once stored, so it is not made blind): it is in ``unquoted``.
 
     Distinct parcels are quoted concurrently: a wave's quotes would otherwise wait on each
     other's retries when the carrier is slow or failing.
@@ -165,20 +176,30 @@ def rate_shop(client: CarrierAdapter, queries: list[RateQuery], settings: Settin
     def carrier_of(q: RateQuery) -> str | None:
         return None if settings.rate_shop_across_carriers else q.wave_carrier
 
+    def quote(q: RateQuery) -> list[Rate] | CarrierUnavailable:
+        try:
+            return _quote(client, q, carrier_of(q))
+        except CarrierUnavailable as exc:  # this carrier's parcels wait; others go on
+            return exc
+
     distinct = {(q.from_country, q.to_country, q.weight_g, carrier_of(q)): q for q in queries}
     with ThreadPoolExecutor(max_workers=min(RATE_QUOTE_THREADS, max(len(distinct), 1))) as pool:
-        quotes = dict(zip(distinct, pool.map(lambda q: _quote(client, q, carrier_of(q)),
-                                             distinct.values()), strict=True))
+        quotes = dict(zip(distinct, pool.map(quote, distinct.values()), strict=True))
+    shopped = Shopped({})
     # Each order's A/B arm routes it; a learned arm asks its model once for the whole wave.
     by_strategy: dict[str, tuple[RoutingStrategy, list[tuple[RateQuery, ParcelFeatures,
                                                              list[Rate]]]]] = {}
     for q in queries:
         rates = quotes[(q.from_country, q.to_country, q.weight_g, carrier_of(q))]
+        if isinstance(rates, CarrierUnavailable):
+            shopped.unquoted.add(q.order_id)
+            shopped.error = shopped.error or rates
+            continue
         parcel = ParcelFeatures(zone_of(q.from_country, q.to_country), q.lane, q.weight_g,
                                 q.value_usd, promise_days_for(settings, q.lane))
         strategy = strategy_for(q.order_id, models, settings)
         by_strategy.setdefault(strategy.name, (strategy, []))[1].append((q, parcel, rates))
-    choices: dict[int, ServiceChoice] = {}
+    choices = shopped.choices
     for strategy, items in by_strategy.values():
         routed = strategy.choose_many([(parcel, rates) for _, parcel, rates in items])
         for (q, _, _), r in zip(items, routed, strict=True):
@@ -188,21 +209,27 @@ def rate_shop(client: CarrierAdapter, queries: list[RateQuery], settings: Settin
                                                     r.meets_promise, r.arm)
         # No quote (too heavy for every service): the default service is asked for, and the
         # carrier's refusal, naming the reason, puts the order in label_failed.
-    return choices
+    return shopped
 
 
-def rate_queries(uow: UnitOfWork, wave_id: int) -> list[RateQuery]:
-    """The wave's orders (in_wave) that have no shipment yet (read only, nothing locked)."""
+def _wave_ids(wave_ids: int | Sequence[int]) -> list[int]:
+    """One wave id (an older message, a test) or a message's list, sorted, once each."""
+    return [wave_ids] if isinstance(wave_ids, int) else sorted(set(wave_ids))
+
+
+def rate_queries(uow: UnitOfWork, wave_ids: int | Sequence[int]) -> list[RateQuery]:
+    """The waves' orders (in_wave) that have no shipment yet (read only, nothing locked)."""
     session = uow.session
+    waves = _wave_ids(wave_ids)
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
-    wave_carrier = session.execute(
-        select(Wave.carrier).where(Wave.id == wave_id)).scalar_one_or_none()
+    wave_carriers = dict(session.execute(
+        select(Wave.id, Wave.carrier).where(any_of(session, Wave.id, waves))).all())
     rows = session.execute(
-        select(OrderRow.id, OrderRow.lane, OrderRow.warehouse, OrderRow.ship_country,
-               OrderRow.weight_g, OrderRow.total_usd)
+        select(OrderRow.id, OrderRow.wave_id, OrderRow.lane, OrderRow.warehouse,
+               OrderRow.ship_country, OrderRow.weight_g, OrderRow.total_usd)
         .outerjoin(Shipment, Shipment.order_id == OrderRow.id)
-        .where(OrderRow.wave_id == wave_id, OrderRow.state == State.IN_WAVE.value,
-               Shipment.id.is_(None))
+        .where(any_of(session, OrderRow.wave_id, waves),
+               OrderRow.state == State.IN_WAVE.value, Shipment.id.is_(None))
         .order_by(OrderRow.id)
     ).all()
     out = []
@@ -211,7 +238,8 @@ def rate_queries(uow: UnitOfWork, wave_id: int) -> list[RateQuery]:
         out.append(RateQuery(
             order_id=r.id, lane=r.lane or "standard", from_country=from_country,
             to_country=r.ship_country, weight_g=quote_bracket(r.weight_g),
-            wave_carrier=wave_carrier or carrier_for(from_country, r.ship_country)[0],
+            wave_carrier=(wave_carriers.get(r.wave_id)
+                          or carrier_for(from_country, r.ship_country)[0]),
             value_usd=float(r.total_usd)))
     return out
 
@@ -228,18 +256,21 @@ class LabelOutcome:
     recovered: list[int] = field(default_factory=list)  # found by look-up, not bought again
 
 
-def prepare_shipments(uow: UnitOfWork, wave_id: int,
+def prepare_shipments(uow: UnitOfWork, wave_ids: int | Sequence[int],
                       choices: dict[int, ServiceChoice] | None = None,
-                      settings: Settings | None = None) -> list[LabelRequest]:
-    """Create (once) a shipment per in_wave order of the wave; return the requests to send.
+                      settings: Settings | None = None,
+                      unquoted: set[int] | None = None) -> list[LabelRequest]:
+    """Create (once) a shipment per in_wave order of the waves; return the requests to send.
 
     ``choices`` (rate shopping) decides carrier and service of new shipments; without one an
     order gets its wave's default. An existing shipment keeps what it was created with.
+    Orders in ``unquoted`` (their carrier could not quote) are left for the wave's next try.
     """
     session = uow.session
     settings = settings or get_settings()
     choices = choices or {}
-    orders = claim(session, _orders_of(uow, wave_id), [State.IN_WAVE])
+    orders = [o for o in claim(session, _orders_of(uow, _wave_ids(wave_ids)), [State.IN_WAVE])
+              if not unquoted or o.id not in unquoted]
     if not orders:
         return []
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
@@ -248,7 +279,7 @@ def prepare_shipments(uow: UnitOfWork, wave_id: int,
         choice = choices.get(o.id)
         carrier, service = ((choice.carrier, choice.service) if choice
                             else carrier_for(countries[_warehouse(o)], o.ship_country))
-        rows.append({"order_id": o.id, "wave_id": wave_id, "carrier": carrier,
+        rows.append({"order_id": o.id, "wave_id": o.wave_id, "carrier": carrier,
                      "service": service, "idempotency_key": idempotency_key(o.id),
                      "status": ShipmentStatus.PENDING, "rate": choice.rate if choice else None,
                      "rate_currency": None,
@@ -285,9 +316,9 @@ def _warehouse(order: OrderRow) -> str:
     return order.warehouse
 
 
-def _orders_of(uow: UnitOfWork, wave_id: int) -> list[int]:
+def _orders_of(uow: UnitOfWork, wave_ids: list[int]) -> list[int]:
     return list(uow.session.execute(
-        select(OrderRow.id).where(OrderRow.wave_id == wave_id)).scalars())
+        select(OrderRow.id).where(any_of(uow.session, OrderRow.wave_id, wave_ids))).scalars())
 
 
 def count_purchase_attempts(uow: UnitOfWork, keys: list[str]) -> set[str]:
@@ -381,37 +412,43 @@ def fail_labels(uow: UnitOfWork, failed: dict[int, str]) -> list[int]:
     return [m.order_id for m in applied]
 
 
-def finish_wave(uow: UnitOfWork, wave_id: int) -> None:
-    """Mark the wave labelled once none of its orders waits for a label."""
+def finish_waves(uow: UnitOfWork, wave_ids: Sequence[int]) -> None:
+    """Mark labelled the waves none of whose orders waits for a label."""
     session = uow.session
-    waiting = session.execute(
-        select(func.count()).select_from(OrderRow)
-        .where(OrderRow.wave_id == wave_id, OrderRow.state == State.IN_WAVE.value)
-    ).scalar_one()
-    if waiting == 0:
+    waiting = set(session.scalars(
+        select(OrderRow.wave_id).where(any_of(session, OrderRow.wave_id, list(wave_ids)),
+                                       OrderRow.state == State.IN_WAVE.value).distinct()))
+    done = sorted(set(wave_ids) - waiting)
+    if done:
         session.execute(
-            update(Wave).where(Wave.id == wave_id, Wave.status == WaveStatus.CLOSED)
+            update(Wave).where(any_of(session, Wave.id, done), Wave.status == WaveStatus.CLOSED)
             .values(status=WaveStatus.LABELLED, next_label_attempt_at=None, label_error=None))
 
 
-def buy_wave_labels(wave_id: int, settings: Settings, client: CarrierAdapter) -> LabelOutcome:
-    """The whole stage for one wave: rate shop, prepare, look up, buy, record.
+def buy_wave_labels(wave_ids: int | Sequence[int], settings: Settings,
+                    client: CarrierAdapter) -> LabelOutcome:
+    """The whole stage for the waves of one message: rate shop, prepare, look up, buy, record.
+
+    The waves go together: one batch call per carrier for all of them, and the same few
+    transactions and statements whether a message carries one wave or ten (a wave closed on
+    age is often a handful of orders, and each run costs tens of statements and three commits).
 
     Raises CarrierUnavailable (CarrierCircuitOpen included) after recording whatever was
-    bought, when some carrier of the wave could not be reached.
+    bought, when some carrier of the waves could not be reached.
     """
+    waves = _wave_ids(wave_ids)
     with unit_of_work(settings) as uow:
-        queries = rate_queries(uow, wave_id)
+        queries = rate_queries(uow, waves)
         models = latest_models(uow.session) if queries else None
-    choices = rate_shop(client, queries, settings, models) if queries else {}
+    shopped = rate_shop(client, queries, settings, models) if queries else Shopped({})
     with unit_of_work(settings) as uow:
-        requests = prepare_shipments(uow, wave_id, choices, settings)
+        requests = prepare_shipments(uow, waves, shopped.choices, settings, shopped.unquoted)
         look_up = count_purchase_attempts(uow, [r.idempotency_key for r in requests])
     order_of = {r.idempotency_key: int(r.idempotency_key.rsplit("-", 1)[1]) for r in requests}
     labels: list[Label] = []
     recovered: list[int] = []
     failed: dict[int, str] = {}
-    error: CarrierUnavailable | None = None
+    error: CarrierUnavailable | None = shopped.error
     by_carrier: dict[str, list[LabelRequest]] = {}
     for r in requests:
         by_carrier.setdefault(r.carrier, []).append(r)
@@ -435,11 +472,11 @@ def buy_wave_labels(wave_id: int, settings: Settings, client: CarrierAdapter) ->
             for r in group:
                 failed[order_of[r.idempotency_key]] = f"carrier refused the label: {exc.error}"
     if failed:
-        log.warning("no label for %d orders of wave %s", len(failed), wave_id)
+        log.warning("no label for %d orders of waves %s", len(failed), waves)
     with unit_of_work(settings) as uow:
         labelled = record_labels(uow, labels)
         fail_labels(uow, failed)
-        finish_wave(uow, wave_id)
+        finish_waves(uow, waves)
     if error is not None:
         raise error
     return LabelOutcome(labelled, failed, recovered)
@@ -457,12 +494,6 @@ class WaveAttempt:
     outcome: str  # done | deferred | gave_up | duplicate | no_wave
     countdown_s: float = 0.0
     reason: str = ""
-    labelled: int = 0
-
-
-def _wave(uow: UnitOfWork, wave_id: int) -> Wave | None:
-    return uow.session.execute(
-        select(Wave).where(Wave.id == wave_id).with_for_update()).scalar_one_or_none()
 
 
 def defer_wave(uow: UnitOfWork, wave_id: int, reason: str, retry_at: datetime) -> None:
@@ -486,7 +517,7 @@ def give_up_wave(uow: UnitOfWork, wave_id: int, reason: str) -> list[int]:
     failed = fail_labels(uow, dict.fromkeys(waiting, reason))
     uow.session.execute(update(Wave).where(Wave.id == wave_id).values(
         next_label_attempt_at=None, label_error=reason[:2000]))
-    finish_wave(uow, wave_id)
+    finish_waves(uow, [wave_id])
     return failed
 
 
@@ -526,42 +557,91 @@ def _countdown(exc: CarrierUnavailable, attempts: int, settings: Settings) -> fl
     return max(1.0, min(cap, base))
 
 
-def label_wave(wave_id: int, settings: Settings, client: CarrierAdapter) -> WaveAttempt:
-    """One label task run for a wave: buy, or decide to defer or to give up."""
+def label_wave_batch(wave_ids: Sequence[int], settings: Settings,
+                     client: CarrierAdapter) -> dict[int, WaveAttempt]:
+    """One label task run for a message's waves: buy, or decide per wave to defer or give up.
+
+    A wave whose next attempt is not due (a re-drive copy of a deferred wave's message) is
+    left to its scheduled message; the others are bought together.
+    """
     now = utcnow()
+    waves = _wave_ids(wave_ids)
+    attempts: dict[int, WaveAttempt] = {}
+    due: dict[int, tuple[datetime, int]] = {}  # closed at, label attempts so far
     with unit_of_work(settings) as uow:
-        wave = _wave(uow, wave_id)
-        if wave is None:
-            return WaveAttempt("no_wave")
-        due = wave.next_label_attempt_at
-        if due is not None and now < due - timedelta(seconds=EARLY_TOLERANCE_S):
-            return WaveAttempt("duplicate", reason=f"next attempt is due at {due.isoformat()}")
-        closed_at, attempts = wave.closed_at or wave.opened_at, wave.label_attempts
+        rows = {w.id: w for w in uow.session.execute(
+            select(Wave).where(any_of(uow.session, Wave.id, waves))
+            .order_by(Wave.id).with_for_update()).scalars()}
+        for wave_id in waves:
+            wave = rows.get(wave_id)
+            if wave is None:
+                attempts[wave_id] = WaveAttempt("no_wave")
+                continue
+            at = wave.next_label_attempt_at
+            if at is not None and now < at - timedelta(seconds=EARLY_TOLERANCE_S):
+                attempts[wave_id] = WaveAttempt(
+                    "duplicate", reason=f"next attempt is due at {at.isoformat()}")
+                continue
+            due[wave_id] = (wave.closed_at or wave.opened_at, wave.label_attempts)
+    if not due:
+        return attempts
     try:
-        outcome = buy_wave_labels(wave_id, settings, client)
+        outcome = buy_wave_labels(sorted(due), settings, client)
     except CarrierUnavailable as exc:
-        reason = str(exc)
-        with unit_of_work(settings) as uow:
-            age_s = (utcnow() - closed_at).total_seconds()
+        attempts.update(_after_carrier_failure(due, exc, settings))
+        return attempts
+    log.debug("labels of waves %s: %d bought or found, %d failed", sorted(due),
+              len(outcome.labelled), len(outcome.failed))
+    attempts.update((wave_id, WaveAttempt("done")) for wave_id in due)
+    return attempts
+
+
+def _after_carrier_failure(due: dict[int, tuple[datetime, int]], exc: CarrierUnavailable,
+                           settings: Settings) -> dict[int, WaveAttempt]:
+    """Some carrier could not be reached: each wave not labelled in full waits (all with one
+    countdown, so one message carries them again) or, past label_give_up_s, gives up."""
+    reason = str(exc)
+    out: dict[int, WaveAttempt] = {}
+    with unit_of_work(settings) as uow:
+        open_ = set(uow.session.scalars(select(Wave.id).where(
+            any_of(uow.session, Wave.id, sorted(due)), Wave.status == WaveStatus.CLOSED)))
+        countdown = _countdown(exc, 1 + max(due[w][1] for w in due), settings)
+        for wave_id in sorted(due):
+            if wave_id not in open_:  # every order of it labelled before the failure
+                out[wave_id] = WaveAttempt("done")
+                continue
+            age_s = (utcnow() - due[wave_id][0]).total_seconds()
             if age_s > settings.label_give_up_s:
                 failed = give_up_wave(
                     uow, wave_id, f"carrier unavailable for {age_s / 60:.0f} min: {reason}")
                 log.error("gave up on the labels of wave %s after %.0f s: %d orders "
                           "label_failed", wave_id, age_s, len(failed))
-                return WaveAttempt("gave_up", reason=reason)
-            countdown = _countdown(exc, attempts + 1, settings)
+                out[wave_id] = WaveAttempt("gave_up", reason=reason)
+                continue
             defer_wave(uow, wave_id, reason, utcnow() + timedelta(seconds=countdown))
-        log.warning("labels of wave %s deferred %.1fs: %s", wave_id, countdown, reason)
-        return WaveAttempt("deferred", countdown_s=countdown, reason=reason)
-    return WaveAttempt("done", labelled=len(outcome.labelled))
+            out[wave_id] = WaveAttempt("deferred", countdown_s=countdown, reason=reason)
+    deferred = [w for w, a in out.items() if a.outcome == "deferred"]
+    if deferred:
+        log.warning("labels of waves %s deferred %.1fs: %s", deferred, countdown, reason)
+    return out
+
+
+def label_wave(wave_id: int, settings: Settings, client: CarrierAdapter) -> WaveAttempt:
+    """:func:`label_wave_batch` for one wave."""
+    return label_wave_batch([wave_id], settings, client)[wave_id]
 
 
 @stage_task(BUY_LABELS, max_retries=None)
-def buy(task: Task, wave_id: int) -> None:
+def buy(task: Task, wave_ids: list[int] | int) -> None:
+    """Labels for a message's waves (a list; one id from a message sent before waves were
+    carried together)."""
     settings = get_settings()
-    (wave,) = parse_ids([wave_id])
+    waves = parse_ids(wave_ids if isinstance(wave_ids, list) else [wave_ids])
     with retry_on_transient(task):
-        attempt = label_wave(wave, settings, carrier_client(settings))
-    if attempt.outcome == "deferred":
-        # Deferred, not failed: the bound is label_give_up_s, not a retry count.
-        raise task.retry(countdown=attempt.countdown_s, max_retries=None)
+        attempts = label_wave_batch(waves, settings, carrier_client(settings))
+    deferred = sorted(w for w, a in attempts.items() if a.outcome == "deferred")
+    if deferred:
+        # Deferred, not failed: the bound is label_give_up_s, not a retry count. Only the
+        # deferred waves go again; the others are done or gave up.
+        raise task.retry(args=[deferred], countdown=attempts[deferred[0]].countdown_s,
+                         max_retries=None)

@@ -26,6 +26,7 @@ from tasks.inventory import reserve_orders
 from tasks.labels import (
     buy_wave_labels,
     label_wave,
+    label_wave_batch,
     record_labels,
     retry_failed_labels,
 )
@@ -166,6 +167,51 @@ def test_an_open_breaker_defers_the_wave_without_calling_the_carrier(
         assert batch.next_label_attempt_at > utcnow()
     # and a copy of the message arriving early (a re-drive) is dropped as a duplicate
     assert label_wave(wave, settings, client).outcome == "duplicate"
+
+
+def test_waves_of_one_message_are_bought_together_and_deferred_apart(
+        waves, settings, server, redis_client) -> None:
+    # Given two waves closed together, one shipping by sbx-post (domestic) and one by sbx-air
+    # (to Berlin), and the sbx-post breaker open
+    wave_ids = waves([native_order("TOG-1"), native_order("TOG-2", shipping_address=BERLIN)])
+    assert len(wave_ids) == 2
+    breaker = CircuitBreaker(redis_client, breaker_policy(settings))
+    for _ in range(settings.breaker_min_calls):
+        breaker.record("sbx-post", ok=False)
+    client = SandboxCarrier(server.url, breaker=breaker)
+
+    # when one label run takes both
+    attempts = label_wave_batch(wave_ids, settings, client)
+
+    # then the sbx-air parcel has its label and its wave is done, while the sbx-post wave
+    # waits for the breaker, alone: its order says why
+    o = orders(settings)
+    post_wave, air_wave = o["TOG-1"].wave_id, o["TOG-2"].wave_id
+    assert {post_wave, air_wave} == set(wave_ids)
+    assert (o["TOG-1"].state, o["TOG-2"].state) == ("in_wave", "labelled")
+    assert attempts[air_wave].outcome == "done"
+    assert attempts[post_wave].outcome == "deferred"
+    assert o["TOG-1"].hold_reason is not None and o["TOG-2"].hold_reason is None
+    with unit_of_work(settings) as uow:
+        assert uow.session.get_one(Wave, air_wave).status == "labelled"
+        post = uow.session.get_one(Wave, post_wave)
+        assert post.status == "closed" and post.next_label_attempt_at is not None
+    assert server.state.stats.labels_purchased == 1
+
+    # and the same message delivered again buys nothing: one wave is done, the other's attempt
+    # is not due (its own retry carries it)
+    again = label_wave_batch(wave_ids, settings, client)
+    assert (again[air_wave].outcome, again[post_wave].outcome) == ("done", "duplicate")
+    assert server.state.stats.labels_purchased == 1
+
+    # and once the breaker lets calls through, the retry labels the other: one label each
+    breaker.record("sbx-post", ok=True)
+    redis_client.flushdb()
+    with unit_of_work(settings) as uow:
+        uow.session.execute(update(Wave).values(next_label_attempt_at=utcnow()))
+    assert label_wave_batch([post_wave], settings, client)[post_wave].outcome == "done"
+    assert {x.state for x in orders(settings).values()} == {"labelled"}
+    assert server.state.stats.labels_purchased == 2
 
 
 def test_past_the_bound_the_wave_gives_up_into_label_failed(waves, settings, server) -> None:

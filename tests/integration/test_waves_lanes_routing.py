@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
@@ -162,9 +164,36 @@ def test_custom_made_waves_buy_their_labels_on_their_own_queue(db, broker, setti
     with unit_of_work(settings) as uow:
         label_waves(uow, closed)
     assert broker.llen("labels_custom") == 1
-    assert broker.llen("labels") == 2
-    body = json.loads(broker.lindex("labels_custom", 0))
-    assert body["headers"]["task"] == "orderfleet.labels.buy"
+    # The two standard waves (one per destination zone) closed together: one message, both.
+    assert broker.llen("labels") == 1
+    custom, standard = (json.loads(broker.lindex(q, 0)) for q in ("labels_custom", "labels"))
+    assert custom["headers"]["task"] == standard["headers"]["task"] == "orderfleet.labels.buy"
+    custom_waves, standard_waves = (json.loads(base64.b64decode(m["body"]))[0][0]
+                                    for m in (custom, standard))
+    assert len(custom_waves) == 1 and len(standard_waves) == 2
+    assert sorted(custom_waves + standard_waves) == sorted(closed)
+
+
+@pytest.mark.parametrize(("cap", "messages"), [(200, 1), (1, 2)])
+def test_waves_closed_together_share_a_label_message_up_to_the_cap(
+        db, broker, settings, cap: int, messages: int) -> None:
+    # Given two standard waves (one per destination zone) closing together
+    stock(settings)
+    capped = settings.model_copy(update={"label_batch_orders": cap})
+    ids = reserved(capped, [native_order("T-1"), native_order("T-2", country="DE")])
+    run(assign_orders, capped, ids, capped)
+    broker.delete("labels")
+    closed = run(close_waves_older_than, capped, 0.0)
+    assert len(closed) == 2
+    from domain.pipeline import label_waves
+    with unit_of_work(capped) as uow:
+        label_waves(uow, closed)
+    # then one message carries both, unless their orders together pass the cap (a wave is
+    # never split, so a cap below a wave's size still sends that wave, alone)
+    assert broker.llen("labels") == messages
+    carried = [json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0]
+               for raw in broker.lrange("labels", 0, -1)]
+    assert sorted(w for ws in carried for w in ws) == sorted(closed)
 
 
 def test_pick_list_walks_the_bins_in_order_as_csv_and_pdf(db, broker, settings) -> None:
