@@ -37,16 +37,17 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from celery import Task
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import LaneRules, Settings, get_settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, unit_of_work
+from domain.db import UnitOfWork, dialect_insert, unit_of_work
 from domain.lifecycle import Move, State, apply_transitions, claim
 from domain.models import OrderRow, Warehouse, Wave, WaveStatus
 from domain.pipeline import ASSIGN_WAVES, label_waves
@@ -202,6 +203,36 @@ def _open_wave(uow: UnitOfWork, key: WaveKey, target: int, age_s: float) -> Wave
     return session.execute(query.execution_options(populate_existing=True)).scalar_one()
 
 
+def _open_waves(uow: UnitOfWork, keys: list[WaveKey], target: int,
+                age_of: Callable[[WaveKey], float]) -> dict[WaveKey, Wave]:
+    """The open wave of each key, locked: one SELECT for all, and the missing ones created in
+    one INSERT (ON CONFLICT DO NOTHING on the open-wave index: another worker may open one
+    first) and read back locked. Rows are locked in id order, by every worker the same."""
+    session = uow.session
+    columns = (Wave.warehouse, Wave.carrier, Wave.service, Wave.zone, Wave.lane)
+
+    def locked(wanted: list[WaveKey]) -> dict[WaveKey, Wave]:
+        return {(w.warehouse, w.carrier, w.service, w.zone, w.lane): w
+                for w in session.execute(
+                    select(Wave).where(tuple_(*columns).in_(wanted),
+                                       Wave.status == WaveStatus.OPEN)
+                    .order_by(Wave.id).with_for_update()
+                    .execution_options(populate_existing=True)).scalars()}
+
+    found = locked(keys)
+    missing = [k for k in keys if k not in found]
+    if missing:
+        now = utcnow()
+        session.connection().execute(
+            dialect_insert(session, Wave).on_conflict_do_nothing(
+                index_elements=[c.key for c in columns], index_where=text("status = 'open'")),
+            [{"warehouse": k[0], "carrier": k[1], "service": k[2], "zone": k[3], "lane": k[4],
+              "status": WaveStatus.OPEN, "size": 0, "target_size": target, "opened_at": now,
+              "close_by": now + timedelta(seconds=age_of(k))} for k in missing])
+        found.update(locked(missing))
+    return found
+
+
 def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> list[int]:
     """Put reserved orders into waves; return the ids of the waves that closed (on size, or
     on an order's promised dispatch)."""
@@ -222,11 +253,16 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
     closed: list[int] = []
     moves: list[Move] = []
     now = utcnow()
-    for key in sorted(groups):  # sorted: waves are locked in one order by every worker
+    keys = sorted(groups)
+    opened = _open_waves(uow, keys, plan.size, lambda k: age_limit_s(plan, k, settings))
+    for key in keys:
         _, carrier, service, zone, lane = key
         pending = groups[key]
         while pending:
-            wave = _open_wave(uow, key, plan.size, age_limit_s(plan, key, settings))
+            wave = opened.pop(key, None)
+            if wave is None:  # its wave closed on size in this batch: the next one
+                session.flush()  # (the closed one leaves the open-wave index first)
+                wave = _open_wave(uow, key, plan.size, age_limit_s(plan, key, settings))
             size = wave.target_size or settings.wave_size
             take, pending = pending[:max(size - wave.size, 1)], pending[max(size - wave.size, 1):]
             wave.size += len(take)
@@ -248,7 +284,7 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
                 # promised dispatch less the margin: no more waiting
                 wave.status, wave.closed_at, wave.close_reason = WaveStatus.CLOSED, now, "promise"
                 closed.append(wave.id)
-            session.flush()
+    session.flush()
     apply_transitions(session, moves, stage="sharding")
     return closed
 

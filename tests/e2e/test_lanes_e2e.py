@@ -100,7 +100,9 @@ def test_a_flood_of_custom_made_orders_does_not_hold_up_standard_ones(start_flee
                                                                       settings) -> None:
     # Given 300 custom-made orders whose waves wait for labels on their own queue
     flood = 300
-    one = settings.model_copy(update={"wave_size": 1})
+    # (one order per wave, one wave per label message: waves closed together would otherwise
+    # share messages, and 300 small waves drain in two)
+    one = settings.model_copy(update={"wave_size": 1, "label_batch_orders": 1})
     put_stock(settings, [("RING", "US-EAST", "US", flood), ("TEE-M", "US-EAST", "US", 50)])
     engraved = [{"sku": "RING", "quantity": 1, "unit_price": "20.00", "weight_g": 50,
                  "properties": {"Engraving": "forever"}}]
