@@ -142,15 +142,22 @@ class RateQuery:
     value_usd: float = 0.0
 
 
+def _rate_key(client: CarrierAdapter, q: RateQuery, carrier: str | None) -> tuple[Any, ...]:
+    return (client.name, getattr(client, "base_url", ""), q.from_country, q.to_country,
+            q.weight_g, carrier)
+
+
+def _cached_rates(client: CarrierAdapter, q: RateQuery, carrier: str | None) -> list[Rate] | None:
+    hit = _rate_cache.get(_rate_key(client, q, carrier))
+    return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+
 def _quote(client: CarrierAdapter, q: RateQuery, carrier: str | None) -> list[Rate]:
-    key = (client.name, getattr(client, "base_url", ""), q.from_country, q.to_country,
-           q.weight_g, carrier)
-    hit = _rate_cache.get(key)
-    now = time.monotonic()
-    if hit is not None and hit[0] > now:
-        return hit[1]
+    hit = _cached_rates(client, q, carrier)
+    if hit is not None:
+        return hit
     rates = client.rates(q.from_country, q.to_country, q.weight_g, carrier=carrier)
-    _rate_cache[key] = (now + RATE_CACHE_TTL_S, rates)
+    _rate_cache[_rate_key(client, q, carrier)] = (time.monotonic() + RATE_CACHE_TTL_S, rates)
     return rates
 
 
@@ -183,8 +190,17 @@ def rate_shop(client: CarrierAdapter, queries: list[RateQuery], settings: Settin
             return exc
 
     distinct = {(q.from_country, q.to_country, q.weight_g, carrier_of(q)): q for q in queries}
-    with ThreadPoolExecutor(max_workers=min(RATE_QUOTE_THREADS, max(len(distinct), 1))) as pool:
-        quotes = dict(zip(distinct, pool.map(quote, distinct.values()), strict=True))
+    quotes: dict[tuple[str, str, int, str | None], list[Rate] | CarrierUnavailable] = {}
+    misses = {}
+    for key, q in distinct.items():
+        hit = _cached_rates(client, q, carrier_of(q))
+        if hit is None:
+            misses[key] = q
+        else:
+            quotes[key] = hit
+    if misses:  # threads only for the calls (most quotes are cached: no pool to start)
+        with ThreadPoolExecutor(max_workers=min(RATE_QUOTE_THREADS, len(misses))) as pool:
+            quotes.update(zip(misses, pool.map(quote, misses.values()), strict=True))
     shopped = Shopped({})
     # Each order's A/B arm routes it; a learned arm asks its model once for the whole wave.
     by_strategy: dict[str, tuple[RoutingStrategy, list[tuple[RateQuery, ParcelFeatures,
