@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -102,6 +103,49 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def cpu_by_process(fleet: Fleet) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of every process a run spends CPU in, by pid, with
+    its group: the fleet's processes by role (worker mains and pool children together),
+    this process (the intake caller), PostgreSQL's and Redis's server processes (all of them
+    on this machine: a machine shared with other databases counts their work too)."""
+    roles: dict[int, str] = {}
+    for name, popen in list(fleet.procs.items()):
+        try:
+            main = psutil.Process(popen.pid)
+            role = "workers" if name.startswith("worker") else name
+            for proc in (main, *main.children(recursive=True)):
+                roles[proc.pid] = role
+        except psutil.NoSuchProcess:
+            continue
+    me = os.getpid()
+    out: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter(["pid", "name"]):
+        pid, name = proc.info["pid"], proc.info["name"] or ""
+        group = roles.get(pid) or ("intake (bench process)" if pid == me
+                                   else "postgres" if name.startswith("postgres")
+                                   else "redis" if name.startswith("redis") else None)
+        if group is None:
+            continue
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[pid] = (group, t.user + t.system)
+    return out
+
+
+def cpu_ms_per_order(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                     orders: int) -> dict[str, float]:
+    """CPU ms per order of each group between two :func:`cpu_by_process` snapshots (a process
+    that started in between counts from zero), largest first, and their total."""
+    spent: dict[str, float] = {}
+    for pid, (group, cpu) in after.items():
+        spent[group] = spent.get(group, 0.0) + cpu - before.get(pid, (group, 0.0))[1]
+    per = {g: round(1000 * s / max(orders, 1), 3)
+           for g, s in sorted(spent.items(), key=lambda kv: -kv[1]) if s > 0}
+    return {**per, "total": round(sum(per.values()), 3)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,18 +302,22 @@ def _submit(payloads: list[dict[str, Any]], settings: Settings) -> int:
 
 
 def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7,
-                 label: str = "pipeline") -> dict[str, Any]:
-    """``n`` orders paid at once: intake to the last label; throughput and latency."""
+                 label: str = "pipeline", fleet: Fleet | None = None) -> dict[str, Any]:
+    """``n`` orders paid at once: intake to the last label; throughput and latency (and, given
+    the ``fleet``, the CPU each group of processes spent per order)."""
     from domain.db import unit_of_work
     from domain.models import OrderEvent, OrderRow
 
     first_id = _max_order_id(settings)
     payloads = _payloads(n, seed)
+    cpu_before = cpu_by_process(fleet) if fleet is not None else {}
     t0 = time.time()
     accepted = _submit(payloads, settings)
     submitted = time.time() - t0
     # The fraud check may hold a few synthetic "normal" orders for review: they are done too.
     counts = _wait_done(settings, first_id, accepted, max(300.0, n * 0.2), label)
+    cpu = (cpu_ms_per_order(cpu_before, cpu_by_process(fleet), accepted)
+           if fleet is not None else None)
     with unit_of_work(settings) as uow:
         last = uow.session.execute(
             select(func.max(OrderEvent.at))
@@ -286,7 +334,7 @@ def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7,
     return {"orders": labelled, "accepted": accepted, "seconds": round(elapsed, 3),
             "intake_s": round(submitted, 3), "orders_per_s": round(labelled / elapsed, 1),
             "p50_latency_s": percentile(lat, 0.5), "p95_latency_s": percentile(lat, 0.95),
-            "by_state": counts}
+            "by_state": counts, **({"cpu_ms_per_order": cpu} if cpu is not None else {})}
 
 
 def offered_load_run(rate: float, duration_s: float, settings: Settings, quiet: bool,
@@ -378,9 +426,9 @@ def run_bench(*, n_orders: int, workers: int, concurrency: int, quiet: bool,
     with bench_fleet(settings, workers, concurrency) as fleet, RssSampler(fleet) as rss:
         noop_tasks = noop_tasks_run(max(2 * n_orders, 2000), settings, quiet)
         noop = noop_chain_run(n_orders, settings, quiet)
-        pipeline = pipeline_run(n_orders, settings, quiet)
+        pipeline = pipeline_run(n_orders, settings, quiet, fleet=fleet)
         if black_friday_orders:
-            black_friday = pipeline_run(black_friday_orders, settings, quiet, seed=11,
+            black_friday = pipeline_run(black_friday_orders, settings, quiet, seed=11, fleet=fleet,
                                         label=f"black friday ({black_friday_orders})")
         capacity = max(pipeline["orders_per_s"],
                        black_friday["orders_per_s"] if black_friday else 0.0)
@@ -446,6 +494,8 @@ def summary_table(result: dict[str, Any]) -> Table:
         ("p95 paid -> labelled at half load, s", result["p95_paid_to_label_s_half_load"]),
         ("peak worker RSS, MB", result["peak_worker_rss_mb"]),
     ]
+    cpu = result["pipeline"].get("cpu_ms_per_order") or {}
+    rows.extend((f"pipeline CPU ms/order: {group}", ms) for group, ms in cpu.items())
     for r in result["offered_load"]:
         rows.append((f"offered {r['offered_per_s']}/s: achieved /s, p50 s, p95 s",
                      f"{r['achieved_per_s']}, {r['p50_latency_s']}, {r['p95_latency_s']}"))

@@ -1,14 +1,15 @@
 """The benchmarks' own arithmetic and instruments: percentiles, the message log of the stage
-profiler, the worker RSS sampler."""
+profiler, the worker RSS sampler, CPU per order by group of processes."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import psutil
 
-from benchmarks.pipeline import RssSampler, percentile
+from benchmarks.pipeline import RssSampler, cpu_by_process, cpu_ms_per_order, percentile
 from benchmarks.stages import MessageLog
 from config.settings import Settings
 from workers.fleet import Fleet
@@ -55,3 +56,43 @@ def test_rss_sampler_counts_worker_processes_and_their_children() -> None:
             p.wait()
         for child in grandchildren:
             child.kill()
+
+
+def test_cpu_per_order_is_grouped_and_counts_processes_born_during_the_run() -> None:
+    before = {10: ("workers", 1.0), 11: ("workers", 2.0), 20: ("postgres", 5.0)}
+    after = {10: ("workers", 1.5), 11: ("workers", 2.5), 20: ("postgres", 5.2),
+             21: ("postgres", 0.3), 30: ("redis", 0.0)}
+    # 1,000 orders: workers 1.0 s, postgres 0.2 s + 0.3 s from a backend started meanwhile
+    assert cpu_ms_per_order(before, after, 1000) == {"workers": 1.0, "postgres": 0.5,
+                                                     "total": 1.5}
+
+
+def test_cpu_by_process_finds_a_busy_worker_and_its_child() -> None:
+    # A "worker" whose child burns CPU until told to stop, as a pool child runs tasks.
+    code = ("import subprocess, sys; "
+            "c = subprocess.Popen([sys.executable, '-c', "
+            "'import sys\\nwhile not sys.stdin.closed and sum(range(10**5)) >= 0:\\n"
+            "    pass'], stdin=subprocess.PIPE); "
+            "print(c.pid, flush=True); sys.stdin.read()")
+    worker = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        assert worker.stdout is not None
+        child = int(worker.stdout.readline())
+        fleet = Fleet(Settings(), workers=1)
+        fleet.procs["worker1"] = worker
+        first = cpu_by_process(fleet)
+        assert first[worker.pid][0] == first[child][0] == "workers"
+        spent = psutil.Process(child).cpu_times()
+        give_up = time.monotonic() + 60
+        while sum(psutil.Process(child).cpu_times()[:2]) - sum(spent[:2]) < 0.05:
+            assert time.monotonic() < give_up, "the busy child got no CPU"
+        per_order = cpu_ms_per_order(first, cpu_by_process(fleet), 1)
+        assert per_order["workers"] >= 50.0  # ms for the one "order"
+        assert "intake (bench process)" in per_order  # this process spent CPU too
+    finally:
+        grandchildren = psutil.Process(worker.pid).children(recursive=True)
+        worker.kill()
+        worker.wait()
+        for c in grandchildren:
+            c.kill()
