@@ -170,7 +170,7 @@ def test_5000_orders_compete_for_1000_units_on_8_workers_and_none_is_oversold(
     sampler.start()
 
     # When 60 messages of 100 orders are sent, each twice (duplicates race their originals)
-    parts = [ids[i : i + settings.batch_size] for i in range(0, total, settings.batch_size)]
+    parts = [ids[i : i + 100] for i in range(0, total, 100)]
     messages = parts + parts
     rng.shuffle(messages)
     t0 = time.perf_counter()

@@ -37,6 +37,7 @@ def test_same_order_twice_is_one_order_and_one_pipeline_run(db, broker, settings
 
 def test_batch_submission_persists_lines_and_sends_ids_in_micro_batches(db, broker,
                                                                        settings) -> None:
+    settings = settings.model_copy(update={"batch_size": 100})
     payloads = [native_order(f"B-{i}") for i in range(250)]
     result = submit_orders(payloads, settings=settings)
     assert len(result.accepted) == 250
