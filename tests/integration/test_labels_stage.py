@@ -187,6 +187,7 @@ def test_waves_of_one_message_are_bought_together_and_deferred_apart(
     # waits for the breaker, alone: its order says why
     o = orders(settings)
     post_wave, air_wave = o["TOG-1"].wave_id, o["TOG-2"].wave_id
+    assert post_wave is not None and air_wave is not None
     assert {post_wave, air_wave} == set(wave_ids)
     assert (o["TOG-1"].state, o["TOG-2"].state) == ("in_wave", "labelled")
     assert attempts[air_wave].outcome == "done"
