@@ -55,6 +55,22 @@ INTAKE_CHUNK = 1000
 # --------------------------------------------------------------------------------------------
 
 
+def fleet_processes(fleet: Fleet) -> list[tuple[str, psutil.Process]]:
+    """The fleet's running processes with their role: ``workers`` for every worker process,
+    main and pool children alike; the others by the name the fleet gave them (beat, carrier)."""
+    out: list[tuple[str, psutil.Process]] = []
+    for name, popen in list(fleet.procs.items()):
+        if popen.poll() is not None:
+            continue
+        role = "workers" if name.startswith("worker") else name
+        try:
+            main = psutil.Process(popen.pid)
+            out.extend((role, p) for p in (main, *main.children(recursive=True)))
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
 class RssSampler:
     """Samples the resident set of every worker process (main and pool children) in a thread."""
 
@@ -68,16 +84,7 @@ class RssSampler:
         self._t0 = time.monotonic()
 
     def worker_processes(self) -> list[psutil.Process]:
-        procs = []
-        for name, popen in list(self.fleet.procs.items()):
-            if not name.startswith("worker") or popen.poll() is not None:
-                continue
-            try:
-                main = psutil.Process(popen.pid)
-                procs.extend([main, *main.children(recursive=True)])
-            except psutil.NoSuchProcess:
-                continue
-        return procs
+        return [p for role, p in fleet_processes(self.fleet) if role == "workers"]
 
     def sample(self) -> dict[str, float]:
         rss = []
@@ -110,15 +117,7 @@ def cpu_by_process(fleet: Fleet) -> dict[int, tuple[str, float]]:
     its group: the fleet's processes by role (worker mains and pool children together),
     this process (the intake caller), PostgreSQL's and Redis's server processes (all of them
     on this machine: a machine shared with other databases counts their work too)."""
-    roles: dict[int, str] = {}
-    for name, popen in list(fleet.procs.items()):
-        try:
-            main = psutil.Process(popen.pid)
-            role = "workers" if name.startswith("worker") else name
-            for proc in (main, *main.children(recursive=True)):
-                roles[proc.pid] = role
-        except psutil.NoSuchProcess:
-            continue
+    roles = {p.pid: role for role, p in fleet_processes(fleet)}
     me = os.getpid()
     out: dict[int, tuple[str, float]] = {}
     for proc in psutil.process_iter(["pid", "name"]):

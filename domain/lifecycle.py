@@ -202,9 +202,8 @@ def _move_with_columns(session: Session, src: State, dst: State, names: tuple[st
         return [i for values_, ids in shared.items()
                 for i in _move(session, src, dst, ids, dict(zip(names, values_, strict=True)),
                                now)]
-    orders = orders_table
-    stmt = (update(orders)
-            .where(orders.c.id == bindparam("b_id"), orders.c.state == src.value)
+    stmt = (update(orders_table)
+            .where(orders_table.c.id == bindparam("b_id"), orders_table.c.state == src.value)
             .values(state=dst.value, updated_at=now,
                     **{n: bindparam(f"b_{n}") for n in names}))
     ordered = sorted(moves, key=lambda m: m.order_id)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -275,7 +275,7 @@ class LabelOutcome:
 def prepare_shipments(uow: UnitOfWork, wave_ids: int | Sequence[int],
                       choices: dict[int, ServiceChoice] | None = None,
                       settings: Settings | None = None,
-                      unquoted: set[int] | None = None) -> list[LabelRequest]:
+                      unquoted: Collection[int] = ()) -> list[LabelRequest]:
     """Create (once) a shipment per in_wave order of the waves; return the requests to send.
 
     ``choices`` (rate shopping) decides carrier and service of new shipments; without one an
@@ -286,7 +286,7 @@ def prepare_shipments(uow: UnitOfWork, wave_ids: int | Sequence[int],
     settings = settings or get_settings()
     choices = choices or {}
     orders = [o for o in claim(session, _orders_of(uow, _wave_ids(wave_ids)), [State.IN_WAVE])
-              if not unquoted or o.id not in unquoted]
+              if o.id not in unquoted]
     if not orders:
         return []
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())

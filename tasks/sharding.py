@@ -42,8 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from celery import Task
-from sqlalchemy import and_, func, insert, or_, select, text, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, func, or_, select, text, tuple_, update
 
 from config.settings import LaneRules, Settings, get_settings
 from domain.clock import utcnow
@@ -177,32 +176,6 @@ def dispatch_deadline(order: OrderRow, lane: str, settings: Settings) -> datetim
     return order.paid_at + timedelta(hours=hours, seconds=-settings.wave_promise_margin_s)
 
 
-def _open_wave(uow: UnitOfWork, key: WaveKey, target: int, age_s: float) -> Wave:
-    """The open wave for the key, locked; created (closing at ``target`` orders or after
-    ``age_s``) if there is none."""
-    session = uow.session
-    warehouse, carrier, service, zone, lane = key
-    query = (
-        select(Wave)
-        .where(Wave.warehouse == warehouse, Wave.carrier == carrier, Wave.service == service,
-               Wave.zone == zone, Wave.lane == lane, Wave.status == WaveStatus.OPEN)
-        .with_for_update()
-    )
-    wave = session.execute(query).scalar_one_or_none()
-    if wave is not None:
-        return wave
-    now = utcnow()
-    try:
-        with session.begin_nested():
-            session.execute(insert(Wave).values(
-                warehouse=warehouse, carrier=carrier, service=service, zone=zone, lane=lane,
-                status=WaveStatus.OPEN, size=0, target_size=target, opened_at=now,
-                close_by=now + timedelta(seconds=age_s)))
-    except IntegrityError:
-        pass  # another worker opened it first: the unique partial index said so
-    return session.execute(query.execution_options(populate_existing=True)).scalar_one()
-
-
 def _open_waves(uow: UnitOfWork, keys: list[WaveKey], target: int,
                 age_of: Callable[[WaveKey], float]) -> dict[WaveKey, Wave]:
     """The open wave of each key, locked: one SELECT for all, and the missing ones created in
@@ -254,7 +227,11 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
     moves: list[Move] = []
     now = utcnow()
     keys = sorted(groups)
-    opened = _open_waves(uow, keys, plan.size, lambda k: age_limit_s(plan, k, settings))
+
+    def age_of(key: WaveKey) -> float:
+        return age_limit_s(plan, key, settings)
+
+    opened = _open_waves(uow, keys, plan.size, age_of)
     for key in keys:
         _, carrier, service, zone, lane = key
         pending = groups[key]
@@ -262,7 +239,7 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
             wave = opened.pop(key, None)
             if wave is None:  # its wave closed on size in this batch: the next one
                 session.flush()  # (the closed one leaves the open-wave index first)
-                wave = _open_wave(uow, key, plan.size, age_limit_s(plan, key, settings))
+                wave = _open_waves(uow, [key], plan.size, age_of)[key]
             size = wave.target_size or settings.wave_size
             take, pending = pending[:max(size - wave.size, 1)], pending[max(size - wave.size, 1):]
             wave.size += len(take)
