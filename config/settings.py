@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     # fleet (orderfleet bench), 250 took 20-30% less CPU per order than 100, and 500 no less
     # than 250. A message of 250 ids is ~2.5 KB.
     batch_size: int = Field(250, ge=1, le=1000)
+    # A stage message that brought fewer than batch_size orders fills its batch with other
+    # orders waiting in the same state (domain.lifecycle.Sweep): under a steady trickle of
+    # payments batches grow with the backlog instead of staying as small as one intake call.
+    fill_batches: bool = True
     # Orders of the waves one label message carries at most (a wave is never split): waves
     # closed together are bought together, one carrier call and a few statements for all.
     label_batch_orders: int = Field(200, ge=1, le=1000)

@@ -158,10 +158,10 @@ class UnitOfWork:
         self._outbox.append((task, args, _options(countdown, queue)))
 
     def enqueue_chunks(self, task: str, ids: Sequence[int], *args: Any,
-                       queue: str | None = None) -> None:
+                       queue: str | None = None, countdown: float | None = None) -> None:
         """Send ``task`` once per ``batch_size`` ids (the ids first, then ``args``)."""
         for part in chunks(ids, self.settings.batch_size):
-            self.enqueue(task, part, *args, queue=queue)
+            self.enqueue(task, part, *args, queue=queue, countdown=countdown)
 
     @property
     def outbox(self) -> list[tuple[str, tuple[Any, ...]]]:

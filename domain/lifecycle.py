@@ -257,8 +257,52 @@ def claim(
         .order_by(OrderRow.id)
         .with_for_update(skip_locked=True, key_share=True, of=OrderRow)
     )
+    return _locked(session, stmt, with_payload)
+
+
+def _locked(session: Session, stmt: Any, with_payload: bool) -> list[OrderRow]:
     if not with_payload:
         # The order JSON is the widest column; stages that do not read it skip decoding it
         # (raiseload: reading it anyway is a bug, not a silent query per order).
         stmt = stmt.options(defer(OrderRow.payload, raiseload=True))
     return list(session.execute(stmt).scalars().all())
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Room in a stage's batch for orders waiting in its state besides a message's own.
+
+    Under a steady trickle of payments each message carries the few orders one intake call
+    brought, and every batch pays a message, a transaction and its set-wise statements. A stage
+    that claimed fewer than ``limit`` orders takes other orders waiting in its state (their own
+    messages then find nothing to do), so batches grow with the backlog by themselves.
+    ``fast_only``: a fast-lane message takes only fast-lane orders, never the standard backlog.
+    """
+
+    limit: int
+    fast_only: bool = False
+
+
+def sweep_up(session: Session, state: State, taken: Sequence[int], sweep: Sweep | None, *,
+             with_payload: bool = True) -> list[OrderRow]:
+    """Lock up to ``sweep.limit - len(taken)`` more orders in ``state`` (not ``taken``).
+
+    Newest first: the oldest orders' messages are at the head of the queue and run next, so
+    taking the newest keeps the two from meeting on the same rows; the newest's own messages
+    come later and find them moved. SKIP LOCKED, so it never waits, and it locks only after
+    the message's own orders (``claim``): no lock cycle between two batches. A batch that
+    rolls back leaves these orders in ``state``: their own message finds them there, or, if it
+    ran meanwhile, found them locked and sent them to the stage again
+    (``domain.pipeline.contended``); the re-drive sweep covers a message lost on the way.
+    """
+    room = 0 if sweep is None else sweep.limit - len(taken)
+    if sweep is None or room <= 0:
+        return []
+    stmt = select(OrderRow).where(OrderRow.state == state.value)
+    if taken:
+        stmt = stmt.where(~any_of(session, OrderRow.id, sorted(taken)))
+    if sweep.fast_only:
+        stmt = stmt.where(OrderRow.fast_lane.is_(True))
+    stmt = (stmt.order_by(OrderRow.updated_at.desc()).limit(room)
+            .with_for_update(skip_locked=True, key_share=True, of=OrderRow))
+    return _locked(session, stmt, with_payload)

@@ -23,8 +23,8 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
-from domain.db import UnitOfWork, chunks, send_task, unit_of_work
-from domain.lifecycle import LABELLED_OR_LATER, State, values
+from domain.db import UnitOfWork, any_of, chunks, send_task, unit_of_work
+from domain.lifecycle import LABELLED_OR_LATER, State, Sweep, claim, sweep_up, values
 from domain.models import NoncoreJob, OrderRow, Wave
 
 # --- the order pipeline --------------------------------------------------------------------
@@ -99,13 +99,44 @@ def _split(task: str, order_ids: Sequence[int], fast: set[int]
     return [(part, queue) for part, queue in lanes if part]
 
 
-def advance(uow: UnitOfWork, state: State, order_ids: Sequence[int]) -> None:
+def advance(uow: UnitOfWork, state: State, order_ids: Sequence[int],
+            countdown: float | None = None) -> None:
     """Orders now in ``state`` go to the stage that takes them, once the transaction commits;
     fast-lane orders in messages of their own, on the stage's fast-lane queue."""
     if order_ids:
         task = STAGE_FOR_STATE[state]
         for part, queue in _split(task, order_ids, fast_lane_ids(uow.session, order_ids)):
-            uow.enqueue_chunks(task, part, queue=queue)
+            uow.enqueue_chunks(task, part, queue=queue, countdown=countdown)
+
+
+# Orders another transaction held locked when a stage ran are looked at again after this long.
+CONTENDED_RETRY_S = 2.0
+
+
+def contended(uow: UnitOfWork, state: State, order_ids: Sequence[int],
+              taken: Sequence[int]) -> list[int]:
+    """The orders of a message that are still in ``state`` but were not ``taken``: locked by
+    another transaction (a duplicate delivery, another batch that swept them up, one whose
+    worker died and is rolling back). Not dropped: they go to the stage again after
+    ``CONTENDED_RETRY_S`` (after the commit), and a run that finds them moved does nothing."""
+    rest = sorted(set(order_ids) - set(taken))
+    if not rest:
+        return []
+    ids = list(uow.session.scalars(select(OrderRow.id).where(
+        any_of(uow.session, OrderRow.id, rest), OrderRow.state == state.value)))
+    advance(uow, state, ids, countdown=CONTENDED_RETRY_S)
+    return ids
+
+
+def take(uow: UnitOfWork, state: State, order_ids: Sequence[int], sweep: Sweep | None, *,
+         with_payload: bool = True) -> list[OrderRow]:
+    """A stage's batch: the message's orders still in ``state`` (locked), contended ones sent
+    again, and room left filled with other orders waiting in ``state`` (``Sweep``); by id."""
+    rows = claim(uow.session, order_ids, [state], with_payload=with_payload)
+    taken = [o.id for o in rows]
+    contended(uow, state, order_ids, taken)
+    more = sweep_up(uow.session, state, taken, sweep, with_payload=with_payload)
+    return sorted(rows + more, key=lambda o: o.id) if more else rows
 
 
 def advance_committed(state: State, order_ids: Sequence[int], batch_size: int) -> int:

@@ -16,7 +16,10 @@ import redis
 from celery import Signature, Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from config.settings import Settings
 from domain.db import database_unavailable
+from domain.lifecycle import Sweep
+from domain.pipeline import FAST_LANE_QUEUE
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)
@@ -94,6 +97,18 @@ def retry_on_transient(task: Task) -> Iterator[None]:
         if not is_transient(exc):
             raise
         raise task.retry(exc=exc, countdown=retry_countdown(task.request.retries)) from exc
+
+
+_FAST_QUEUES = frozenset(FAST_LANE_QUEUE.values())
+
+
+def batch_sweep(task: Task, settings: Settings) -> Sweep | None:
+    """The room a stage message may fill with other orders waiting in its state
+    (``settings.fill_batches``); a message on a fast-lane queue takes only fast-lane orders."""
+    if not settings.fill_batches:
+        return None
+    queue = (task.request.delivery_info or {}).get("routing_key") or ""
+    return Sweep(settings.batch_size, fast_only=queue in _FAST_QUEUES)
 
 
 def parse_ids(order_ids: Iterable[Any]) -> list[int]:

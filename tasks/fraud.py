@@ -37,13 +37,13 @@ from domain.fraud.profile import (
 )
 from domain.fraud.velocity import VelocityInput, VelocityStore, velocity_redis
 from domain.intake_exceptions import raise_backlog_alerts
-from domain.lifecycle import Move, State, apply_transitions, claim
+from domain.lifecycle import Move, State, Sweep, apply_transitions
 from domain.models import OrderRow, Warehouse
-from domain.pipeline import FRAUD_CHECK, advance
+from domain.pipeline import FRAUD_CHECK, advance, take
 from domain.review import raise_overdue_alerts
 from domain.routing import delivering_carrier
 from domain.schemas import Order
-from tasks.base import parse_ids, retry_on_transient, stage_task
+from tasks.base import batch_sweep, parse_ids, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,12 @@ class _Item:
 
 
 def check_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings,
-                 velocity: VelocityStore | None = None) -> list[int]:
-    """Check the received orders among ``order_ids``; store verdicts; return the approved ids."""
+                 velocity: VelocityStore | None = None, sweep: Sweep | None = None
+                 ) -> list[int]:
+    """Check the received orders among ``order_ids`` (and, with ``sweep``, others waiting);
+    store verdicts; return the approved ids."""
     session = uow.session
-    rows = claim(session, order_ids, [State.RECEIVED])
+    rows = take(uow, State.RECEIVED, order_ids, sweep)
     if not rows:
         return []
     velocity = velocity or velocity_store(settings)
@@ -151,7 +153,8 @@ def check(task: Task, order_ids: list[int]) -> None:
     settings = get_settings()
     # The database or the velocity Redis may blink: the check is idempotent, run it again.
     with retry_on_transient(task), unit_of_work(settings) as uow:
-        approved = check_orders(uow, parse_ids(order_ids), settings)
+        approved = check_orders(uow, parse_ids(order_ids), settings,
+                                sweep=batch_sweep(task, settings))
         advance(uow, State.FRAUD_CHECKED, approved)
 
 

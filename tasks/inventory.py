@@ -38,10 +38,10 @@ from sqlalchemy import and_, bindparam, insert, select, text, update
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
 from domain.db import UnitOfWork, any_of, chunks, insert_ignoring_conflicts, unit_of_work
-from domain.lifecycle import Move, State, apply_transitions, claim
+from domain.lifecycle import Move, State, Sweep, apply_transitions, claim, sweep_up
 from domain.models import OrderLine, OrderRow, Reservation, SkuHold, Stock, Warehouse
 from domain.models import ReservationStatus as R
-from domain.pipeline import RESERVE, WAKE_BACKORDERED, advance
+from domain.pipeline import CONTENDED_RETRY_S, RESERVE, WAKE_BACKORDERED, advance
 from domain.reservations import release_reservations
 from domain.routing import WarehousePlan, plan_warehouses
 from domain.sku_health import FAILED as ATTEMPT_FAILED
@@ -50,12 +50,10 @@ from domain.sku_health import freeze_reason as auto_freeze_reason
 from domain.sku_health import hold_reason, load_health, over_the_line, record_attempts
 from domain.split import split_orders
 from domain.stock import stock_lock_order
-from tasks.base import parse_ids, retry_on_transient, stage_task
+from tasks.base import batch_sweep, parse_ids, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
 
-# Orders another worker held locked when this task ran are looked at again after this long.
-CONTENDED_RETRY_S = 2
 # Backordered orders examined per wake-up; the beat sweep picks up the rest next time.
 MAX_WAKE_SCAN = 20_000
 
@@ -136,8 +134,10 @@ def _add_reserved(uow: UnitOfWork, increments: dict[tuple[str, str], int]) -> in
         stmt, [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in items]).rowcount)
 
 
-def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> ReserveOutcome:
-    """Reserve, backorder or hold each order among ``order_ids`` (fraud_checked/backordered).
+def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings,
+                   sweep: Sweep | None = None) -> ReserveOutcome:
+    """Reserve, backorder or hold each order among ``order_ids`` (fraud_checked/backordered;
+    with ``sweep``, other fraud-checked orders waiting too).
 
     Orders are served oldest first. Each is reserved whole from one warehouse (domestic
     preferred), backordered when no warehouse can ship all its lines, or held when one of its
@@ -155,6 +155,10 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) ->
             select(OrderRow.id).where(any_of(session, OrderRow.id, sorted(unclaimed)),
                                       OrderRow.state == State.FRAUD_CHECKED.value)
         ).scalars())
+    extra = sweep_up(session, State.FRAUD_CHECKED, [o.id for o in orders], sweep,
+                     with_payload=False)
+    if extra:
+        orders = sorted(orders + extra, key=lambda o: o.id)
     if not orders:
         return outcome
     lines_by_order: dict[int, list[Any]] = defaultdict(list)
@@ -380,7 +384,8 @@ def wake_backordered(settings: Settings, skus: list[str] | None = None) -> int:
 def reserve(task: Task, order_ids: list[int]) -> None:
     settings = get_settings()
     with retry_on_transient(task), unit_of_work(settings) as uow:
-        outcome = reserve_orders(uow, parse_ids(order_ids), settings)
+        outcome = reserve_orders(uow, parse_ids(order_ids), settings,
+                                 batch_sweep(task, settings))
         advance(uow, State.RESERVED, outcome.reserved)
     if outcome.contended:
         # Whoever holds them may roll back (its worker died): look again shortly. Bounded by

@@ -47,9 +47,9 @@ from sqlalchemy import and_, func, or_, select, text, tuple_, update
 from config.settings import LaneRules, Settings, get_settings
 from domain.clock import utcnow
 from domain.db import UnitOfWork, dialect_insert, unit_of_work
-from domain.lifecycle import Move, State, apply_transitions, claim
+from domain.lifecycle import Move, State, Sweep, apply_transitions
 from domain.models import OrderRow, Warehouse, Wave, WaveStatus
-from domain.pipeline import ASSIGN_WAVES, label_waves
+from domain.pipeline import ASSIGN_WAVES, label_waves, take
 from domain.routing import (
     PRIORITY_LANES,
     STANDARD,
@@ -58,7 +58,7 @@ from domain.routing import (
     promise_hours,
 )
 from domain.zones import zone_of
-from tasks.base import parse_ids, retry_on_transient, stage_task
+from tasks.base import batch_sweep, parse_ids, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +206,12 @@ def _open_waves(uow: UnitOfWork, keys: list[WaveKey], target: int,
     return found
 
 
-def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> list[int]:
-    """Put reserved orders into waves; return the ids of the waves that closed (on size, or
-    on an order's promised dispatch)."""
+def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings,
+                  sweep: Sweep | None = None) -> list[int]:
+    """Put reserved orders (and, with ``sweep``, others waiting) into waves; return the ids of
+    the waves that closed (on size, or on an order's promised dispatch)."""
     session = uow.session
-    orders = claim(session, order_ids, [State.RESERVED])
+    orders = take(uow, State.RESERVED, order_ids, sweep)
     if not orders:
         return []
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
@@ -241,17 +242,18 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings) -> 
                 session.flush()  # (the closed one leaves the open-wave index first)
                 wave = _open_waves(uow, [key], plan.size, age_of)[key]
             size = wave.target_size or settings.wave_size
-            take, pending = pending[:max(size - wave.size, 1)], pending[max(size - wave.size, 1):]
-            wave.size += len(take)
+            room = max(size - wave.size, 1)
+            joining, pending = pending[:room], pending[room:]
+            wave.size += len(joining)
             # The wave, lane and carrier are written by the UPDATE that moves the orders: one
             # statement per wave (the values are the wave's), one row version per order.
             columns = {"wave_id": wave.id, "carrier": carrier, "lane": lane}
-            for o in take:
+            for o in joining:
                 moves.append(Move(o.id, State.RESERVED, State.IN_WAVE,
                                   {"wave_id": wave.id, "lane": lane, "carrier": carrier,
                                    "service": service, "zone": zone}, columns))
             if settings.wave_daily_target is not None:  # else it closes within max age
-                due = min(dispatch_deadline(o, lane, settings) for o in take)
+                due = min(dispatch_deadline(o, lane, settings) for o in joining)
                 if wave.close_by is None or due < wave.close_by:
                     wave.close_by = due
             if wave.size >= size:
@@ -296,7 +298,8 @@ def close_due_waves(uow: UnitOfWork, settings: Settings) -> list[int]:
 def assign(task: Task, order_ids: list[int]) -> None:
     settings = get_settings()
     with retry_on_transient(task), unit_of_work(settings) as uow:
-        label_waves(uow, assign_orders(uow, parse_ids(order_ids), settings))
+        label_waves(uow, assign_orders(uow, parse_ids(order_ids), settings,
+                                       batch_sweep(task, settings)))
 
 
 @stage_task("orderfleet.sharding.close_aged_waves")
