@@ -179,9 +179,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "orderfleet.sweeps.redrive",
             "schedule": timedelta(seconds=settings.sweep_interval_s),
         },
+        # A wave closes at most a quarter of its age limit late (and at most 10 s): on short
+        # limits that lateness is most of an order's wait for its label.
         "close-aged-waves": {
             "task": "orderfleet.sharding.close_aged_waves",
-            "schedule": timedelta(seconds=max(min(settings.wave_max_age_s / 2, 10.0), 0.5)),
+            "schedule": timedelta(seconds=max(min(settings.wave_max_age_s / 4, 10.0), 0.25)),
         },
         "expire-reservations": {
             "task": "orderfleet.inventory.expire_reservations",
