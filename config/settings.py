@@ -319,6 +319,10 @@ class Settings(BaseSettings):
     # Non-core jobs: real SMTP (a local aiosmtpd sink in up/demo/tests), a coupon ledger and
     # a marketing-list sync over HTTP.
     noncore_jobs: bool = True
+    # Orders per non-core message. Workers take non-core queues only when the core ones are
+    # empty, but a message, once taken, holds its worker to the end: 250 e-mails (a transaction
+    # each) kept a worker from the next core batch for most of a second.
+    noncore_batch_size: int = Field(25, ge=1, le=1000)
     # A broker that lost its messages lost the queued and parked non-core jobs too: those of
     # orders that moved within this window and have none yet are sent again.
     noncore_redrive_window_s: float = Field(86_400.0, gt=0)

@@ -158,9 +158,11 @@ class UnitOfWork:
         self._outbox.append((task, args, _options(countdown, queue)))
 
     def enqueue_chunks(self, task: str, ids: Sequence[int], *args: Any,
-                       queue: str | None = None, countdown: float | None = None) -> None:
-        """Send ``task`` once per ``batch_size`` ids (the ids first, then ``args``)."""
-        for part in chunks(ids, self.settings.batch_size):
+                       queue: str | None = None, countdown: float | None = None,
+                       size: int | None = None) -> None:
+        """Send ``task`` once per ``size`` (default ``batch_size``) ids (the ids first, then
+        ``args``)."""
+        for part in chunks(ids, size or self.settings.batch_size):
             self.enqueue(task, part, *args, queue=queue, countdown=countdown)
 
     @property

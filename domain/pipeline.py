@@ -198,7 +198,7 @@ def noncore_after(uow: UnitOfWork, state: State, order_ids: Sequence[int]) -> No
         return
     ids = store_orders(uow.session, order_ids)
     for kind in NONCORE_AFTER.get(state, ()):
-        uow.enqueue_chunks(NONCORE_TASKS[kind], ids)
+        uow.enqueue_chunks(NONCORE_TASKS[kind], ids, size=uow.settings.noncore_batch_size)
 
 
 def store_orders(session: Session, order_ids: Sequence[int]) -> list[int]:
@@ -228,6 +228,7 @@ def redrive_noncore(uow: UnitOfWork, within_s: float, limit: int = 50_000) -> di
                                           OrderRow.updated_at >= since, ~done)
                 .order_by(OrderRow.id).limit(limit))))
             if ids:
-                uow.enqueue_chunks(NONCORE_TASKS[kind], ids)
+                uow.enqueue_chunks(NONCORE_TASKS[kind], ids,
+                                   size=uow.settings.noncore_batch_size)
                 sent[kind] = len(ids)
     return sent
