@@ -84,3 +84,23 @@ def test_orders_another_transaction_holds_are_skipped_or_sent_again(db, broker,
     assert approved == ids[2:]
     assert (FRAUD_CHECK, (ids[:1],)) in outbox
     assert [states(settings)[i] for i in ids[:2]] == ["received", "received"]
+
+
+def test_the_sqlite_demo_path_fills_batches_too(tmp_path, broker, settings) -> None:
+    from domain.db import dispose_engines
+    from domain.migrate import upgrade
+
+    lite = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'demo.db'}"})
+    upgrade(lite)
+    try:
+        put_stock(lite, [("TEE-M", "US-EAST", "US", 10)])
+        ids = one_by_one(lite, 3)
+        with unit_of_work(lite) as uow:
+            assert check_orders(uow, ids[:1], lite, sweep=Sweep(limit=10)) == ids
+        with unit_of_work(lite) as uow:
+            assert sorted(reserve_orders(uow, ids[:1], lite, Sweep(limit=10)).reserved) == ids
+        with unit_of_work(lite) as uow:
+            assign_orders(uow, ids[:1], lite, Sweep(limit=10))
+        assert set(states(lite).values()) == {State.IN_WAVE.value}
+    finally:
+        dispose_engines()
