@@ -29,7 +29,7 @@ import smtplib
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from typing import Any
@@ -278,6 +278,23 @@ def _claim_emails(uow: UnitOfWork, kind: str, ids: list[int], replayed: bool, cl
     orders = {o.id: o for o in session.scalars(
         select(OrderRow).where(OrderRow.id.in_(claimed)))} if claimed else {}
     return claimed, orders, sorted(lost)
+
+
+def release_cut_off_claims(uow: UnitOfWork, broker_started: datetime) -> int:
+    """Give back the e-mail claims of tasks that a broker restart cut off; returns how many.
+
+    A worker that loses its broker connection terminates its running late-ack tasks
+    (``worker_cancel_long_running_tasks_on_connection_loss``), and a broker that restarted
+    empty lost their messages: no redelivery will take those claims over, and the re-drive of
+    lost jobs (``domain.pipeline.redrive_noncore``) skips orders that have a job row. A claim
+    made before the broker started is such a claim: nothing was handed to the mail server
+    (that would be ``sending``), so it is deleted and the re-drive sends the e-mail again.
+    Claims of direct calls (``run-...``, no broker) are kept.
+    """
+    return len(uow.session.scalars(delete(NoncoreJob).where(
+        NoncoreJob.outcome == CLAIMED, NoncoreJob.done_at < broker_started,
+        NoncoreJob.claimed_by.is_not(None), ~NoncoreJob.claimed_by.startswith("run-"))
+        .returning(NoncoreJob.order_id)).all())
 
 
 def _recipient(order: OrderRow) -> str:

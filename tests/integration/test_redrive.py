@@ -8,7 +8,7 @@ import json
 import time
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from domain.clock import utcnow
 from domain.db import unit_of_work
@@ -137,6 +137,39 @@ def test_a_lost_broker_sends_again_the_noncore_jobs_that_have_not_run(db, broker
     assert counts["noncore"] == {"post_purchase_email": 2, "coupon": 3, "marketing_sync": 3}
     assert [_ids_in(m) for m in broker.lrange("email_post_purchase", 0, -1)] == [ids[1:3]]
     assert [_ids_in(m) for m in broker.lrange("coupons", 0, -1)] == [ids[:3]]
+
+
+def test_a_restarted_broker_gives_back_the_email_claims_it_cut_off(db, broker,
+                                                                      settings) -> None:
+    from workers.app import app
+
+    # Given five labelled orders whose post-purchase e-mails were claimed by tasks:
+    ids = sorted(submit_orders([native_order(f"C-{i}") for i in range(5)],
+                               settings=settings).accepted)
+    started = utcnow() - timedelta(seconds=float(broker.info("server")["uptime_in_seconds"]))
+    before, after = started - timedelta(minutes=5), utcnow()
+    rows = [(ids[0], "claimed", "task-cut-off", before),  # its task died with the broker
+            (ids[1], "claimed", "task-running", after),  # claimed on the broker as it is
+            (ids[2], "sending", "task-cut-off", before),  # may be at the mail server
+            (ids[3], "claimed", "run-direct", before),  # a direct call: no broker involved
+            (ids[4], "sent", "task-done", before)]
+    with unit_of_work(settings) as uow:
+        uow.session.execute(update(OrderRow).where(OrderRow.id.in_(ids))
+                            .values(state="labelled", updated_at=utcnow()))
+        uow.session.add_all(NoncoreJob(order_id=i, kind="post_purchase_email", outcome=o,
+                                       claimed_by=c, done_at=at) for i, o, c, at in rows)
+    broker.set(EPOCH_KEY, "running")
+    broker.flushdb()  # the messages of the claiming tasks are gone with the broker's data
+    counts = recover_lost_broker(settings, app)
+    # Only the claim made before the broker (re)started is given back and its e-mail sent
+    # again; a live claim, a possibly delivered e-mail and a direct call's claim are kept.
+    assert counts is not None and counts["released_claims"] == 1
+    assert counts["noncore"]["post_purchase_email"] == 1
+    assert [_ids_in(m) for m in broker.lrange("email_post_purchase", 0, -1)] == [ids[:1]]
+    with unit_of_work(settings) as uow:
+        kept = uow.session.scalars(select(NoncoreJob.order_id)
+                                   .where(NoncoreJob.kind == "post_purchase_email")).all()
+    assert sorted(kept) == ids[1:]
 
 
 def test_the_redrive_command_shows_then_sends(db, broker, settings) -> None:
