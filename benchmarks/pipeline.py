@@ -42,7 +42,14 @@ from sqlalchemy import func, select
 
 from config.settings import Settings
 from domain.lifecycle import LABELLED_OR_LATER, LABELLED_OR_SETTLED, State, values
-from workers.fleet import BENCH_REDIS_DB, Fleet, reset_run_database, run_settings, use_settings
+from workers.fleet import (
+    BENCH_REDIS_DB,
+    Fleet,
+    reset_run_database,
+    run_settings,
+    stand_in_ports,
+    use_settings,
+)
 
 BLACK_FRIDAY_ORDERS = 12_000
 LOAD_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -380,9 +387,7 @@ def offered_load_run(rate: float, duration_s: float, settings: Settings, quiet: 
 
 def bench_settings(database_url: str | None, carrier_port: int | None) -> Settings:
     url = database_url or f"sqlite:///{Settings().var_dir / 'bench.db'}"
-    overrides: dict[str, Any] = {}
-    if carrier_port is not None:
-        overrides["carrier_url"] = f"http://127.0.0.1:{carrier_port}"
+    overrides = stand_in_ports(carrier_port)
     # The benchmark's own Redis db (emptied at start: queues, velocity counters of an earlier
     # run, which would make the same synthetic customers look like a card-testing burst) and
     # its own database, whatever ORDERFLEET_* points at.

@@ -16,10 +16,9 @@ from domain.lifecycle import SETTLED, State
 from workers.fleet import (
     DEMO_REDIS_DB,
     Fleet,
-    free_port,
-    port_free,
     reset_run_database,
     run_settings,
+    stand_in_ports,
     use_settings,
 )
 
@@ -104,13 +103,8 @@ def run_demo(*, n_orders: int, seed: int, workers: int, flower: bool, fresh_db: 
                 if p.exists():
                     p.unlink()
     # The demo's own Redis db and database, whatever ORDERFLEET_* points at.
-    defaults = Settings.model_construct()
-    # The usual ports when they are free; others when something else (another demo) has them.
-    api_port = defaults.api_port if port_free("127.0.0.1", defaults.api_port) else free_port()
-    carrier_port = 8765 if port_free("127.0.0.1", 8765) else free_port()
     settings = run_settings(
-        "demo", DEMO_REDIS_DB, database_url, api_port=api_port,
-        carrier_url=f"http://127.0.0.1:{carrier_port}",
+        "demo", DEMO_REDIS_DB, database_url, **stand_in_ports(),
         # Short waves and frequent tracking sweeps so a few thousand orders finish in minutes.
         wave_max_age_s=2.0, tracking_sweep_interval_s=3.0, sweep_interval_s=10.0,
         stage_deadline_s=60.0)

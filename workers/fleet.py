@@ -78,6 +78,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stand_in_ports(carrier_port: int | None = None) -> dict[str, Any]:
+    """Settings for a run's stand-ins (sandbox carrier, SMTP sink, sandbox storefront) and
+    API: the usual ports when they are free, others when something else has them (another
+    run, or MailHog, whose web port is the SMTP sink's 8025)."""
+    defaults = Settings.model_construct()
+
+    def usual_or_free(port: int) -> int:
+        return port if port_free("127.0.0.1", port) else free_port()
+
+    carrier = carrier_port or usual_or_free(8765)
+    marketing = usual_or_free(urlparse(defaults.marketing_url).port or 8766)
+    return {"api_port": usual_or_free(defaults.api_port),
+            "carrier_url": f"http://127.0.0.1:{carrier}",
+            "smtp_port": usual_or_free(defaults.smtp_port),
+            "marketing_url": f"http://127.0.0.1:{marketing}"}
+
+
 @dataclass
 class Fleet:
     settings: Settings
