@@ -29,7 +29,7 @@ import smtplib
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from typing import Any
@@ -71,6 +71,8 @@ def message_id(order_id: int, kind: str) -> str:
 
 # The states of an e-mail's row before it settles (see the module docstring).
 CLAIMED, SENDING, UNCERTAIN = "claimed", "sending", "uncertain"
+# What a run reports for an e-mail whose claim was given back before it was handed over.
+RELEASED = "released"
 
 
 @dataclass
@@ -115,6 +117,14 @@ class _Mailer:
         if self._smtp is None:
             raise RuntimeError("data() before envelope()")
         self._smtp.data(msg.as_bytes(policy=SMTP_POLICY))
+
+    def abandon(self) -> None:
+        """Drop the message whose envelope was given (RSET): nothing of it is delivered."""
+        if self._smtp is not None:
+            try:
+                self._smtp.rset()
+            except (smtplib.SMTPException, OSError):
+                self.close()
 
     def close(self) -> None:
         if self._smtp is not None:
@@ -207,7 +217,7 @@ def _run_marketing(settings: Settings, ids: list[int], replayed: bool) -> JobOut
 def _tally(out: JobOutcome, ids: list[int], outcomes: dict[int, str]) -> None:
     for order_id in ids:
         outcome = outcomes.get(order_id)
-        if outcome is None:
+        if outcome is None or outcome == RELEASED:
             out.already.append(order_id)
         elif outcome.startswith("skipped"):
             out.skipped[order_id] = outcome
@@ -280,20 +290,22 @@ def _claim_emails(uow: UnitOfWork, kind: str, ids: list[int], replayed: bool, cl
     return claimed, orders, sorted(lost)
 
 
-def release_cut_off_claims(uow: UnitOfWork, broker_started: datetime) -> int:
-    """Give back the e-mail claims of tasks that a broker restart cut off; returns how many.
+def release_claims_of_lost_broker(uow: UnitOfWork) -> int:
+    """Give back every e-mail claim of a task message: the broker lost its messages.
 
     A worker that loses its broker connection terminates its running late-ack tasks
-    (``worker_cancel_long_running_tasks_on_connection_loss``), and a broker that restarted
-    empty lost their messages: no redelivery will take those claims over, and the re-drive of
-    lost jobs (``domain.pipeline.redrive_noncore``) skips orders that have a job row. A claim
-    made before the broker started is such a claim: nothing was handed to the mail server
-    (that would be ``sending``), so it is deleted and the re-drive sends the e-mail again.
-    Claims of direct calls (``run-...``, no broker) are kept.
+    (``worker_cancel_long_running_tasks_on_connection_loss``); a broker that restarted empty
+    lost their messages, so no redelivery takes those claims over, and the re-drive of lost
+    jobs (``domain.pipeline.redrive_noncore``) skips orders that have a job row. A claimed row
+    has handed nothing to the mail server (that would be ``sending``): it is deleted, and the
+    re-drive sends the e-mail again. A task still running (one that started on the new broker)
+    cannot send a released e-mail either: it hands a message over only after moving its own
+    claim to ``sending`` (``_Marks.begin_sending``), and drops it when the claim is gone.
+    Claims of direct calls (``run-...``, no broker) are kept. Returns how many were released.
     """
     return len(uow.session.scalars(delete(NoncoreJob).where(
-        NoncoreJob.outcome == CLAIMED, NoncoreJob.done_at < broker_started,
-        NoncoreJob.claimed_by.is_not(None), ~NoncoreJob.claimed_by.startswith("run-"))
+        NoncoreJob.outcome == CLAIMED, NoncoreJob.claimed_by.is_not(None),
+        ~NoncoreJob.claimed_by.startswith("run-"))
         .returning(NoncoreJob.order_id)).all())
 
 
@@ -313,7 +325,11 @@ def _send(settings: Settings, kind: str, order: OrderRow, mailer: _Mailer, marks
         raise MailDeferred(f"mail server answered {exc.smtp_code}") from exc
     except smtplib.SMTPServerDisconnected as exc:
         raise MailDeferred("mail server closed the connection") from exc
-    marks.set(order.id, SENDING)
+    if not marks.begin_sending(order.id):
+        # The claim was given back meanwhile (a restarted broker's re-drive sends this e-mail
+        # afresh): nothing was handed over, so nothing is.
+        mailer.abandon()
+        return RELEASED
     try:
         mailer.data(msg)
     except smtplib.SMTPDataError as exc:  # refused: the server does not have it
@@ -349,24 +365,42 @@ class _Marks:
         self._commit({order_id: outcome})
         return outcome
 
+    def begin_sending(self, order_id: int) -> bool:
+        """``claimed`` -> ``sending`` (committed) if the row is still this claimer's claim;
+        False when it was given back (``release_claims_of_lost_broker``). The message goes to
+        the server only after this returns True, so a claim given back is never sent twice."""
+        return order_id in self._commit({}, begin_sending=order_id)
+
     def flush(self) -> None:
         self._commit({})
 
-    def _commit(self, outcomes: dict[int, str]) -> None:
+    def _commit(self, outcomes: dict[int, str], begin_sending: int | None = None
+                ) -> list[int]:
+        """Commit ``outcomes`` (and the e-mail the server took before), and, given
+        ``begin_sending``, move that order's row from ``claimed`` to ``sending``; returns the
+        orders so moved."""
         if self._taken is not None:
             outcomes = {self._taken: "sent", **outcomes}
-        if not outcomes:
-            return
+        if not outcomes and begin_sending is None:
+            return []
+        mine = (NoncoreJob.kind == self.kind, NoncoreJob.claimed_by == self.claimer)
+        moved: list[int] = []
         for attempt in Retrying(retry=retry_if_exception(database_unavailable),
                                 stop=stop_after_delay(60),
                                 wait=wait_exponential(multiplier=0.2, max=5), reraise=True):
             with attempt, unit_of_work(self.settings) as uow:
                 for order_id, outcome in outcomes.items():
                     uow.session.execute(update(NoncoreJob).where(
-                        NoncoreJob.kind == self.kind, NoncoreJob.order_id == order_id,
-                        NoncoreJob.claimed_by == self.claimer)
+                        *mine, NoncoreJob.order_id == order_id)
                         .values(outcome=outcome, done_at=utcnow()))
+                if begin_sending is not None:
+                    moved = list(uow.session.scalars(update(NoncoreJob).where(
+                        *mine, NoncoreJob.order_id == begin_sending,
+                        NoncoreJob.outcome == CLAIMED)
+                        .values(outcome=SENDING, done_at=utcnow())
+                        .returning(NoncoreJob.order_id)))
         self._taken = None
+        return moved
 
 
 def _message(settings: Settings, kind: str, order: OrderRow) -> EmailMessage:

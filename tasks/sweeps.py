@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -38,7 +38,7 @@ from domain.clock import utcnow
 from domain.db import UnitOfWork, unit_of_work
 from domain.lifecycle import State, values
 from domain.models import OrderRow, Wave, WaveStatus
-from domain.noncore import release_cut_off_claims
+from domain.noncore import release_claims_of_lost_broker
 from domain.pipeline import (
     BUY_LABELS,
     LANE_LABEL_QUEUES,
@@ -249,21 +249,6 @@ def broker_epoch_lost(settings: Settings) -> bool:
         client.close()
 
 
-# Uptime is whole seconds and workers' clocks drift a little: a claim counts as made before
-# the broker started only when it is older than this much before the start.
-BROKER_START_MARGIN_S = 2.0
-
-
-def broker_started_at(settings: Settings) -> datetime:
-    """When the broker's Redis server started (now less its uptime), less a safety margin."""
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
-    try:
-        uptime = float(client.info("server")["uptime_in_seconds"])
-    finally:
-        client.close()
-    return utcnow() - timedelta(seconds=uptime + 1.0 + BROKER_START_MARGIN_S)
-
-
 def recover_lost_broker(settings: Settings, app: Celery) -> dict[str, Any] | None:
     """If the broker lost its data: declare the queues and re-drive at once. None otherwise."""
     if not settings.broker_url.startswith(("redis://", "rediss://")):
@@ -273,8 +258,8 @@ def recover_lost_broker(settings: Settings, app: Celery) -> dict[str, Any] | Non
     declare_queues(app)
     counts = redrive_stuck(settings, app, broker_lost=True)
     with unit_of_work(settings) as uow:
-        # Claims of e-mail tasks the restart cut off first, so that their e-mails are sent too.
-        counts["released_claims"] = release_cut_off_claims(uow, broker_started_at(settings))
+        # E-mail claims of the tasks the lost messages carried first, so that those are sent.
+        counts["released_claims"] = release_claims_of_lost_broker(uow)
         counts["noncore"] = redrive_noncore(uow, settings.noncore_redrive_window_s)
     log.warning("the broker holds no epoch key (restarted empty?): queues declared, re-drove "
                 "%s", {k: v for k, v in counts.items() if v})

@@ -18,6 +18,7 @@ from domain.noncore import (
     SENDING,
     UNCERTAIN,
     message_id,
+    release_claims_of_lost_broker,
     run_jobs,
 )
 from domain.pipeline import fast_lane_ids
@@ -195,6 +196,45 @@ def test_a_redelivery_takes_over_its_own_claims_and_never_resends_a_half_sent_on
     assert (out.done, out.uncertain, out.already) == ([ids[0]], [ids[1]], [ids[2]])
     assert [m["job"] for m in sink.messages()] == [f"{ids[0]}:post_purchase_email"]
     assert _outcomes(s) == {ids[0]: "sent", ids[1]: UNCERTAIN, ids[2]: "claimed"}
+
+
+class _ReleaseOnRcpt(KeepMessages):
+    """While the first recipient is being accepted, the claims are given back (a restarted
+    broker's recovery running at that moment)."""
+
+    def __init__(self, out: Any, settings: Any) -> None:
+        super().__init__(out)
+        self.settings, self.released = settings, 0
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
+                          options: list[str]) -> str:
+        if not self.released:
+            with unit_of_work(self.settings) as uow:
+                self.released = release_claims_of_lost_broker(uow)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_a_claim_given_back_before_its_message_is_handed_over_is_never_sent(
+        db, broker, settings, tmp_path) -> None:
+    handler = _ReleaseOnRcpt(tmp_path / "mail.jsonl", settings)
+    sink = _sink_with(handler)
+    try:
+        s = settings.model_copy(update={"smtp_port": sink.controller.port})
+        handler.settings = s
+        ids = _orders(s, 2)
+        # When both e-mails' claims are given back while the first one's envelope is sent,
+        out = run_jobs(s, "post_purchase_email", ids, claimer="task-1")
+        # then neither goes out (the first is dropped with RSET, the second never starts):
+        # the re-drive that follows a release sends them afresh, once.
+        assert handler.released == 2 and out.already == ids and out.done == []
+        assert sink.messages() == [] and _outcomes(s) == {}
+        again = run_jobs(s, "post_purchase_email", ids, claimer="task-2")
+        assert again.done == ids
+        assert sorted(m["job"] for m in sink.messages()) == [
+            f"{i}:post_purchase_email" for i in ids]
+    finally:
+        sink.stop()
 
 
 def test_a_recipient_the_server_refuses_is_recorded_and_not_retried(db, broker, settings,
