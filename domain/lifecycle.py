@@ -295,9 +295,9 @@ def sweep_up(session: Session, state: State, taken: Sequence[int], sweep: Sweep 
     ran meanwhile, found them locked and sent them to the stage again
     (``domain.pipeline.contended``); the re-drive sweep covers a message lost on the way.
     """
-    room = 0 if sweep is None else sweep.limit - len(taken)
-    if sweep is None or room <= 0:
+    if sweep is None or sweep.limit <= len(taken):
         return []
+    room = sweep.limit - len(taken)
     stmt = select(OrderRow).where(OrderRow.state == state.value)
     if taken:
         stmt = stmt.where(~any_of(session, OrderRow.id, sorted(taken)))

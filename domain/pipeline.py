@@ -113,17 +113,23 @@ def advance(uow: UnitOfWork, state: State, order_ids: Sequence[int],
 CONTENDED_RETRY_S = 2.0
 
 
-def contended(uow: UnitOfWork, state: State, order_ids: Sequence[int],
-              taken: Sequence[int]) -> list[int]:
+def held_elsewhere(session: Session, state: State, order_ids: Sequence[int],
+                   taken: Sequence[int]) -> list[int]:
     """The orders of a message that are still in ``state`` but were not ``taken``: locked by
     another transaction (a duplicate delivery, another batch that swept them up, one whose
-    worker died and is rolling back). Not dropped: they go to the stage again after
-    ``CONTENDED_RETRY_S`` (after the commit), and a run that finds them moved does nothing."""
+    worker died and is rolling back). They must not be dropped."""
     rest = sorted(set(order_ids) - set(taken))
     if not rest:
         return []
-    ids = list(uow.session.scalars(select(OrderRow.id).where(
-        any_of(uow.session, OrderRow.id, rest), OrderRow.state == state.value)))
+    return list(session.scalars(select(OrderRow.id).where(
+        any_of(session, OrderRow.id, rest), OrderRow.state == state.value)))
+
+
+def contended(uow: UnitOfWork, state: State, order_ids: Sequence[int],
+              taken: Sequence[int]) -> list[int]:
+    """Send the orders :func:`held_elsewhere` to the stage again after ``CONTENDED_RETRY_S``
+    (after the commit); a run that finds them moved does nothing."""
+    ids = held_elsewhere(uow.session, state, order_ids, taken)
     advance(uow, state, ids, countdown=CONTENDED_RETRY_S)
     return ids
 
@@ -198,7 +204,13 @@ def noncore_after(uow: UnitOfWork, state: State, order_ids: Sequence[int]) -> No
         return
     ids = store_orders(uow.session, order_ids)
     for kind in NONCORE_AFTER.get(state, ()):
-        uow.enqueue_chunks(NONCORE_TASKS[kind], ids, size=uow.settings.noncore_batch_size)
+        send_noncore(uow, kind, ids)
+
+
+def send_noncore(uow: UnitOfWork, kind: str, order_ids: Sequence[int]) -> None:
+    """The ``kind`` job of these orders, after the commit, in messages of
+    ``noncore_batch_size`` (short, so a worker that took one is soon back for core work)."""
+    uow.enqueue_chunks(NONCORE_TASKS[kind], order_ids, size=uow.settings.noncore_batch_size)
 
 
 def store_orders(session: Session, order_ids: Sequence[int]) -> list[int]:
@@ -228,7 +240,6 @@ def redrive_noncore(uow: UnitOfWork, within_s: float, limit: int = 50_000) -> di
                                           OrderRow.updated_at >= since, ~done)
                 .order_by(OrderRow.id).limit(limit))))
             if ids:
-                uow.enqueue_chunks(NONCORE_TASKS[kind], ids,
-                                   size=uow.settings.noncore_batch_size)
+                send_noncore(uow, kind, ids)
                 sent[kind] = len(ids)
     return sent

@@ -41,7 +41,13 @@ from domain.db import UnitOfWork, any_of, chunks, insert_ignoring_conflicts, uni
 from domain.lifecycle import Move, State, Sweep, apply_transitions, claim, sweep_up
 from domain.models import OrderLine, OrderRow, Reservation, SkuHold, Stock, Warehouse
 from domain.models import ReservationStatus as R
-from domain.pipeline import CONTENDED_RETRY_S, RESERVE, WAKE_BACKORDERED, advance
+from domain.pipeline import (
+    CONTENDED_RETRY_S,
+    RESERVE,
+    WAKE_BACKORDERED,
+    advance,
+    held_elsewhere,
+)
 from domain.reservations import release_reservations
 from domain.routing import WarehousePlan, plan_warehouses
 from domain.sku_health import FAILED as ATTEMPT_FAILED
@@ -147,14 +153,8 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings,
     outcome = ReserveOutcome()
     orders = claim(session, order_ids, [State.FRAUD_CHECKED, State.BACKORDERED],
                    with_payload=False)
-    unclaimed = set(order_ids) - {o.id for o in orders}
-    if unclaimed:
-        # Not in a reservable state, or locked by another transaction (a duplicate delivery,
-        # or one whose worker died and is being rolled back): those must not be dropped.
-        outcome.contended = sorted(session.execute(
-            select(OrderRow.id).where(any_of(session, OrderRow.id, sorted(unclaimed)),
-                                      OrderRow.state == State.FRAUD_CHECKED.value)
-        ).scalars())
+    outcome.contended = held_elsewhere(session, State.FRAUD_CHECKED, order_ids,
+                                       [o.id for o in orders])
     extra = sweep_up(session, State.FRAUD_CHECKED, [o.id for o in orders], sweep,
                      with_payload=False)
     if extra:
