@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, defer
 
 from domain.clock import utcnow
@@ -258,6 +258,27 @@ def claim(
         .with_for_update(skip_locked=True, key_share=True, of=OrderRow)
     )
     return _locked(session, stmt, with_payload)
+
+
+def claim_columns(session: Session, order_ids: Iterable[int], states: Iterable[State],
+                  *columns: Any) -> list[Row[Any]]:
+    """:func:`claim` returning only ``columns`` of the orders (the same locks): a stage that
+    reads a few fields skips building whole ORM rows, the order JSON among them."""
+    ids = sorted(set(order_ids))
+    if not ids:
+        return []
+    return list(session.execute(
+        select(*columns)
+        .where(any_of(session, OrderRow.id, ids),
+               any_of(session, OrderRow.state, [State(s).value for s in states]))
+        .order_by(OrderRow.id)
+        .with_for_update(skip_locked=True, key_share=True, of=OrderRow)).all())
+
+
+def claim_ids(session: Session, order_ids: Iterable[int], states: Iterable[State]) -> list[int]:
+    """:func:`claim` for a stage that needs only which orders it holds (loading whole rows to
+    read their ids was a fifth of the label stage's recording)."""
+    return [r[0] for r in claim_columns(session, order_ids, states, OrderRow.id)]
 
 
 def _locked(session: Session, stmt: Any, with_payload: bool) -> list[OrderRow]:

@@ -42,6 +42,7 @@ from config.settings import Settings
 from domain.clock import utcnow
 from domain.db import (
     UnitOfWork,
+    any_of,
     database_unavailable,
     insert_ignoring_conflicts,
     unit_of_work,
@@ -166,9 +167,9 @@ def _set_outcomes(uow: UnitOfWork, kind: str, outcomes: dict[int, str]) -> None:
     for order_id, outcome in outcomes.items():
         by_outcome.setdefault(outcome, []).append(order_id)
     for outcome, ids in by_outcome.items():
-        uow.session.execute(update(NoncoreJob).where(NoncoreJob.kind == kind,
-                                                     NoncoreJob.order_id.in_(ids))
-                            .values(outcome=outcome, done_at=utcnow()))
+        uow.session.execute(update(NoncoreJob).where(
+            NoncoreJob.kind == kind, any_of(uow.session, NoncoreJob.order_id, ids))
+            .values(outcome=outcome, done_at=utcnow()))
 
 
 def _run_coupons(settings: Settings, kind: str, ids: list[int], replayed: bool) -> JobOutcome:
@@ -177,7 +178,7 @@ def _run_coupons(settings: Settings, kind: str, ids: list[int], replayed: bool) 
     with unit_of_work(settings) as uow:
         claimed = _claim(uow, kind, ids, replayed, "pending")
         orders = {o.id: o for o in uow.session.scalars(
-            select(OrderRow).where(OrderRow.id.in_(claimed)))} if claimed else {}
+            select(OrderRow).where(any_of(uow.session, OrderRow.id, claimed)))} if claimed else {}
         amount = (settings.compensation_coupon_amount if kind == "delay_compensation"
                   else settings.coupon_amount)
         insert_ignoring_conflicts(uow.session, Coupon, [{
@@ -201,8 +202,8 @@ def _run_marketing(settings: Settings, ids: list[int], replayed: bool) -> JobOut
         with unit_of_work(settings) as uow:
             # Rows claimed here stay locked until the commit: a duplicate delivery waits.
             claimed = _claim(uow, "marketing_sync", ids, replayed, "pending")
-            orders = {o.id: o for o in uow.session.scalars(
-                select(OrderRow).where(OrderRow.id.in_(claimed)))} if claimed else {}
+            orders = {o.id: o for o in uow.session.scalars(select(OrderRow).where(
+                any_of(uow.session, OrderRow.id, claimed)))} if claimed else {}
             for order_id in claimed:
                 order = orders.get(order_id)
                 outcomes[order_id] = ("skipped:no_order" if order is None
@@ -272,7 +273,7 @@ def _claim_emails(uow: UnitOfWork, kind: str, ids: list[int], replayed: bool, cl
     session = uow.session
     fresh = _claim(uow, kind, ids, replayed, CLAIMED, claimer)
     stale = utcnow() - timedelta(seconds=uow.settings.task_time_limit_s + 60)
-    earlier = (NoncoreJob.kind == kind, NoncoreJob.order_id.in_(ids),
+    earlier = (NoncoreJob.kind == kind, any_of(session, NoncoreJob.order_id, ids),
                or_(NoncoreJob.claimed_by == claimer, NoncoreJob.done_at < stale))
     taken = session.scalars(update(NoncoreJob).where(*earlier, NoncoreJob.outcome == CLAIMED)
                             .values(claimed_by=claimer, done_at=utcnow())
@@ -286,7 +287,7 @@ def _claim_emails(uow: UnitOfWork, kind: str, ids: list[int], replayed: bool, cl
                     kind, len(lost))
     claimed = sorted({*fresh, *taken})
     orders = {o.id: o for o in session.scalars(
-        select(OrderRow).where(OrderRow.id.in_(claimed)))} if claimed else {}
+        select(OrderRow).where(any_of(session, OrderRow.id, claimed)))} if claimed else {}
     return claimed, orders, sorted(lost)
 
 

@@ -88,7 +88,7 @@ def fast_lane_ids(session: Session, order_ids: Sequence[int]) -> set[int]:
     if not order_ids:
         return set()
     return set(session.scalars(select(OrderRow.id).where(
-        OrderRow.id.in_(list(order_ids)), OrderRow.fast_lane.is_(True))))
+        any_of(session, OrderRow.id, order_ids), OrderRow.fast_lane.is_(True))))
 
 
 def _split(task: str, order_ids: Sequence[int], fast: set[int]
@@ -175,10 +175,12 @@ def label_waves(uow: UnitOfWork, wave_ids: Sequence[int]) -> None:
     if not wave_ids:
         return
     waves = uow.session.execute(
-        select(Wave.id, Wave.lane, Wave.size).where(Wave.id.in_(sorted(set(wave_ids))))
+        select(Wave.id, Wave.lane, Wave.size)
+        .where(any_of(uow.session, Wave.id, sorted(set(wave_ids))))
         .order_by(Wave.id)).all()
     fast_waves = set(uow.session.scalars(select(OrderRow.wave_id).where(
-        OrderRow.wave_id.in_(list(wave_ids)), OrderRow.fast_lane.is_(True)).distinct()))
+        any_of(uow.session, OrderRow.wave_id, wave_ids), OrderRow.fast_lane.is_(True))
+        .distinct()))
     by_queue: dict[str | None, list[tuple[int, int]]] = {}
     for wave_id, lane, size in waves:
         own = LANE_LABEL_QUEUES.get(lane or "")
@@ -218,7 +220,7 @@ def store_orders(session: Session, order_ids: Sequence[int]) -> list[int]:
     parent, so the customer gets one e-mail, one coupon, however many parcels."""
     return sorted(set(session.scalars(
         select(func.coalesce(OrderRow.parent_id, OrderRow.id))
-        .where(OrderRow.id.in_(sorted(set(order_ids)))))))
+        .where(any_of(session, OrderRow.id, sorted(set(order_ids)))))))
 
 
 def redrive_noncore(uow: UnitOfWork, within_s: float, limit: int = 50_000) -> dict[str, int]:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from config.settings import Settings
 from domain.alerts import raise_alert, resolve_alert
 from domain.clock import utcnow
+from domain.db import any_of, insert_ignoring_conflicts
 from domain.lifecycle import Move, State, apply_transitions
 from domain.models import OrderRow, SkuHealth, SkuHold, Stock, sku_health_table, sku_holds_table
 
@@ -74,7 +75,7 @@ def load_health(session: Session, skus: Iterable[str]) -> dict[str, HealthView]:
     if wanted:
         for sku, recent, frozen, reason in session.execute(
             select(SkuHealth.sku, SkuHealth.recent, SkuHealth.frozen, SkuHealth.frozen_reason)
-            .where(SkuHealth.sku.in_(wanted))
+            .where(any_of(session, SkuHealth.sku, wanted))
         ):
             out[sku] = HealthView(recent, bool(frozen), reason)
     return out
@@ -92,12 +93,10 @@ def _lock_rows(session: Session, skus: list[str]) -> dict[str, SkuHealthRow]:
     """Create missing health rows, then lock all of them in byte order of SKU."""
     wanted = sorted(set(skus))
     existing = set(session.execute(
-        select(SkuHealth.sku).where(SkuHealth.sku.in_(wanted))).scalars())
+        select(SkuHealth.sku).where(any_of(session, SkuHealth.sku, wanted))).scalars())
     missing = [s for s in wanted if s not in existing]
     if missing:
         # Sorted, like the lock below: two batches creating the same SKUs cannot deadlock.
-        from domain.db import insert_ignoring_conflicts
-
         insert_ignoring_conflicts(session, SkuHealth,
                                   [{"sku": s, "updated_at": utcnow()} for s in missing], ["sku"])
     order = (SkuHealth.sku.collate("C") if session.get_bind().dialect.name == "postgresql"
@@ -105,7 +104,7 @@ def _lock_rows(session: Session, skus: list[str]) -> dict[str, SkuHealthRow]:
     rows = session.execute(
         select(SkuHealth.sku, SkuHealth.recent, SkuHealth.attempts, SkuHealth.failures,
                SkuHealth.frozen)
-        .where(SkuHealth.sku.in_(wanted)).order_by(order).with_for_update()).all()
+        .where(any_of(session, SkuHealth.sku, wanted)).order_by(order).with_for_update()).all()
     return {r.sku: SkuHealthRow(r.recent or "", int(r.attempts or 0), int(r.failures or 0),
                                 bool(r.frozen)) for r in rows}
 

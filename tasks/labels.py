@@ -47,7 +47,7 @@ from domain.carriers import (
 from domain.carriers.shared import carrier_client
 from domain.clock import utcnow
 from domain.db import UnitOfWork, any_of, insert_ignoring_conflicts, unit_of_work
-from domain.lifecycle import Move, State, apply_transitions, claim
+from domain.lifecycle import Move, State, apply_transitions, claim, claim_columns, claim_ids
 from domain.models import OrderRow, Shipment, ShipmentStatus, Warehouse, Wave, WaveStatus
 from domain.notifications import notify_store
 from domain.pipeline import BUY_LABELS, VOID_LABELS, label_waves, noncore_after
@@ -285,13 +285,17 @@ def prepare_shipments(uow: UnitOfWork, wave_ids: int | Sequence[int],
     session = uow.session
     settings = settings or get_settings()
     choices = choices or {}
-    orders = [o for o in claim(session, _orders_of(uow, _wave_ids(wave_ids)), [State.IN_WAVE])
-              if o.id not in unquoted]
+    # The few fields a label needs, the ship-to address alone out of the order JSON.
+    orders = {o.id: o for o in claim_columns(
+        session, _orders_of(uow, _wave_ids(wave_ids)), [State.IN_WAVE], OrderRow.id,
+        OrderRow.wave_id, OrderRow.warehouse, OrderRow.ship_country, OrderRow.weight_g,
+        OrderRow.store, OrderRow.source_order_id,
+        OrderRow.payload["shipping_address"].label("ship_to")) if o.id not in unquoted}
     if not orders:
         return []
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
     rows = []
-    for o in orders:
+    for o in orders.values():
         choice = choices.get(o.id)
         carrier, service = ((choice.carrier, choice.service) if choice
                             else carrier_for(countries[_warehouse(o)], o.ship_country))
@@ -305,31 +309,29 @@ def prepare_shipments(uow: UnitOfWork, wave_ids: int | Sequence[int],
                      "est_delivery_days": choice.est_delivery_days if choice else None})
     insert_ignoring_conflicts(session, Shipment, rows, ["order_id"])
     pending = session.execute(
-        select(Shipment, OrderRow)
-        .join(OrderRow, OrderRow.id == Shipment.order_id)
-        .where(any_of(session, Shipment.order_id, [o.id for o in orders]),
+        select(Shipment.order_id, Shipment.idempotency_key, Shipment.carrier, Shipment.service)
+        .where(any_of(session, Shipment.order_id, list(orders)),
                Shipment.label_id.is_(None),
                Shipment.status == ShipmentStatus.PENDING)
         .order_by(Shipment.id)
     ).all()
-    return [
-        LabelRequest(
+    requests = []
+    for s in pending:
+        o = orders[s.order_id]
+        requests.append(LabelRequest(
             idempotency_key=s.idempotency_key, carrier=s.carrier, service=s.service,
             from_country=countries[_warehouse(o)], to_country=o.ship_country,
-            to_postal_code=o.payload["shipping_address"].get("postal_code", ""),
+            to_postal_code=o.ship_to.get("postal_code", ""),
             weight_g=max(o.weight_g, 1), reference=f"{o.store}/{o.source_order_id}",
-            to_address=o.payload["shipping_address"],
-            from_address=settings.ship_from_addresses.get(_warehouse(o)),
-        )
-        for s, o in pending
-    ]
+            to_address=o.ship_to, from_address=settings.ship_from_addresses.get(_warehouse(o))))
+    return requests
 
 
-def _warehouse(order: OrderRow) -> str:
+def _warehouse(order: Any) -> str:
     """The warehouse an order in a wave ships from (set when its stock was reserved)."""
     if order.warehouse is None:
         raise ValueError(f"order {order.id} is in a wave but has no warehouse")
-    return order.warehouse
+    return str(order.warehouse)
 
 
 def _orders_of(uow: UnitOfWork, wave_ids: list[int]) -> list[int]:
@@ -366,10 +368,12 @@ def record_labels(uow: UnitOfWork, labels: list[Label]) -> list[int]:
         .where(any_of(session, Shipment.idempotency_key, by_key))
     ).all()
     order_ids = [s.order_id for s in shipments]
-    still_in_wave = {o.id for o in claim(session, order_ids, [State.IN_WAVE],
-                                           with_payload=False)}
+    still_in_wave = set(claim_ids(session, order_ids, [State.IN_WAVE]))
+    # The others' states (cancelled meanwhile?): none in the usual run, so no query.
+    rest = [i for i in order_ids if i not in still_in_wave]
     states = dict(session.execute(
-        select(OrderRow.id, OrderRow.state).where(any_of(session, OrderRow.id, order_ids))).all())
+        select(OrderRow.id, OrderRow.state).where(any_of(session, OrderRow.id, rest))).all()
+    ) if rest else {}
     updates, moves, to_void = [], [], []
     for s in shipments:
         lb = by_key[s.idempotency_key]
@@ -415,13 +419,13 @@ def fail_labels(uow: UnitOfWork, failed: dict[int, str]) -> list[int]:
     heavy; or gave no label within label_give_up_s) wait for a person in label_failed, with
     the reason, instead of being retried forever."""
     session = uow.session
-    orders = claim(session, failed, [State.IN_WAVE], with_payload=False)
-    if not orders:
+    held = claim_ids(session, failed, [State.IN_WAVE])
+    if not held:
         return []
     applied = apply_transitions(session, [
-        Move(o.id, State.IN_WAVE, State.LABEL_FAILED, {"carrier_error": failed[o.id][:500]},
-             {"hold_reason": f"no label: {failed[o.id]}"[:1000]})
-        for o in orders], stage="labels")
+        Move(i, State.IN_WAVE, State.LABEL_FAILED, {"carrier_error": failed[i][:500]},
+             {"hold_reason": f"no label: {failed[i]}"[:1000]})
+        for i in held], stage="labels")
     for m in applied:
         raise_alert(session, "label_failed", str(m.order_id),
                     f"order {m.order_id} has no label: {failed[m.order_id][:300]}")
