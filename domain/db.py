@@ -9,7 +9,22 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import orjson
-from sqlalchemy import ColumnElement, Engine, Table, any_, bindparam, create_engine, event
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Engine,
+    Subquery,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    column,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -31,8 +46,9 @@ def _json_bytes(value: Any) -> bytes:
     return orjson.dumps(value, option=_ORJSON_OPTIONS)
 
 
-def _json_text(value: Any) -> str:
-    # SQLite stores what it is given: text, not a BLOB.
+def json_text(value: Any) -> str:
+    """A value as the JSON columns write it (SQLite stores what it is given: text, not a
+    BLOB; PostgreSQL casts it when it comes in an array)."""
     return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
 
 
@@ -42,7 +58,7 @@ def make_engine(url: str) -> Engine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30}, pool_size=5,
-                               json_serializer=_json_text, json_deserializer=orjson.loads)
+                               json_serializer=json_text, json_deserializer=orjson.loads)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _rec: Any) -> None:
@@ -202,6 +218,28 @@ def any_of(session: Session, column: Any, values: Iterable[Any]) -> ColumnElemen
     return cast(ColumnElement[bool], column.in_(values))
 
 
+def unnest_rows(table: Table, rows: Sequence[dict[str, Any]]) -> Subquery:
+    """PostgreSQL: ``rows`` (dicts with the same keys, columns of ``table``) as one subquery
+    over ``unnest`` of an array per column. An INSERT ... SELECT or UPDATE ... FROM over it is
+    one statement with one text for any number of rows, where an executemany runs a statement
+    per row (each parsed, planned and executed by the server on its own)."""
+    names = list(rows[0])
+    arrays = []
+    for n in names:
+        col = table.c[n]
+        if isinstance(col.type, JSON):
+            # Sent as text and cast back, as the column's own bind would write it.
+            arrays.append(bindparam(f"u_{n}", [json_text(r[n]) for r in rows],
+                                    type_=postgresql.ARRAY(Text)))
+        else:
+            arrays.append(bindparam(f"u_{n}", [r[n] for r in rows],
+                                    type_=postgresql.ARRAY(col.type)))
+    v = func.unnest(*arrays).table_valued(*(column(f"u_{n}") for n in names)).render_derived()
+    return select(*(
+        (sql_cast(v.c[f"u_{n}"], postgresql.JSONB) if isinstance(table.c[n].type, JSON)
+         else v.c[f"u_{n}"]).label(n) for n in names)).subquery()
+
+
 def dialect_insert(session: Session, table: Table | type[DeclarativeBase]
                    ) -> postgresql.Insert | sqlite.Insert:
     """An INSERT into ``table`` (a mapped class or a Core table) with the ON CONFLICT clauses
@@ -211,19 +249,39 @@ def dialect_insert(session: Session, table: Table | type[DeclarativeBase]
     return sqlite.insert(table)
 
 
+def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert many rows (dicts with the same keys): on PostgreSQL one INSERT ... SELECT over
+    :func:`unnest_rows`, elsewhere a Core executemany (cheaper per row than the ORM's)."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(postgresql.insert(table).from_select(
+            list(rows[0]), select(unnest_rows(table, rows))))
+    else:
+        session.connection().execute(table.insert(), list(rows))
+
+
 def insert_ignoring_conflicts(session: Session, table: Any, rows: list[dict[str, Any]],
                               conflict_cols: list[str], returning: Any = None) -> list[Any]:
     """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL or SQLite; returns RETURNING rows.
 
-    Rows go as one executemany (SQLAlchemy's "insertmanyvalues" batching): one cached
-    statement, where a multi-row VALUES would be compiled anew for every batch size.
+    PostgreSQL: one INSERT ... SELECT over :func:`unnest_rows`, one statement text for every
+    batch size. SQLite: one executemany (SQLAlchemy's "insertmanyvalues" batching).
     """
     if not rows:
         return []
     target = getattr(table, "__table__", table)
-    stmt = dialect_insert(session, target).on_conflict_do_nothing(index_elements=conflict_cols)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = postgresql.insert(target).from_select(
+            list(rows[0]), select(unnest_rows(target, rows))
+        ).on_conflict_do_nothing(index_elements=conflict_cols)
+        if returning is not None:
+            return list(session.execute(stmt.returning(*returning)).all())
+        session.execute(stmt)
+        return []
+    many = dialect_insert(session, target).on_conflict_do_nothing(index_elements=conflict_cols)
     conn = session.connection()
     if returning is not None:
-        return list(conn.execute(stmt.returning(*returning), rows).all())
-    conn.execute(stmt, rows)
+        return list(conn.execute(many.returning(*returning), rows).all())
+    conn.execute(many, rows)
     return []

@@ -15,11 +15,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, bindparam, or_, select, update
 from sqlalchemy.orm import Session, defer
 
 from domain.clock import utcnow
-from domain.db import any_of
+from domain.db import any_of, insert_rows, unnest_rows
 from domain.models import OrderRow, Wave, order_events_table, orders_table
 
 log = logging.getLogger(__name__)
@@ -163,15 +163,9 @@ def apply_transitions(session: Session, moves: Sequence[Move], *, stage: str) ->
             by_id = {m.order_id: m for m in moves_}
             applied.extend(by_id[i] for i in done)
     if applied:
-        # Core executemany: cheaper per row than the ORM bulk path.
-        session.connection().execute(
-            insert(order_events_table),
-            [
-                {"order_id": m.order_id, "at": now, "stage": stage, "from_state": m.src.value,
-                 "to_state": m.dst.value, "detail": m.detail or None}
-                for m in applied
-            ],
-        )
+        events = [{"order_id": m.order_id, "at": now, "stage": stage, "from_state": m.src.value,
+                   "to_state": m.dst.value, "detail": m.detail or None} for m in applied]
+        insert_rows(session, order_events_table, events)
     return applied
 
 
@@ -202,11 +196,13 @@ def _move_with_columns(session: Session, src: State, dst: State, names: tuple[st
         return [i for values_, ids in shared.items()
                 for i in _move(session, src, dst, ids, dict(zip(names, values_, strict=True)),
                                now)]
+    ordered = sorted(moves, key=lambda m: m.order_id)
+    if session.get_bind().dialect.name == "postgresql":
+        return _move_from_arrays(session, src, dst, names, ordered, now)
     stmt = (update(orders_table)
             .where(orders_table.c.id == bindparam("b_id"), orders_table.c.state == src.value)
             .values(state=dst.value, updated_at=now,
                     **{n: bindparam(f"b_{n}") for n in names}))
-    ordered = sorted(moves, key=lambda m: m.order_id)
     result = session.connection().execute(stmt, [
         {"b_id": m.order_id, **{f"b_{n}": m.columns[n] for n in names}} for m in ordered])
     ids = [m.order_id for m in ordered]
@@ -217,6 +213,22 @@ def _move_with_columns(session: Session, src: State, dst: State, names: tuple[st
     return list(session.scalars(select(OrderRow.id).where(
         any_of(session, OrderRow.id, ids), OrderRow.state == dst.value,
         OrderRow.updated_at == now)))
+
+
+def _move_from_arrays(session: Session, src: State, dst: State, names: tuple[str, ...],
+                      ordered: list[Move], now: datetime) -> list[int]:
+    """PostgreSQL: the moves as one ``UPDATE ... FROM unnest(arrays)``.
+
+    An executemany of per-order UPDATEs (a fraud verdict's reasons differ per order) was the
+    fraud stage's largest cost, in the worker and in PostgreSQL alike: one statement per order.
+    """
+    c = orders_table.c
+    v = unnest_rows(orders_table, [{"id": m.order_id, **{n: m.columns[n] for n in names}}
+                                   for m in ordered])
+    return list(session.scalars(
+        update(orders_table).where(c.id == v.c.id, c.state == src.value)
+        .values(state=dst.value, updated_at=now, **{n: v.c[n] for n in names})
+        .returning(c.id)))
 
 
 def transition(

@@ -32,7 +32,7 @@ from config.settings import Settings, get_settings
 from domain.alerts import raise_alert
 from domain.cancellation import cancel_orders
 from domain.clock import utcnow
-from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, unit_of_work
+from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, insert_rows, unit_of_work
 from domain.fastlane import is_fast_lane
 from domain.intake_exceptions import (
     HELD_ALERT,
@@ -237,9 +237,9 @@ def insert_orders(uow: UnitOfWork, orders: list[Order], settings: Settings, *,
         if new:
             _supersede_exceptions(uow, new)
         if lines:
-            # Core executemany, not the ORM's bulk path: these rows need no identity map.
-            session.execute(order_lines_table.insert(), lines)
-            session.execute(order_events_table.insert(), events)
+            # Core, not the ORM's bulk path: these rows need no identity map.
+            insert_rows(session, order_lines_table, lines)
+            insert_rows(session, order_events_table, events)
     return accepted, duplicates
 
 

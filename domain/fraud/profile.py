@@ -23,7 +23,7 @@ from disposable_email_domains import blocklist as DISPOSABLE_DOMAINS
 from sqlalchemy import case, select, tuple_
 from sqlalchemy.orm import Session
 
-from domain.db import dialect_insert
+from domain.db import dialect_insert, unnest_rows
 from domain.fraud.address import fold
 from domain.fraud.signals import Signal
 from domain.models import (
@@ -288,27 +288,40 @@ def record_accepted(session: Session, accepted: Iterable[Accepted]) -> None:
         return
     rows = [{"store": s, "customer_id": c, **agg}
             for (s, c), agg in sorted(per_customer.items())]
+    t = customer_profiles_table.c
+    stmt = dialect_insert(session, customer_profiles_table)
+    new = stmt.excluded
+    upsert = {
+        "orders": t.orders + new.orders,
+        "total_usd": t.total_usd + new.total_usd,
+        "max_usd": case((new.max_usd > t.max_usd, new.max_usd), else_=t.max_usd),
+        "first_order_at": case((new.first_order_at < t.first_order_at, new.first_order_at),
+                               else_=t.first_order_at),
+        "last_order_at": case((new.last_order_at > t.last_order_at, new.last_order_at),
+                              else_=t.last_order_at),
+    }
+    key_rows = [{"store": s, "customer_id": c, "kind": kind, "key": key,
+                 "first_used_at": first_used[(s, c, kind, key)]}
+                for s, c, kind, key in sorted(keys)]
+    conn = session.connection()
+    if session.get_bind().dialect.name == "postgresql":
+        # One INSERT ... SELECT over arrays each (rows are unique per conflict key, as ON
+        # CONFLICT DO UPDATE requires); an executemany was a statement per customer and key.
+        v = unnest_rows(customer_profiles_table, rows)
+        conn.execute(stmt.from_select(list(rows[0]), select(v))
+                     .on_conflict_do_update(index_elements=["store", "customer_id"],
+                                            set_=upsert))
+        if key_rows:
+            keyed = unnest_rows(customer_keys_table, key_rows)
+            conn.execute(dialect_insert(session, customer_keys_table)
+                         .from_select(list(key_rows[0]), select(keyed))
+                         .on_conflict_do_nothing(
+                             index_elements=["store", "customer_id", "kind", "key"]))
+        return
     # Core statements run as one executemany: a multi-row VALUES would be compiled afresh for
     # every batch (the stage's largest CPU cost when measured).
-    stmt = dialect_insert(session, customer_profiles_table)
-    t, new = customer_profiles_table.c, stmt.excluded
-    conn = session.connection()
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=["store", "customer_id"],
-        set_={
-            "orders": t.orders + new.orders,
-            "total_usd": t.total_usd + new.total_usd,
-            "max_usd": case((new.max_usd > t.max_usd, new.max_usd), else_=t.max_usd),
-            "first_order_at": case((new.first_order_at < t.first_order_at, new.first_order_at),
-                                   else_=t.first_order_at),
-            "last_order_at": case((new.last_order_at > t.last_order_at, new.last_order_at),
-                                  else_=t.last_order_at),
-        },
-    ), rows)
-    if keys:
-        conn.execute(
-            dialect_insert(session, customer_keys_table).on_conflict_do_nothing(
-                index_elements=["store", "customer_id", "kind", "key"]),
-            [{"store": s, "customer_id": c, "kind": kind, "key": key,
-              "first_used_at": first_used[(s, c, kind, key)]}
-             for s, c, kind, key in sorted(keys)])
+    conn.execute(stmt.on_conflict_do_update(index_elements=["store", "customer_id"],
+                                            set_=upsert), rows)
+    if key_rows:
+        conn.execute(dialect_insert(session, customer_keys_table).on_conflict_do_nothing(
+            index_elements=["store", "customer_id", "kind", "key"]), key_rows)

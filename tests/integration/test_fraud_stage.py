@@ -113,6 +113,12 @@ def test_approved_orders_build_the_history_later_orders_are_compared_with(db, br
     assert any(r.startswith("ordering from RU for the first time")
                for r in rows["h3"].fraud_reasons)
     assert rows["h3"].state == "on_hold"
+    # The approved one was added to the history (an upsert over what was there), the held one not
+    with unit_of_work(settings) as uow:
+        again = uow.session.get_one(CustomerProfile, ("acme", "c-1"))
+        assert (again.orders, str(again.total_usd), str(again.max_usd)) == (2, "80.00", "40.00")
+        assert again.first_order_at == profile.first_order_at
+        assert again.last_order_at.isoformat().startswith("2026-11-28T10:00:00")
 
 
 def test_rejected_orders_never_enter_a_history(db, broker, settings) -> None:
