@@ -131,9 +131,10 @@ class Move:
     columns: dict[str, Any] = field(default_factory=dict)
 
 
-# Moves of one group whose column values are shared by this many orders on average or more go
-# in one UPDATE per distinct set of values (sharding: a wave's orders); below that, one
-# prepared UPDATE per order in an executemany (fraud: a score per order).
+# SQLite: moves of one group whose column values are shared by this many orders on average or
+# more go in one UPDATE per distinct set of values (sharding: a wave's orders); below that, one
+# prepared UPDATE per order in an executemany (fraud: a score per order). PostgreSQL takes any
+# mix in one UPDATE over arrays.
 _SHARED_VALUES_MIN = 3
 
 
@@ -192,12 +193,16 @@ def _move_with_columns(session: Session, src: State, dst: State, names: tuple[st
             shared[tuple(m.columns[n] for n in names)].append(m.order_id)
     except TypeError:  # unhashable values (a list of reasons): one set per order
         shared = {}
-    if shared and len(shared) * _SHARED_VALUES_MIN <= len(moves):
+    # PostgreSQL moves any mix of values in one statement (unnest); elsewhere a statement per
+    # set of values shared by a few orders beats a statement per order.
+    arrays = session.get_bind().dialect.name == "postgresql"
+    if shared and (len(shared) == 1
+                   or (not arrays and len(shared) * _SHARED_VALUES_MIN <= len(moves))):
         return [i for values_, ids in shared.items()
                 for i in _move(session, src, dst, ids, dict(zip(names, values_, strict=True)),
                                now)]
     ordered = sorted(moves, key=lambda m: m.order_id)
-    if session.get_bind().dialect.name == "postgresql":
+    if arrays:
         return _move_from_arrays(session, src, dst, names, ordered, now)
     stmt = (update(orders_table)
             .where(orders_table.c.id == bindparam("b_id"), orders_table.c.state == src.value)

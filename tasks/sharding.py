@@ -40,13 +40,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from celery import Task
 from sqlalchemy import and_, func, or_, select, text, tuple_, update
 
 from config.settings import LaneRules, Settings, get_settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, dialect_insert, unit_of_work
+from domain.db import UnitOfWork, any_of, dialect_insert, unit_of_work
 from domain.lifecycle import Move, State, Sweep, apply_transitions
 from domain.models import OrderRow, Warehouse, Wave, WaveStatus
 from domain.pipeline import ASSIGN_WAVES, label_waves, take
@@ -211,15 +212,21 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings,
     """Put reserved orders (and, with ``sweep``, others waiting) into waves; return the ids of
     the waves that closed (on size, or on an order's promised dispatch)."""
     session = uow.session
-    orders = take(uow, State.RESERVED, order_ids, sweep)
+    # Without the order JSON: intake sets the lane; only an order stored before lanes were
+    # (lane NULL) has its JSON read, to work it out.
+    orders = take(uow, State.RESERVED, order_ids, sweep, with_payload=False)
     if not orders:
         return []
+    unlaned = [o.id for o in orders if o.lane is None]
+    payloads: dict[int, dict[str, Any]] = dict(session.execute(
+        select(OrderRow.id, OrderRow.payload).where(any_of(session, OrderRow.id, unlaned))
+    ).tuples().all()) if unlaned else {}
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
     groups: dict[WaveKey, list[OrderRow]] = defaultdict(list)
     for o in orders:
         assert o.warehouse is not None, "a reserved order has a warehouse"
         carrier, service = carrier_for(countries[o.warehouse], o.ship_country)
-        lane = o.lane or lane_for(o.payload, settings.lanes_of(o.store))
+        lane = o.lane or lane_for(payloads[o.id], settings.lanes_of(o.store))
         zone = zone_of(countries[o.warehouse], o.ship_country)
         groups[(o.warehouse, carrier, service, zone, lane)].append(o)
 

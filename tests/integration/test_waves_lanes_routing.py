@@ -90,6 +90,20 @@ def test_waves_group_by_warehouse_carrier_service_zone_and_lane(db, broker, sett
     assert lanes["E-1"] == "express" and lanes["C-1"] == "custom" and lanes["D-1"] == "standard"
 
 
+def test_an_order_stored_before_lanes_gets_its_lane_from_its_own_json(db, broker,
+                                                                      settings) -> None:
+    stock(settings)
+    ids = reserved(settings, [native_order("L-1", shipping_method="Express Shipping"),
+                              native_order("L-2")])
+    with unit_of_work(settings) as uow:  # rows written before intake set the lane
+        uow.session.execute(update(OrderRow).values(lane=None))
+    run(assign_orders, settings, ids, settings)
+    with unit_of_work(settings) as uow:
+        lanes = dict(uow.session.execute(select(OrderRow.source_order_id, OrderRow.lane)).all())
+    assert lanes == {"L-1": "express", "L-2": "standard"}
+    assert sorted(w.lane for w in waves(settings)) == ["express", "standard"]
+
+
 def test_wave_size_comes_from_the_daily_target_and_the_measured_rate(db, broker,
                                                                      settings) -> None:
     # 25 orders in the last hour is 600 a day; at 200 waves a day a wave holds 3 orders.
