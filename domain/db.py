@@ -23,6 +23,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    update,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
@@ -259,6 +260,26 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
             list(rows[0]), select(unnest_rows(table, rows))))
     else:
         session.connection().execute(table.insert(), list(rows))
+
+
+def update_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]],
+                key: str = "id") -> None:
+    """Write each row's values into the row of ``table`` (a mapped class or a Core table) whose
+    ``key`` it names (dicts with the same keys): on PostgreSQL one UPDATE ... FROM
+    :func:`unnest_rows`, elsewhere a Core executemany of one UPDATE per row."""
+    if not rows:
+        return
+    table = getattr(table, "__table__", table)
+    names = [n for n in rows[0] if n != key]
+    if session.get_bind().dialect.name == "postgresql":
+        v = unnest_rows(table, rows)
+        session.execute(update(table).where(table.c[key] == v.c[key])
+                        .values({n: v.c[n] for n in names}))
+        return
+    session.connection().execute(
+        update(table).where(table.c[key] == bindparam(f"b_{key}"))
+        .values({n: bindparam(f"b_{n}") for n in names}),
+        [{f"b_{k}": value for k, value in r.items()} for r in rows])
 
 
 def insert_ignoring_conflicts(session: Session, table: Any, rows: list[dict[str, Any]],

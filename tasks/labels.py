@@ -46,7 +46,7 @@ from domain.carriers import (
 )
 from domain.carriers.shared import carrier_client
 from domain.clock import utcnow
-from domain.db import UnitOfWork, any_of, insert_ignoring_conflicts, unit_of_work
+from domain.db import UnitOfWork, any_of, insert_ignoring_conflicts, unit_of_work, update_rows
 from domain.lifecycle import Move, State, apply_transitions, claim, claim_columns, claim_ids
 from domain.models import OrderRow, Shipment, ShipmentStatus, Warehouse, Wave, WaveStatus
 from domain.notifications import notify_store
@@ -394,7 +394,7 @@ def record_labels(uow: UnitOfWork, labels: list[Label]) -> list[int]:
             to_void.append(s.order_id)
         # else: recorded by an earlier run, or another worker is recording it right now
     if updates:
-        session.execute(update(Shipment), updates)
+        update_rows(session, Shipment, updates)
     if moves:
         consume_reservations(uow, [m.order_id for m in moves])
     applied = apply_transitions(session, moves, stage="labels")
