@@ -219,25 +219,28 @@ def any_of(session: Session, column: Any, values: Iterable[Any]) -> ColumnElemen
     return cast(ColumnElement[bool], column.in_(values))
 
 
-def unnest_rows(table: Table, rows: Sequence[dict[str, Any]]) -> Subquery:
-    """PostgreSQL: ``rows`` (dicts with the same keys, columns of ``table``) as one subquery
-    over ``unnest`` of an array per column. An INSERT ... SELECT or UPDATE ... FROM over it is
-    one statement with one text for any number of rows, where an executemany runs a statement
-    per row (each parsed, planned and executed by the server on its own)."""
+def unnest_rows(table: Any, rows: Sequence[dict[str, Any]],
+                extra: dict[str, Any] | None = None) -> Subquery:
+    """PostgreSQL: ``rows`` (dicts with the same keys: columns of ``table``, a mapped class or a
+    Core table, or names typed in ``extra``) as one subquery over ``unnest`` of an array per
+    column. An INSERT ... SELECT or UPDATE ... FROM over it is one statement with one text for
+    any number of rows, where an executemany runs a statement per row (each parsed, planned
+    and executed by the server on its own)."""
+    table = getattr(table, "__table__", table)
     names = list(rows[0])
+    types = {n: (extra or {}).get(n) or table.c[n].type for n in names}
     arrays = []
     for n in names:
-        col = table.c[n]
-        if isinstance(col.type, JSON):
+        if isinstance(types[n], JSON):
             # Sent as text and cast back, as the column's own bind would write it.
             arrays.append(bindparam(f"u_{n}", [json_text(r[n]) for r in rows],
                                     type_=postgresql.ARRAY(Text)))
         else:
             arrays.append(bindparam(f"u_{n}", [r[n] for r in rows],
-                                    type_=postgresql.ARRAY(col.type)))
+                                    type_=postgresql.ARRAY(types[n])))
     v = func.unnest(*arrays).table_valued(*(column(f"u_{n}") for n in names)).render_derived()
     return select(*(
-        (sql_cast(v.c[f"u_{n}"], postgresql.JSONB) if isinstance(table.c[n].type, JSON)
+        (sql_cast(v.c[f"u_{n}"], postgresql.JSONB) if isinstance(types[n], JSON)
          else v.c[f"u_{n}"]).label(n) for n in names)).subquery()
 
 
