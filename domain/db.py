@@ -23,6 +23,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy import cast as sql_cast
@@ -219,6 +220,21 @@ def any_of(session: Session, column: Any, values: Iterable[Any]) -> ColumnElemen
     return cast(ColumnElement[bool], column.in_(values))
 
 
+def any_row_of(session: Session, columns: Sequence[Any], rows: Iterable[Sequence[Any]]
+               ) -> ColumnElement[bool]:
+    """``(a, b, ...) IN rows``; on PostgreSQL against the rows as arrays, unnested: a tuple IN
+    list is a new statement text for every number of rows (parsed and planned anew), the
+    arrays keep one."""
+    rows = list(rows)
+    if session.get_bind().dialect.name == "postgresql":
+        arrays = [bindparam(None, [r[i] for r in rows], type_=postgresql.ARRAY(c.type))
+                  for i, c in enumerate(columns)]
+        v = func.unnest(*arrays).table_valued(
+            *(column(f"k{i}") for i in range(len(columns)))).render_derived()
+        return tuple_(*columns).in_(select(*v.c))
+    return tuple_(*columns).in_(rows)
+
+
 def unnest_rows(table: Any, rows: Sequence[dict[str, Any]],
                 extra: dict[str, Any] | None = None) -> Subquery:
     """PostgreSQL: ``rows`` (dicts with the same keys: columns of ``table``, a mapped class or a
@@ -253,11 +269,13 @@ def dialect_insert(session: Session, table: Table | type[DeclarativeBase]
     return sqlite.insert(table)
 
 
-def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert many rows (dicts with the same keys): on PostgreSQL one INSERT ... SELECT over
-    :func:`unnest_rows`, elsewhere a Core executemany (cheaper per row than the ORM's)."""
+def insert_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert many rows (dicts with the same keys) into ``table`` (a mapped class or a Core
+    table): on PostgreSQL one INSERT ... SELECT over :func:`unnest_rows`, elsewhere a Core
+    executemany (cheaper per row than the ORM's)."""
     if not rows:
         return
+    table = getattr(table, "__table__", table)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(postgresql.insert(table).from_select(
             list(rows[0]), select(unnest_rows(table, rows))))

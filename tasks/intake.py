@@ -32,7 +32,14 @@ from config.settings import Settings, get_settings
 from domain.alerts import raise_alert
 from domain.cancellation import cancel_orders
 from domain.clock import utcnow
-from domain.db import UnitOfWork, chunks, insert_ignoring_conflicts, insert_rows, unit_of_work
+from domain.db import (
+    UnitOfWork,
+    any_row_of,
+    chunks,
+    insert_ignoring_conflicts,
+    insert_rows,
+    unit_of_work,
+)
 from domain.fastlane import is_fast_lane
 from domain.intake_exceptions import (
     HELD_ALERT,
@@ -249,8 +256,8 @@ def _supersede_exceptions(uow: UnitOfWork, new: dict[tuple[str, str, str], int])
         select(RejectedOrder.id, RejectedOrder.source, RejectedOrder.store,
                RejectedOrder.source_order_id)
         .where(RejectedOrder.status == "open",
-               tuple_(RejectedOrder.source, RejectedOrder.store,
-                      RejectedOrder.source_order_id).in_(list(new)))).all()
+               any_row_of(uow.session, (RejectedOrder.source, RejectedOrder.store,
+                                        RejectedOrder.source_order_id), new))).all()
     if open_rows:
         now = utcnow()
         uow.session.execute(update(RejectedOrder), [

@@ -33,11 +33,18 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Task
-from sqlalchemy import and_, bindparam, insert, select, text, update
+from sqlalchemy import and_, bindparam, select, text, update
 
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, any_of, chunks, insert_ignoring_conflicts, unit_of_work
+from domain.db import (
+    UnitOfWork,
+    any_of,
+    chunks,
+    insert_ignoring_conflicts,
+    insert_rows,
+    unit_of_work,
+)
 from domain.lifecycle import Move, State, Sweep, apply_transitions, claim, sweep_up
 from domain.models import OrderLine, OrderRow, Reservation, SkuHold, Stock, Warehouse
 from domain.models import ReservationStatus as R
@@ -104,7 +111,7 @@ def lock_stock_of_skus(uow: UnitOfWork, skus: list[str]) -> dict[tuple[str, str]
         return {}
     rows = uow.session.execute(
         select(Stock.sku, Stock.warehouse, Stock.on_hand, Stock.reserved)
-        .where(Stock.sku.in_(sorted(skus)))
+        .where(any_of(uow.session, Stock.sku, sorted(skus)))
         .order_by(*stock_lock_order(uow.session))
         .with_for_update()
     ).all()
@@ -246,7 +253,7 @@ def reserve_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings,
     if increments:
         if _add_reserved(uow, increments) != len(increments):
             raise RuntimeError("stock changed under a held lock; refusing to reserve")
-        session.execute(insert(Reservation), reservations)
+        insert_rows(session, Reservation, reservations)
     # Health rows last (after every stock lock), the same order in every transaction. Locked,
     # they also tell whether a SKU was unfrozen by hand since this batch read it.
     health_now = record_attempts(

@@ -43,11 +43,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Task
-from sqlalchemy import and_, func, or_, select, text, tuple_, update
+from sqlalchemy import and_, func, or_, select, text, update
 
 from config.settings import LaneRules, Settings, get_settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, any_of, dialect_insert, unit_of_work
+from domain.db import UnitOfWork, any_of, any_row_of, dialect_insert, unit_of_work
 from domain.lifecycle import Move, State, Sweep, apply_transitions
 from domain.models import OrderRow, Warehouse, Wave, WaveStatus
 from domain.pipeline import ASSIGN_WAVES, label_waves, take
@@ -188,7 +188,7 @@ def _open_waves(uow: UnitOfWork, keys: list[WaveKey], target: int,
     def locked(wanted: list[WaveKey]) -> dict[WaveKey, Wave]:
         return {(w.warehouse, w.carrier, w.service, w.zone, w.lane): w
                 for w in session.execute(
-                    select(Wave).where(tuple_(*columns).in_(wanted),
+                    select(Wave).where(any_row_of(session, columns, wanted),
                                        Wave.status == WaveStatus.OPEN)
                     .order_by(Wave.id).with_for_update()
                     .execution_options(populate_existing=True)).scalars()}

@@ -20,10 +20,10 @@ from typing import Any
 
 import iptocc
 from disposable_email_domains import blocklist as DISPOSABLE_DOMAINS
-from sqlalchemy import case, select, tuple_
+from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
-from domain.db import dialect_insert, unnest_rows
+from domain.db import any_row_of, dialect_insert, unnest_rows
 from domain.fraud.address import fold
 from domain.fraud.signals import Signal
 from domain.models import (
@@ -106,7 +106,7 @@ def load_histories(session: Session,
         return {}
     profiles = session.execute(
         select(CustomerProfile).where(
-            tuple_(CustomerProfile.store, CustomerProfile.customer_id).in_(pairs))
+            any_row_of(session, (CustomerProfile.store, CustomerProfile.customer_id), pairs))
     ).scalars().all()
     if not profiles:
         return {}
@@ -115,7 +115,7 @@ def load_histories(session: Session,
     known = [(p.store, p.customer_id) for p in profiles]
     for store, customer_id, kind, key in session.execute(
         select(CustomerKey.store, CustomerKey.customer_id, CustomerKey.kind, CustomerKey.key)
-        .where(tuple_(CustomerKey.store, CustomerKey.customer_id).in_(known))
+        .where(any_row_of(session, (CustomerKey.store, CustomerKey.customer_id), known))
     ):
         keys[(store, customer_id)].setdefault(kind, set()).add(key)
     out = {}
