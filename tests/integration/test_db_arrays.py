@@ -1,0 +1,54 @@
+"""Batches sent to PostgreSQL as arrays (``domain.db``): what goes in comes back unchanged."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from sqlalchemy import String, Text, bindparam, cast, func, select
+from sqlalchemy.dialects import postgresql
+
+from domain.db import insert_rows, text_array_literal, unit_of_work, update_rows
+from domain.models import OrderEvent, Stock, order_events_table
+from tasks.intake import submit_orders
+from tests.integration.helpers import native_order, put_stock
+
+
+@hsettings(max_examples=200, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(st.characters(exclude_characters="\x00")), max_size=8))
+def test_a_text_array_literal_round_trips_any_text(pg_database, values) -> None:
+    # Quotes, backslashes, braces, commas, spaces, NULL-looking words, any script.
+    with pg_database.connect() as conn:
+        back = conn.execute(select(func.unnest(cast(
+            bindparam("p", text_array_literal(values), type_=Text),
+            postgresql.ARRAY(String))))).scalars().all()
+    assert back == values
+
+
+def test_rows_inserted_and_updated_over_arrays_keep_json_times_and_numbers(db, settings) -> None:
+    put_stock(settings, [("TEE-M", "US-EAST", "US", 1), ("TEE-M", "EU-DE", "DE", 1)])
+    [order_id] = submit_orders([native_order("A-1")], settings=settings).accepted
+    at = datetime(2026, 11, 27, 9, 30, 0, 123456, tzinfo=UTC)
+    details = [{"reasons": ['say "hi"', "back\\slash", "{brace},comma", "NULL"], "score": 7},
+               None, {"日本": "住所", "nested": {"list": [1, 2.5, None, True]}}]
+    with unit_of_work(settings) as uow:
+        insert_rows(uow.session, order_events_table, [
+            {"order_id": order_id, "at": at, "stage": "test", "from_state": None,
+             "to_state": f"s{i}", "detail": d} for i, d in enumerate(details)])
+        insert_rows(uow.session, Stock, [
+            {"sku": "A-1", "warehouse": "US-EAST", "on_hand": 5, "reserved": 0, "updated_at": at},
+            {"sku": 'B"2', "warehouse": "EU-DE", "on_hand": 7, "reserved": 1, "updated_at": at}])
+    with unit_of_work(settings) as uow:
+        update_rows(uow.session, Stock, [{"sku": "A-1", "reserved": 3},
+                                         {"sku": 'B"2', "reserved": 2}], key="sku")
+    with unit_of_work(settings) as uow:
+        events = uow.session.execute(select(OrderEvent).where(OrderEvent.stage == "test")
+                                     .order_by(OrderEvent.id)).scalars().all()
+        stock = {s.sku: (s.warehouse, s.on_hand, s.reserved, s.updated_at)
+                 for s in uow.session.execute(select(Stock).where(Stock.sku != "TEE-M")).scalars()}
+    assert [e.detail for e in events] == details
+    assert all(e.at == at for e in events)
+    assert stock == {"A-1": ("US-EAST", 5, 3, at), 'B"2': ("EU-DE", 7, 2, at)}
