@@ -218,9 +218,9 @@ def assign_orders(uow: UnitOfWork, order_ids: list[int], settings: Settings,
     if not orders:
         return []
     unlaned = [o.id for o in orders if o.lane is None]
-    payloads: dict[int, dict[str, Any]] = dict(session.execute(
-        select(OrderRow.id, OrderRow.payload).where(any_of(session, OrderRow.id, unlaned))
-    ).tuples().all()) if unlaned else {}
+    payloads: dict[int, dict[str, Any]] = {i: p for i, p in session.execute(
+        select(OrderRow.id, OrderRow.payload).where(any_of(session, OrderRow.id, unlaned)))
+    } if unlaned else {}
     countries = dict(session.execute(select(Warehouse.code, Warehouse.country)).all())
     groups: dict[WaveKey, list[OrderRow]] = defaultdict(list)
     for o in orders:
