@@ -291,11 +291,9 @@ class Settings(BaseSettings):
 
     # --- surge control: load monitor, non-core breaker, three-stage response ----------------
     # Load (0..1+, README "Surge control"): max of the busy share of worker slots and the
-    # oldest waiting order's age over surge_wait_target_s; smoothed by an EWMA: a falling load
-    # with tau, a rising one with the shorter of rise tau and tau (fast to open, slow to close).
+    # oldest waiting order's age over surge_wait_target_s; smoothed by an EWMA (tau).
     surge_monitor_interval_s: float = Field(2.0, gt=0)
     surge_ewma_tau_s: float = Field(10.0, gt=0)
-    surge_ewma_rise_tau_s: float = Field(2.0, gt=0)
     surge_wait_target_s: float = Field(120.0, gt=0)
     surge_rate_window_s: float = Field(60.0, gt=0)
     # The breaker sheds non-core jobs above open, resumes below close after a minimum dwell.

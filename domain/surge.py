@@ -9,8 +9,7 @@ Load (README, "Surge control"), each tick::
                   / (worker pool slots - slots running this control loop)
     wait        = age of the oldest order waiting in an automated stage / surge_wait_target_s
     load_raw    = max(utilisation, wait)
-    load        = EWMA(load_raw), alpha = 1 - exp(-dt / tau): tau = surge_ewma_tau_s while
-                  the load falls, the shorter of surge_ewma_rise_tau_s and it while it rises
+    load        = EWMA(load_raw), alpha = 1 - exp(-dt / surge_ewma_tau_s)
 
 The breaker opens when ``load > surge_open_load`` (or a surge reached stage 1) and closes when
 ``load < surge_close_load`` after at least ``surge_min_dwell_s`` open and no surge stage is on.
@@ -136,22 +135,6 @@ def ewma(previous: float | None, value: float, dt: float, tau: float) -> float:
     return previous + alpha * (value - previous)
 
 
-def smoothed_load(previous: float, raw: float, dt: float, settings: Settings) -> float:
-    """The load average after a tick: quick to follow a rise, slow to follow a fall.
-
-    With one time constant (10 s) a burst of a few seconds was over before the average reached
-    the open threshold: the breaker, there to keep non-core work off the workers while core
-    work waits, never opened for it, and post-purchase e-mails took a fifth of the fleet's CPU
-    in the middle of the burst. A rise is followed in a tick or two; a fall keeps the long
-    constant, and with the close threshold's hysteresis and the minimum dwell the breaker
-    still does not flap.
-    """
-    tau = settings.surge_ewma_tau_s
-    if raw > previous:
-        tau = min(settings.surge_ewma_rise_tau_s, tau)
-    return ewma(previous, raw, dt, tau)
-
-
 # --------------------------------------------------------------------------------------------
 # Deciding: breaker (hysteresis + dwell) and the three-stage response
 # --------------------------------------------------------------------------------------------
@@ -199,8 +182,8 @@ def decide(prev: ControlState, m: Measurement, settings: Settings) -> Decision:
     st = ControlState(**asdict(prev))
     st.at = m.at
     # The first tick starts the average from idle: one busy instant at start opens nothing.
-    st.load = (smoothed_load(0.0, raw, settings.surge_monitor_interval_s, settings)
-               if prev.load is None else smoothed_load(prev.load, raw, dt, settings))
+    st.load = (ewma(0.0, raw, settings.surge_monitor_interval_s, settings.surge_ewma_tau_s)
+               if prev.load is None else ewma(prev.load, raw, dt, settings.surge_ewma_tau_s))
     arrival = m.arrivals / m.window_s
     st.arrival_rate = ewma(prev.arrival_rate, arrival, dt, settings.surge_ewma_tau_s)
     out = Decision(st, raw, utilisation)
