@@ -279,6 +279,13 @@ def dialect_insert(session: Session, table: Table | type[DeclarativeBase]
     return sqlite.insert(table)
 
 
+def insert_from_arrays(table: Any, rows: Sequence[dict[str, Any]]) -> postgresql.Insert:
+    """PostgreSQL: ``INSERT INTO table (keys) SELECT`` over :func:`unnest_rows` (add the ON
+    CONFLICT clause the caller needs)."""
+    table = getattr(table, "__table__", table)
+    return postgresql.insert(table).from_select(list(rows[0]), select(unnest_rows(table, rows)))
+
+
 def insert_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]]) -> None:
     """Insert many rows (dicts with the same keys) into ``table`` (a mapped class or a Core
     table): on PostgreSQL one INSERT ... SELECT over :func:`unnest_rows`, elsewhere a Core
@@ -287,8 +294,7 @@ def insert_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]]) ->
         return
     table = getattr(table, "__table__", table)
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(postgresql.insert(table).from_select(
-            list(rows[0]), select(unnest_rows(table, rows))))
+        session.execute(insert_from_arrays(table, rows))
     else:
         session.connection().execute(table.insert(), list(rows))
 
@@ -324,9 +330,8 @@ def insert_ignoring_conflicts(session: Session, table: Any, rows: list[dict[str,
         return []
     target = getattr(table, "__table__", table)
     if session.get_bind().dialect.name == "postgresql":
-        stmt = postgresql.insert(target).from_select(
-            list(rows[0]), select(unnest_rows(target, rows))
-        ).on_conflict_do_nothing(index_elements=conflict_cols)
+        stmt = insert_from_arrays(target, rows).on_conflict_do_nothing(
+            index_elements=conflict_cols)
         if returning is not None:
             return list(session.execute(stmt.returning(*returning)).all())
         session.execute(stmt)

@@ -267,14 +267,16 @@ def claim(
     ids = sorted(set(order_ids))
     if not ids:
         return []
-    stmt = (
-        select(OrderRow)
-        .where(any_of(session, OrderRow.id, ids),
-               any_of(session, OrderRow.state, [State(s).value for s in states]))
-        .order_by(OrderRow.id)
-        .with_for_update(skip_locked=True, key_share=True, of=OrderRow)
-    )
-    return _locked(session, stmt, with_payload)
+    return _locked(session, _claiming(session, select(OrderRow), ids, states), with_payload)
+
+
+def _claiming(session: Session, stmt: Any, ids: list[int], states: Iterable[State]) -> Any:
+    """``stmt`` narrowed to the orders among ``ids`` in ``states``, locked as :func:`claim`
+    says, in id order."""
+    return (stmt.where(any_of(session, OrderRow.id, ids),
+                       any_of(session, OrderRow.state, [State(s).value for s in states]))
+            .order_by(OrderRow.id)
+            .with_for_update(skip_locked=True, key_share=True, of=OrderRow))
 
 
 def claim_columns(session: Session, order_ids: Iterable[int], states: Iterable[State],
@@ -284,12 +286,7 @@ def claim_columns(session: Session, order_ids: Iterable[int], states: Iterable[S
     ids = sorted(set(order_ids))
     if not ids:
         return []
-    return list(session.execute(
-        select(*columns)
-        .where(any_of(session, OrderRow.id, ids),
-               any_of(session, OrderRow.state, [State(s).value for s in states]))
-        .order_by(OrderRow.id)
-        .with_for_update(skip_locked=True, key_share=True, of=OrderRow)).all())
+    return list(session.execute(_claiming(session, select(*columns), ids, states)).all())
 
 
 def claim_ids(session: Session, order_ids: Iterable[int], states: Iterable[State]) -> list[int]:

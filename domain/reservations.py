@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from sqlalchemy import BindParameter, Integer, and_, bindparam, select, tuple_, update
+from sqlalchemy import BindParameter, Integer, and_, bindparam, select, update
 
 from domain.clock import utcnow
-from domain.db import UnitOfWork, any_of, unnest_rows
+from domain.db import UnitOfWork, any_of, any_row_of, unnest_rows
 from domain.models import Reservation, Stock
 from domain.models import ReservationStatus as R
 from domain.pipeline import WAKE_BACKORDERED
@@ -26,22 +26,12 @@ from domain.stock import stock_lock_order
 def lock_stock_rows(uow: UnitOfWork, keys: list[tuple[str, str]]) -> None:
     """Lock these stock rows in the one global lock order (``stock_lock_order``), so releases,
     consumption, imports and reservations never deadlock."""
-    if not keys:
-        return
-    session = uow.session
-    wanted = sorted(set(keys))
-    if session.get_bind().dialect.name == "postgresql":
-        # Joined to the keys as arrays: a (sku, warehouse) IN list was a new statement text,
-        # parsed and planned anew, for every batch.
-        v = unnest_rows(Stock, [{"sku": s, "warehouse": w} for s, w in wanted])
-        session.execute(
-            select(Stock.sku).join(v, and_(Stock.sku == v.c.sku, Stock.warehouse == v.c.warehouse))
-            .order_by(*stock_lock_order(session)).with_for_update(of=Stock)).all()
-        return
-    session.execute(
-        select(Stock.sku).where(tuple_(Stock.sku, Stock.warehouse).in_(wanted))
-        .order_by(*stock_lock_order(session)).with_for_update()
-    ).all()
+    if keys:
+        uow.session.execute(
+            select(Stock.sku)
+            .where(any_row_of(uow.session, (Stock.sku, Stock.warehouse), sorted(set(keys))))
+            .order_by(*stock_lock_order(uow.session)).with_for_update()
+        ).all()
 
 
 def _wake_after_commit(uow: UnitOfWork, skus: Iterable[str]) -> None:

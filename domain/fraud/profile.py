@@ -23,7 +23,7 @@ from disposable_email_domains import blocklist as DISPOSABLE_DOMAINS
 from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
-from domain.db import any_row_of, dialect_insert, unnest_rows
+from domain.db import any_row_of, dialect_insert, insert_from_arrays
 from domain.fraud.address import fold
 from domain.fraud.signals import Signal
 from domain.models import (
@@ -307,16 +307,11 @@ def record_accepted(session: Session, accepted: Iterable[Accepted]) -> None:
     if session.get_bind().dialect.name == "postgresql":
         # One INSERT ... SELECT over arrays each (rows are unique per conflict key, as ON
         # CONFLICT DO UPDATE requires); an executemany was a statement per customer and key.
-        v = unnest_rows(customer_profiles_table, rows)
-        conn.execute(stmt.from_select(list(rows[0]), select(v))
-                     .on_conflict_do_update(index_elements=["store", "customer_id"],
-                                            set_=upsert))
+        conn.execute(insert_from_arrays(customer_profiles_table, rows).on_conflict_do_update(
+            index_elements=["store", "customer_id"], set_=upsert))
         if key_rows:
-            keyed = unnest_rows(customer_keys_table, key_rows)
-            conn.execute(dialect_insert(session, customer_keys_table)
-                         .from_select(list(key_rows[0]), select(keyed))
-                         .on_conflict_do_nothing(
-                             index_elements=["store", "customer_id", "kind", "key"]))
+            conn.execute(insert_from_arrays(customer_keys_table, key_rows).on_conflict_do_nothing(
+                index_elements=["store", "customer_id", "kind", "key"]))
         return
     # Core statements run as one executemany: a multi-row VALUES would be compiled afresh for
     # every batch (the stage's largest CPU cost when measured).
