@@ -162,10 +162,24 @@ class OrderLine(Base):
     weight_g: Mapped[int] = mapped_column(Integer)
 
 
+# An order's first event (its arrival at intake; a split order's parts are not arrivals) and
+# its labels: the surge tick and the wave planner count these over a recent window. Partial
+# indexes on the append-only log hold one live entry per counted event, where a count over
+# orders.received_at walks every row version the stages left behind.
+ARRIVAL_EVENT = "stage = 'intake' AND from_state IS NULL"
+LABEL_EVENT = "to_state = 'labelled'"
+
+
 class OrderEvent(Base):
     """Append-only log of every state transition."""
 
     __tablename__ = "order_events"
+    __table_args__ = (
+        Index("ix_order_events_arrivals", "at", postgresql_where=text(ARRIVAL_EVENT),
+              sqlite_where=text(ARRIVAL_EVENT)),
+        Index("ix_order_events_labelled", "at", postgresql_where=text(LABEL_EVENT),
+              sqlite_where=text(LABEL_EVENT)),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)

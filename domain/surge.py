@@ -31,8 +31,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from domain.lifecycle import PROCESSING, State, not_held_in_a_wave
-from domain.models import OrderEvent, OrderRow
+from domain.lifecycle import PROCESSING, arrivals_since, labels_since, not_held_in_a_wave
+from domain.models import OrderRow
 
 log = logging.getLogger("orderfleet.surge")
 
@@ -105,10 +105,8 @@ def measure(r: redis.Redis, session: Session, settings: Settings, *, slots: int,
         .where(OrderRow.state.in_(waiting), not_held_in_a_wave(utcnow()))).one()
 
     since = utcnow() - timedelta(seconds=settings.surge_rate_window_s)
-    arrivals = session.scalar(select(func.count()).select_from(OrderRow)
-                              .where(OrderRow.received_at >= since)) or 0
-    drained = session.scalar(select(func.count()).select_from(OrderEvent).where(
-        OrderEvent.to_state == State.LABELLED.value, OrderEvent.at >= since)) or 0
+    arrivals = arrivals_since(session, since)
+    drained = labels_since(session, since)
     oldest_wait = max((utcnow() - oldest).total_seconds(), 0.0) if oldest else 0.0
     # The tick itself holds a slot while it measures: that slot is not the fleet's to give.
     control = sum(unacked.get(q, 0) for q in control_queues)

@@ -48,7 +48,7 @@ from sqlalchemy import and_, func, or_, select, text, update
 from config.settings import LaneRules, Settings, get_settings
 from domain.clock import utcnow
 from domain.db import UnitOfWork, any_of, any_row_of, dialect_insert, unit_of_work
-from domain.lifecycle import Move, State, Sweep, apply_transitions
+from domain.lifecycle import Move, State, Sweep, apply_transitions, arrivals_since
 from domain.models import OrderRow, Warehouse, Wave, WaveStatus
 from domain.pipeline import ASSIGN_WAVES, label_waves, take
 from domain.routing import (
@@ -77,10 +77,8 @@ class WavePlan:
 
 
 def _orders_in_window(uow: UnitOfWork, settings: Settings) -> int:
-    cutoff = utcnow() - timedelta(seconds=settings.wave_rate_window_s)
-    return int(uow.session.execute(
-        select(func.count()).select_from(OrderRow)
-        .where(OrderRow.received_at >= cutoff)).scalar_one())
+    return arrivals_since(uow.session,
+                          utcnow() - timedelta(seconds=settings.wave_rate_window_s))
 
 
 def _dispatch_hours(lanes: LaneRules, lane: str, settings: Settings) -> float:
