@@ -366,12 +366,15 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 def _payloads(n: int, seed: int) -> list[dict[str, Any]]:
-    from sandbox.synthetic import generate_orders
+    from sandbox.synthetic import generate_orders, with_own_emails
 
     # Valid, ordinary orders (no fraud patterns, no $500+ review line): all can be labelled.
-    # Order numbers of the seed's own, or intake would drop another run's as duplicates.
-    return generate_orders(n, seed=seed, invalid_rate=0.0, high_value_rate=0.0, risky_rate=0.0,
-                           start_id=seed * 10_000_000 + 1)
+    # Order numbers and e-mail addresses of the seed's own: intake would drop another run's
+    # orders as duplicates, and fraud velocity would hold an address a run drew many times
+    # (40% of a soak's orders by its 400,000th).
+    first = seed * 10_000_000 + 1
+    return with_own_emails(generate_orders(n, seed=seed, invalid_rate=0.0, high_value_rate=0.0,
+                                           risky_rate=0.0, start_id=first), first)
 
 
 def _submit(payloads: list[dict[str, Any]], settings: Settings) -> int:

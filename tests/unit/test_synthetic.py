@@ -23,6 +23,7 @@ from sandbox.synthetic import (
     generate_labelled_orders,
     generate_orders,
     generate_stock,
+    with_own_emails,
     write_orders,
 )
 
@@ -400,3 +401,29 @@ def test_write_orders_rejects_unknown_format(tmp_path):
 def test_ten_thousand_orders_are_generated():
     orders = generate_orders(10_000, seed=0, paid_at=PAID_AT)
     assert len(orders) == 10_000
+
+
+def test_own_emails_make_every_order_an_address_of_its_own() -> None:
+    from domain.fraud.velocity import normalise_email
+
+    # Given a run long enough for the generator to draw the same names again (Shopify payloads
+    # carry the address three times)
+    payloads = generate_orders(3000, seed=9, invalid_rate=0.0, high_value_rate=0.0,
+                               risky_rate=0.0)
+    drawn = [parse_order(p).customer.email for p in payloads]
+    assert len(set(drawn)) < len(drawn)
+    # When each gets its own address
+    own = with_own_emails(payloads, first=500)
+    orders = [parse_order(p) for p in own]
+    # Then no two orders share one, even as the fraud stage compares them
+    assert len({normalise_email(o.customer.email) for o in orders}) == len(orders)
+    # Then each is the drawn one with the order's number in it, the same in every field
+    for n, (p, o, before) in enumerate(zip(own, orders, drawn, strict=True), start=500):
+        local, domain = before.split("@")
+        assert o.customer.email == f"{local}.{n}@{domain}"
+        for key in ("email", "contact_email"):
+            if key in p:
+                assert p[key] == o.customer.email
+    # Then nothing else changed
+    assert [o.model_dump(exclude={"customer"}) for o in orders] == [
+        parse_order(p).model_dump(exclude={"customer"}) for p in payloads]
