@@ -297,12 +297,18 @@ class SkuHold(Base):
     held_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+# Waves whose labels are being bought: label routing sums their sizes per lane.
+CLOSED_WAVE = "status = 'closed'"
+
+
 class Wave(Base):
     """A pick wave: orders of one warehouse, carrier service, destination zone and lane,
     picked and labelled together."""
 
     __tablename__ = "waves"
     __table_args__ = (
+        Index("ix_waves_closed_lane", "lane", postgresql_where=text(CLOSED_WAVE),
+              sqlite_where=text(CLOSED_WAVE)),
         # At most one open wave per (warehouse, carrier, service, zone, lane): concurrent
         # sharding tasks cannot each open their own.
         Index(

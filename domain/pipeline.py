@@ -19,13 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, select, text
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
 from domain.db import UnitOfWork, any_of, chunks, send_task, unit_of_work
 from domain.lifecycle import LABELLED_OR_LATER, State, Sweep, claim, sweep_up, values
-from domain.models import NoncoreJob, OrderRow, Wave
+from domain.models import CLOSED_WAVE, NoncoreJob, OrderRow, Wave
 
 # --- the order pipeline --------------------------------------------------------------------
 FRAUD_CHECK = "orderfleet.fraud.check"
@@ -161,10 +161,23 @@ def advance_committed(state: State, order_ids: Sequence[int], batch_size: int) -
     return sent
 
 
-# Lanes whose waves have a label queue of their own: a flood of made-to-order parcels (slow,
-# hand-checked) never delays standard ones, and the reverse. Other lanes share "labels"; which
-# of those is served first under a backlog is surge control's business.
+# Lanes whose waves have a label queue of their own, polled after every forward stage: a flood
+# of made-to-order parcels (slow, hand-checked) never delays standard ones. Only a flood goes
+# there (``flooded_lanes``): a steady share of them on that queue waited for moments when every
+# forward queue was empty, seconds at half load. Other lanes share "labels"; which of those is
+# served first under a backlog is surge control's business.
 LANE_LABEL_QUEUES: dict[str, str] = {"custom": "labels_custom"}
+
+
+def flooded_lanes(session: Session, lanes: set[str], cap: int) -> set[str]:
+    """The ``lanes`` with more than ``cap`` orders in closed waves (waiting for labels, these
+    included): their label messages go on the lane's own queue."""
+    if not lanes:
+        return set()
+    return {lane for lane, orders in session.execute(
+        select(Wave.lane, func.sum(Wave.size)).where(text(CLOSED_WAVE),
+                                                     any_of(session, Wave.lane, sorted(lanes)))
+        .group_by(Wave.lane)) if (orders or 0) > cap}
 
 
 def label_waves(uow: UnitOfWork, wave_ids: Sequence[int]) -> None:
@@ -181,12 +194,14 @@ def label_waves(uow: UnitOfWork, wave_ids: Sequence[int]) -> None:
     fast_waves = set(uow.session.scalars(select(OrderRow.wave_id).where(
         any_of(uow.session, OrderRow.wave_id, wave_ids), OrderRow.fast_lane.is_(True))
         .distinct()))
+    cap = uow.settings.label_batch_orders
+    flooded = flooded_lanes(uow.session, {lane for _, lane, _ in waves
+                                          if lane in LANE_LABEL_QUEUES}, cap)
     by_queue: dict[str | None, list[tuple[int, int]]] = {}
     for wave_id, lane, size in waves:
-        own = LANE_LABEL_QUEUES.get(lane or "")
+        own = LANE_LABEL_QUEUES[lane] if lane in flooded else None
         queue = own or (FAST_LANE_QUEUE[BUY_LABELS] if wave_id in fast_waves else None)
         by_queue.setdefault(queue, []).append((wave_id, size))
-    cap = uow.settings.label_batch_orders
     for queue, sized in by_queue.items():
         message: list[int] = []
         orders = 0

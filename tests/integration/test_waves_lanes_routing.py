@@ -165,27 +165,56 @@ def test_an_order_held_for_review_is_routed_only_after_approval(db, broker, sett
         assert uow.session.get_one(OrderRow, held).state == State.IN_WAVE
 
 
-def test_custom_made_waves_buy_their_labels_on_their_own_queue(db, broker, settings) -> None:
+def _closed_waves_with_engraved(settings, engraved_orders: int) -> list[int]:
+    """Two standard waves (one per destination zone) and one custom-made wave of
+    ``engraved_orders``, closed together; the label queues emptied."""
     stock(settings)
     engraved = [{"sku": "TEE-M", "quantity": 1, "unit_price": "20.00", "weight_g": 250,
                  "properties": {"Engraving": "J"}}]
     ids = reserved(settings, [native_order("N-1"), native_order("N-2", country="DE"),
-                              native_order("K-1", lines=engraved)])
+                              *(native_order(f"K-{i}", lines=engraved)
+                                for i in range(engraved_orders))])
     run(assign_orders, settings, ids, settings)
+    return run(close_waves_older_than, settings, 0.0)
+
+
+def _label_messages(broker, queue: str) -> list[list[int]]:
+    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0]
+            for m in broker.lrange(queue, 0, -1)]
+
+
+def test_custom_made_waves_share_the_label_queue_until_they_flood_it(db, broker,
+                                                                      settings) -> None:
+    # Given a custom-made wave of two orders closed with two standard waves
+    closed = _closed_waves_with_engraved(settings, 2)
     broker.delete("labels", "labels_custom")
-    closed = run(close_waves_older_than, settings, 0.0)
     from domain.pipeline import label_waves
+    # When their labels are sent with room for more custom-made orders waiting (cap 200)
     with unit_of_work(settings) as uow:
         label_waves(uow, closed)
-    assert broker.llen("labels_custom") == 1
-    # The two standard waves (one per destination zone) closed together: one message, both.
-    assert broker.llen("labels") == 1
-    custom, standard = (json.loads(broker.lindex(q, 0)) for q in ("labels_custom", "labels"))
-    assert custom["headers"]["task"] == standard["headers"]["task"] == "orderfleet.labels.buy"
-    custom_waves, standard_waves = (json.loads(base64.b64decode(m["body"]))[0][0]
-                                    for m in (custom, standard))
-    assert len(custom_waves) == 1 and len(standard_waves) == 2
-    assert sorted(custom_waves + standard_waves) == sorted(closed)
+    # Then all three go in one message on the standard queue: a steady share of custom-made
+    # orders is not left to wait for a lull of the whole pipeline
+    assert broker.llen("labels_custom") == 0
+    assert [sorted(m) for m in _label_messages(broker, "labels")] == [sorted(closed)]
+
+
+def test_a_flood_of_custom_made_waves_buys_its_labels_on_its_own_queue(db, broker,
+                                                                       settings) -> None:
+    # Given the same waves, with more custom-made orders waiting for labels than the cap (1)
+    capped = settings.model_copy(update={"label_batch_orders": 1})
+    closed = _closed_waves_with_engraved(capped, 2)
+    broker.delete("labels", "labels_custom")
+    from domain.pipeline import label_waves
+    with unit_of_work(capped) as uow:
+        custom_wave = uow.session.execute(select(Wave.id).where(Wave.lane == "custom")
+                                          ).scalar_one()
+        label_waves(uow, closed)
+    # Then the custom-made wave goes on its own queue, the standard ones where they always go
+    assert _label_messages(broker, "labels_custom") == [[custom_wave]]
+    standard = _label_messages(broker, "labels")
+    assert sorted(w for m in standard for w in m) == sorted(set(closed) - {custom_wave})
+    messages = [json.loads(m) for m in broker.lrange("labels", 0, -1)]
+    assert {m["headers"]["task"] for m in messages} == {"orderfleet.labels.buy"}
 
 
 @pytest.mark.parametrize(("cap", "messages"), [(200, 1), (1, 2)])
