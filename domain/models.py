@@ -297,7 +297,9 @@ class SkuHold(Base):
     held_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-# Waves whose labels are being bought: label routing sums their sizes per lane.
+# Waves taking orders (uq_waves_one_open indexes them: the due sweep reads only those), and
+# waves whose labels are being bought (label routing sums their sizes per lane).
+OPEN_WAVE = "status = 'open'"
 CLOSED_WAVE = "status = 'closed'"
 
 
@@ -319,8 +321,8 @@ class Wave(Base):
             "zone",
             "lane",
             unique=True,
-            postgresql_where=text("status = 'open'"),
-            sqlite_where=text("status = 'open'"),
+            postgresql_where=text(OPEN_WAVE),
+            sqlite_where=text(OPEN_WAVE),
         ),
     )
 

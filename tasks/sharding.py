@@ -27,9 +27,10 @@ gave ~7,600 waves instead of 200. A simulated day (``benchmarks/waves.py``) now 
 express and VIP waves held at most 2 hours; holding those only 60 s makes ~700 of them alone.
 
 An order is claimed in ``reserved`` and leaves it in the same transaction, so a re-run never
-puts it in a second wave. A closed wave's label message goes to its lane's queue
-(``domain.pipeline.label_waves``): custom-made waves never wait behind standard ones, nor
-standard behind them.
+puts it in a second wave. Each sharding message also closes the waves that came due since the
+beat's last sweep. A closed wave's label message goes to the standard label queue (or its fast
+lane), a flooded lane's to that lane's own (``domain.pipeline.label_waves``): a flood of
+custom-made waves never delays standard ones.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from config.settings import LaneRules, Settings, get_settings
 from domain.clock import utcnow
 from domain.db import UnitOfWork, any_of, any_row_of, dialect_insert, unit_of_work
 from domain.lifecycle import Move, State, Sweep, apply_transitions, arrivals_since
-from domain.models import OrderRow, Warehouse, Wave, WaveStatus
+from domain.models import OPEN_WAVE, OrderRow, Warehouse, Wave, WaveStatus
 from domain.pipeline import ASSIGN_WAVES, label_waves, take
 from domain.routing import (
     PRIORITY_LANES,
@@ -285,15 +286,23 @@ def close_waves_older_than(uow: UnitOfWork, max_age_s: float) -> list[int]:
     ).scalars())
 
 
-def close_due_waves(uow: UnitOfWork, settings: Settings) -> list[int]:
+def close_due_waves(uow: UnitOfWork, settings: Settings, *, skip_locked: bool = False
+                    ) -> list[int]:
     """Close open waves whose ``close_by`` has come (``wave_max_age_s`` after opening for a
-    wave without one); return their ids."""
+    wave without one); return their ids. ``skip_locked``: leave a wave that another
+    transaction holds (a sharding task filling it) to that one or the next sweep, so a stage
+    that already holds wave locks never waits for more."""
     now = utcnow()
     due = or_(Wave.close_by <= now,
               and_(Wave.close_by.is_(None),
                    Wave.opened_at <= now - timedelta(seconds=settings.wave_max_age_s)))
+    # The literal predicate lets PostgreSQL read the open waves through uq_waves_one_open.
+    which: Any = and_(text(OPEN_WAVE), due)
+    if skip_locked:
+        which = Wave.id.in_(select(Wave.id).where(which)
+                            .with_for_update(skip_locked=True).scalar_subquery())
     return list(uow.session.execute(
-        update(Wave).where(Wave.status == WaveStatus.OPEN, due)
+        update(Wave).where(which)
         .values(status=WaveStatus.CLOSED, closed_at=now, close_reason="age")
         .returning(Wave.id)
     ).scalars())
@@ -303,8 +312,10 @@ def close_due_waves(uow: UnitOfWork, settings: Settings) -> list[int]:
 def assign(task: Task, order_ids: list[int]) -> None:
     settings = get_settings()
     with retry_on_transient(task), unit_of_work(settings) as uow:
-        label_waves(uow, assign_orders(uow, parse_ids(order_ids), settings,
-                                       batch_sweep(task, settings)))
+        closed = assign_orders(uow, parse_ids(order_ids), settings, batch_sweep(task, settings))
+        # Waves come due between the beat's sweeps (a quarter of the age limit apart); under a
+        # steady flow of orders the next sharding message closes them sooner.
+        label_waves(uow, closed + close_due_waves(uow, settings, skip_locked=True))
 
 
 @stage_task("orderfleet.sharding.close_aged_waves")

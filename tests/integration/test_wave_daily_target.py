@@ -149,3 +149,25 @@ def test_orders_held_in_a_wave_until_it_is_due_are_not_lag_or_backlog(db, broker
     with unit_of_work(settings) as uow:
         (order_id,) = uow.session.execute(select(OrderRow.id)).scalars().all()
     assert alerted == [order_id]
+
+
+def test_a_stage_closing_due_waves_skips_one_another_transaction_holds(db, broker,
+                                                                       settings) -> None:
+    # Given two waves (two destination zones) past their age limit
+    put_stock(settings, [("TEE-M", "US-EAST", "US", 50)])
+    placed(settings, [native_order("Z-1"), native_order("Z-2", country="DE")], T0)
+    with unit_of_work(settings) as uow:
+        held, free = sorted(uow.session.execute(select(Wave.id)).scalars())
+    due = T0 + timedelta(seconds=settings.wave_max_age_s)
+    # When a sharding task closes due waves while another transaction holds the first one
+    with clock_at(due), unit_of_work(settings) as holder:
+        holder.session.execute(select(Wave).where(Wave.id == held).with_for_update()).one()
+        with unit_of_work(settings) as uow:
+            closed = close_due_waves(uow, settings, skip_locked=True)
+        # Then it closed the other one without waiting for the lock
+        assert closed == [free]
+    # Then the held wave closes at the next chance (here the beat's sweep, which waits)
+    with clock_at(due):
+        assert run(close_due_waves, settings, settings) == [held]
+    with unit_of_work(settings) as uow:
+        assert set(uow.session.execute(select(Wave.status)).scalars()) == {"closed"}
