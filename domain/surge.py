@@ -71,6 +71,50 @@ class Measurement:
     window_s: float
 
 
+# Each worker announces its pool size and queues on its event heartbeat (workers.app), so the
+# control loop counts the fleet's slots without a broadcast: an inspect with no reply count
+# to wait for waits out its whole timeout, and two of them held a pool slot for two seconds.
+WORKERS_KEY = "orderfleet:surge:workers"  # worker hostname -> JSON {slots, queues, at}
+ANNOUNCEMENT_TTL_S = 10.0  # heartbeats come every 2 s: one older than this is a dead worker
+
+
+def announce_worker(r: redis.Redis, hostname: str, slots: int, queues: Iterable[str],
+                    now: float | None = None) -> None:
+    r.hset(WORKERS_KEY, hostname, json.dumps(
+        {"slots": slots, "queues": sorted(queues), "at": time.time() if now is None else now}))
+
+
+def withdraw_worker(r: redis.Redis, hostname: str) -> None:
+    r.hdel(WORKERS_KEY, hostname)
+
+
+def announced_slots(r: redis.Redis, core_queues: Iterable[str], control_queue: str,
+                    now: float | None = None) -> tuple[int, bool] | None:
+    """(pool slots of the live workers consuming a core queue, whether one of those also runs
+    the control loop) from the workers' announcements; None when no live worker announced
+    itself (workers without heartbeats: ask them instead). Stale announcements are dropped."""
+    now = time.time() if now is None else now
+    core = set(core_queues)
+    slots, shared, live, stale = 0, False, 0, []
+    for hostname, raw in r.hgetall(WORKERS_KEY).items():
+        try:
+            worker = json.loads(raw)
+            at, queues, size = float(worker["at"]), set(worker["queues"]), int(worker["slots"])
+        except (ValueError, KeyError, TypeError):
+            stale.append(hostname)
+            continue
+        if now - at > ANNOUNCEMENT_TTL_S:
+            stale.append(hostname)
+            continue
+        live += 1
+        if queues & core:
+            slots += size
+            shared = shared or control_queue in queues
+    if stale:
+        r.hdel(WORKERS_KEY, *stale)
+    return (slots, shared) if live else None
+
+
 def unacked_by_queue(r: redis.Redis) -> dict[str, int]:
     """Reserved-but-unacknowledged messages per queue (routing key = queue name here)."""
     counts: dict[str, int] = {}

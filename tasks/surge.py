@@ -27,6 +27,7 @@ from domain.pipeline import COMPENSATION_COUPON, NONCORE_TASKS
 from domain.surge import (
     TICK_LOCK_KEY,
     Decision,
+    announced_slots,
     client,
     decide,
     measure,
@@ -46,7 +47,11 @@ SLOTS_CACHE_S = 10
 
 def fleet_slots(app: Celery, r: redis.Redis) -> tuple[int, bool]:
     """Pool processes (the autoscale maximum where set) of workers consuming a core queue, and
-    whether those workers also run the control loop (its slot is then not the pipeline's)."""
+    whether those workers also run the control loop (its slot is then not the pipeline's):
+    from the workers' heartbeat announcements, else (none announced) by asking them."""
+    announced = announced_slots(r, CORE_QUEUES, CONTROL_QUEUE)
+    if announced is not None:
+        return announced
     cached = r.hmget(SLOTS_KEY, "slots", "shared")
     if cached[0] is not None:
         return int(cached[0]), cached[1] in ("1", b"1")

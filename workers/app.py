@@ -11,14 +11,21 @@ import gc
 import logging
 from typing import Any
 
+import redis
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import (
+    heartbeat_sent,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from config.celery import TASK_MODULES, celery_config
 from config.settings import Settings, get_settings
 from domain.db import dispose_engines, use_task_sender
 from domain.pipeline import NONCORE_TASKS
-from domain.surge import NoncoreGate
+from domain.surge import NoncoreGate, announce_worker, client, withdraw_worker
 from workers import deadletters  # noqa: F401 - stores tasks that fail for good
 
 
@@ -65,3 +72,42 @@ def _freeze_what_lives_forever(**_: object) -> None:
     # long as they do. Frozen, the cyclic collector's full passes no longer walk it all again
     # in every child (nor write to its pages, which stay shared with this process).
     gc.freeze()
+
+
+# The running worker (its consumer), announced to the control loop on every event heartbeat.
+_running: dict[str, Any] = {}
+log = logging.getLogger("orderfleet.worker")
+
+
+def _announce() -> None:
+    consumer = _running.get("consumer")
+    if consumer is None:
+        return
+    try:
+        r = _running.get("redis") or _running.setdefault("redis", client(get_settings()))
+        announce_worker(r, consumer.hostname,
+                        int(consumer.pool.info.get("max-concurrency") or 0),
+                        [q.name for q in consumer.task_consumer.queues])
+    except (redis.RedisError, AttributeError) as exc:  # the next heartbeat tries again
+        log.warning("could not announce this worker's slots: %s", exc)
+
+
+@worker_ready.connect
+def _announce_when_ready(sender: Any, **_: object) -> None:
+    _running["consumer"] = sender
+    _announce()
+
+
+@heartbeat_sent.connect
+def _announce_on_heartbeat(**_: object) -> None:
+    _announce()
+
+
+@worker_shutdown.connect
+def _withdraw(**_: object) -> None:
+    consumer = _running.pop("consumer", None)
+    if consumer is not None:
+        try:
+            withdraw_worker(_running.get("redis") or client(get_settings()), consumer.hostname)
+        except redis.RedisError as exc:  # the announcement goes stale on its own
+            log.warning("could not withdraw this worker's slots: %s", exc)

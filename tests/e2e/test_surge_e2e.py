@@ -12,7 +12,15 @@ from sqlalchemy import func, select
 from domain.db import unit_of_work
 from domain.lifecycle import LABELLED_OR_LATER, values
 from domain.models import NoncoreJob, OrderEvent, OrderRow
-from domain.surge import client, read_counts, read_load, transitions
+from config.celery import CONTROL_QUEUE, CORE_QUEUES
+from domain.surge import (
+    WORKERS_KEY,
+    announced_slots,
+    client,
+    read_counts,
+    read_load,
+    transitions,
+)
 from sandbox.smtp import read_messages
 from tasks.intake import submit_orders
 from tests.integration.helpers import native_order, put_stock
@@ -108,3 +116,23 @@ def test_breaker_parks_noncore_vip_overtakes_and_every_parked_job_replays_once(
     assert [t["to"] for t in changes[:2]] == ["open", "closed"]
     assert changes[0]["load"] > 0.8 and changes[1]["load"] < 0.6
     assert counts["parked"] >= counts["parked:post_purchase_email"] > 0
+
+
+def test_workers_announce_their_slots_and_the_control_loop_counts_them_without_asking(
+        start_fleet, settings) -> None:
+    from tasks.surge import SLOTS_KEY, fleet_slots
+
+    # Given one worker process with two pool slots on every queue (the control queue too)
+    fleet = start_fleet(workers=1, concurrency=2, beat=False)
+    r = client(fleet.settings)
+    r.delete(SLOTS_KEY)
+    # Then its heartbeat announces it: two slots, core queues and the control queue
+    assert eventually(lambda: announced_slots(r, CORE_QUEUES, CONTROL_QUEUE), 60,
+                      "the worker's announcement") == (2, True)
+    # Then the control loop counts them from the announcement: no broadcast, no cached reply
+    assert fleet_slots(celery_app, r) == (2, True)
+    assert not r.exists(SLOTS_KEY)
+    # When the worker stops, its announcement goes with it
+    fleet.stop()
+    assert announced_slots(r, CORE_QUEUES, CONTROL_QUEUE) is None
+    assert not r.hlen(WORKERS_KEY)
