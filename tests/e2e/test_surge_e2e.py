@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from config.celery import CONTROL_QUEUE, CORE_QUEUES
 from domain.db import unit_of_work
 from domain.lifecycle import LABELLED_OR_LATER, values
 from domain.models import NoncoreJob, OrderEvent, OrderRow
-from config.celery import CONTROL_QUEUE, CORE_QUEUES
 from domain.surge import (
     WORKERS_KEY,
     announced_slots,

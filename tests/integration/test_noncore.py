@@ -82,6 +82,38 @@ def test_each_kind_is_done_once_per_order_however_often_it_runs(sinks, settings)
     assert sorted(members) == [f"{i}:marketing_sync" for i in ids]
 
 
+def test_an_email_reads_back_whole_whatever_the_order_fields_hold(sinks, settings,
+                                                                  tmp_path) -> None:
+    import email
+    from email import policy
+
+    sink, store = sinks
+    s = _settings(settings, sink, store)
+    # Given an order whose number tries to start a header of its own, from a store named
+    # outside ASCII
+    (order_id,) = submit_orders([native_order("N-1\r\nBcc: evil@example.com", store="café-zoë")],
+                                settings=s).accepted
+    # When its post-purchase e-mail goes to a real SMTP server (the sink keeps the raw bytes)
+    raw: list[bytes] = []
+
+    class Keep(KeepMessages):
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            raw.append(envelope.content)
+            return await super().handle_DATA(server, session, envelope)
+
+    sink.controller.handler = Keep(tmp_path / "raw.jsonl")
+    assert run_jobs(s, "post_purchase_email", [order_id]).done == [order_id]
+    # Then it reads back as sent: one recipient, the number on one line, the store intact
+    (data,) = raw
+    msg = email.message_from_bytes(data, policy=policy.default)
+    assert msg["To"] == "jo@example.com" and msg["Bcc"] is None
+    assert msg["Subject"] == "Thank you for your order N-1  Bcc: evil@example.com"
+    assert msg["Message-ID"] == message_id(order_id, "post_purchase_email")
+    assert msg["X-Orderfleet-Job"] == f"{order_id}:post_purchase_email"
+    assert "from café-zoë is packed" in msg.get_content()
+    assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
+
+
 def test_an_order_without_an_email_is_skipped_and_recorded(sinks, settings) -> None:
     sink, store = sinks
     s = _settings(settings, sink, store)
