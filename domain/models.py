@@ -642,6 +642,7 @@ sku_health_table = _table_of(SkuHealth)
 sku_holds_table = _table_of(SkuHold)
 customer_profiles_table = _table_of(CustomerProfile)
 customer_keys_table = _table_of(CustomerKey)
+noncore_jobs_table = _table_of(NoncoreJob)
 
 
 class DeadLetterStatus(StrEnum):

@@ -45,11 +45,12 @@ from domain.db import (
     UnitOfWork,
     any_of,
     database_unavailable,
+    get_engine,
     insert_ignoring_conflicts,
     unit_of_work,
 )
 from domain.http import RetryingClient
-from domain.models import Coupon, NoncoreJob, OrderRow
+from domain.models import Coupon, NoncoreJob, OrderRow, noncore_jobs_table
 
 log = logging.getLogger("orderfleet.noncore")
 
@@ -385,22 +386,23 @@ class _Marks:
             outcomes = {self._taken: "sent", **outcomes}
         if not outcomes and begin_sending is None:
             return []
-        mine = (NoncoreJob.kind == self.kind, NoncoreJob.claimed_by == self.claimer)
+        # Core statements on a pooled connection: one transaction per e-mail, and an ORM
+        # session with its bulk-update bookkeeping cost more than the SMTP exchange.
+        jobs = noncore_jobs_table.c
+        mine = (jobs.kind == self.kind, jobs.claimed_by == self.claimer)
         moved: list[int] = []
         for attempt in Retrying(retry=retry_if_exception(database_unavailable),
                                 stop=stop_after_delay(60),
                                 wait=wait_exponential(multiplier=0.2, max=5), reraise=True):
-            with attempt, unit_of_work(self.settings) as uow:
+            with attempt, get_engine(self.settings).begin() as conn:
                 for order_id, outcome in outcomes.items():
-                    uow.session.execute(update(NoncoreJob).where(
-                        *mine, NoncoreJob.order_id == order_id)
-                        .values(outcome=outcome, done_at=utcnow()))
+                    conn.execute(update(noncore_jobs_table).where(*mine, jobs.order_id == order_id)
+                                 .values(outcome=outcome, done_at=utcnow()))
                 if begin_sending is not None:
-                    moved = list(uow.session.scalars(update(NoncoreJob).where(
-                        *mine, NoncoreJob.order_id == begin_sending,
-                        NoncoreJob.outcome == CLAIMED)
+                    moved = list(conn.execute(update(noncore_jobs_table).where(
+                        *mine, jobs.order_id == begin_sending, jobs.outcome == CLAIMED)
                         .values(outcome=SENDING, done_at=utcnow())
-                        .returning(NoncoreJob.order_id)))
+                        .returning(jobs.order_id)).scalars())
         self._taken = None
         return moved
 
