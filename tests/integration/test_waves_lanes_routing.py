@@ -167,7 +167,7 @@ def test_an_order_held_for_review_is_routed_only_after_approval(db, broker, sett
 
 def _closed_waves_with_engraved(settings, engraved_orders: int) -> list[int]:
     """Two standard waves (one per destination zone) and one custom-made wave of
-    ``engraved_orders``, closed together; the label queues emptied."""
+    ``engraved_orders``, closed together."""
     stock(settings)
     engraved = [{"sku": "TEE-M", "quantity": 1, "unit_price": "20.00", "weight_g": 250,
                  "properties": {"Engraving": "J"}}]
@@ -175,7 +175,8 @@ def _closed_waves_with_engraved(settings, engraved_orders: int) -> list[int]:
                               *(native_order(f"K-{i}", lines=engraved)
                                 for i in range(engraved_orders))])
     run(assign_orders, settings, ids, settings)
-    return run(close_waves_older_than, settings, 0.0)
+    closed: list[int] = run(close_waves_older_than, settings, 0.0)
+    return closed
 
 
 def _label_messages(broker, queue: str) -> list[list[int]]:
