@@ -312,6 +312,25 @@ def release_claims_of_lost_broker(uow: UnitOfWork) -> int:
         .returning(NoncoreJob.order_id)).all())
 
 
+def settle_sending_of_lost_broker(uow: UnitOfWork) -> int:
+    """Mark ``uncertain`` every e-mail a task message had moved to ``sending``: the broker
+    lost its messages, so no redelivery will find it, and the worker that lost the broker
+    terminated its task, maybe before the server had the message, maybe after. Left
+    ``sending``, nothing would ever settle it (the re-drive skips orders with a job row); as
+    ``uncertain`` it waits for a person and is never re-sent. A task still running (started
+    on the new broker) records ``sent`` over it once the server took the message. Direct calls
+    (``run-...``) are kept. Returns how many were marked."""
+    marked = uow.session.scalars(update(NoncoreJob).where(
+        NoncoreJob.outcome == SENDING, NoncoreJob.claimed_by.is_not(None),
+        ~NoncoreJob.claimed_by.startswith("run-"))
+        .values(outcome=UNCERTAIN, done_at=utcnow())
+        .returning(NoncoreJob.order_id)).all()
+    if marked:
+        log.warning("%d e-mail(s) were being handed to the mail server when the broker was "
+                    "lost; marked uncertain, not re-sent (orderfleet noncore list)", len(marked))
+    return len(marked)
+
+
 def _recipient(order: OrderRow) -> str:
     return str((order.payload.get("customer") or {}).get("email") or "").strip()
 

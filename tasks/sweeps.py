@@ -38,7 +38,7 @@ from domain.clock import utcnow
 from domain.db import UnitOfWork, unit_of_work
 from domain.lifecycle import State, values
 from domain.models import OrderRow, Wave, WaveStatus
-from domain.noncore import release_claims_of_lost_broker
+from domain.noncore import release_claims_of_lost_broker, settle_sending_of_lost_broker
 from domain.pipeline import (
     BUY_LABELS,
     LANE_LABEL_QUEUES,
@@ -260,6 +260,7 @@ def recover_lost_broker(settings: Settings, app: Celery) -> dict[str, Any] | Non
     with unit_of_work(settings) as uow:
         # E-mail claims of the tasks the lost messages carried first, so that those are sent.
         counts["released_claims"] = release_claims_of_lost_broker(uow)
+        counts["uncertain_emails"] = settle_sending_of_lost_broker(uow)
         counts["noncore"] = redrive_noncore(uow, settings.noncore_redrive_window_s)
     log.warning("the broker holds no epoch key (restarted empty?): queues declared, re-drove "
                 "%s", {k: v for k, v in counts.items() if v})

@@ -160,14 +160,16 @@ def test_a_restarted_broker_gives_back_the_email_claims_it_cut_off(db, broker,
     broker.flushdb()  # the messages of the claiming tasks are gone with the broker's data
     counts = recover_lost_broker(settings, app)
     # The task messages' claims are given back and their e-mails sent again; a possibly
-    # delivered e-mail and a direct call's claim are kept.
+    # delivered e-mail is marked uncertain (for a person, never re-sent: no message will ever
+    # settle it now); a direct call's claim is kept.
     assert counts is not None and counts["released_claims"] == 2
+    assert counts["uncertain_emails"] == 1
     assert counts["noncore"]["post_purchase_email"] == 2
     assert [_ids_in(m) for m in broker.lrange("email_post_purchase", 0, -1)] == [ids[:2]]
     with unit_of_work(settings) as uow:
-        kept = uow.session.scalars(select(NoncoreJob.order_id)
-                                   .where(NoncoreJob.kind == "post_purchase_email")).all()
-    assert sorted(kept) == ids[2:]
+        kept = dict(uow.session.execute(select(NoncoreJob.order_id, NoncoreJob.outcome)
+                                        .where(NoncoreJob.kind == "post_purchase_email")).all())
+    assert kept == {ids[2]: "uncertain", ids[3]: "claimed", ids[4]: "sent"}
 
 
 def test_the_redrive_command_shows_then_sends(db, broker, settings) -> None:
