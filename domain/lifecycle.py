@@ -112,6 +112,7 @@ SETTLED: frozenset[State] = frozenset(
 # measures paid -> labelled is over when every order is in one of these.
 LABELLED_OR_SETTLED: frozenset[State] = LABELLED_OR_LATER | SETTLED
 
+
 def arrivals_since(session: Session, since: datetime) -> int:
     """Orders that arrived at intake since ``since`` (a split order's parts are not
     arrivals). Through a partial index of the event log: cheap however long the day."""

@@ -33,6 +33,7 @@ from datetime import timedelta
 from email.header import Header
 from email.mime.text import MIMEText
 from email.policy import compat32
+from email.utils import formataddr, parseaddr
 from typing import Any
 
 from sqlalchemy import delete, or_, select, update
@@ -293,6 +294,10 @@ def _claim_emails(uow: UnitOfWork, kind: str, ids: list[int], replayed: bool, cl
     return claimed, orders, sorted(lost)
 
 
+# Rows claimed by a task message (a direct call's claimer is ``run-...``; no broker involved).
+_TASK_CLAIMS = (NoncoreJob.claimed_by.is_not(None), ~NoncoreJob.claimed_by.startswith("run-"))
+
+
 def release_claims_of_lost_broker(uow: UnitOfWork) -> int:
     """Give back every e-mail claim of a task message: the broker lost its messages.
 
@@ -307,9 +312,7 @@ def release_claims_of_lost_broker(uow: UnitOfWork) -> int:
     Claims of direct calls (``run-...``, no broker) are kept. Returns how many were released.
     """
     return len(uow.session.scalars(delete(NoncoreJob).where(
-        NoncoreJob.outcome == CLAIMED, NoncoreJob.claimed_by.is_not(None),
-        ~NoncoreJob.claimed_by.startswith("run-"))
-        .returning(NoncoreJob.order_id)).all())
+        NoncoreJob.outcome == CLAIMED, *_TASK_CLAIMS).returning(NoncoreJob.order_id)).all())
 
 
 def settle_sending_of_lost_broker(uow: UnitOfWork) -> int:
@@ -321,8 +324,7 @@ def settle_sending_of_lost_broker(uow: UnitOfWork) -> int:
     on the new broker) records ``sent`` over it once the server took the message. Direct calls
     (``run-...``) are kept. Returns how many were marked."""
     marked = uow.session.scalars(update(NoncoreJob).where(
-        NoncoreJob.outcome == SENDING, NoncoreJob.claimed_by.is_not(None),
-        ~NoncoreJob.claimed_by.startswith("run-"))
+        NoncoreJob.outcome == SENDING, *_TASK_CLAIMS)
         .values(outcome=UNCERTAIN, done_at=utcnow())
         .returning(NoncoreJob.order_id)).all()
     if marked:
@@ -442,11 +444,24 @@ class Mail:
 _SMTP_LINES = compat32.clone(linesep="\r\n")
 
 
+def _one_line(value: str) -> str:
+    # A CR or LF in an order's field would start a header of its own.
+    return " ".join(value.replace("\r", "\n").split("\n"))
+
+
 def _header(value: str) -> str:
-    """One line whatever an order's fields hold (a CR or LF would start a header of its own);
-    outside ASCII, RFC 2047 encoded words (unfolded: these headers are short)."""
-    line = " ".join(value.replace("\r", "\n").split("\n"))
+    """A text header on one line; outside ASCII, RFC 2047 encoded words (unfolded: these
+    headers are short)."""
+    line = _one_line(value)
     return line if line.isascii() else Header(line, "utf-8").encode(maxlinelen=0)
+
+
+def _address(value: str) -> str:
+    """An address header (``Name <addr>`` or ``addr``) on one line, only its display name
+    encoded where it leaves ASCII: an encoded word over the whole value would hide the
+    address from mail clients."""
+    name, addr = parseaddr(_one_line(value))
+    return formataddr((name, addr), charset="utf-8") if addr else _header(value)
 
 
 def _message(settings: Settings, kind: str, order: OrderRow) -> Mail:
@@ -454,8 +469,8 @@ def _message(settings: Settings, kind: str, order: OrderRow) -> Mail:
     recipient = _recipient(order)
     msg = MIMEText(body.format(order=order.source_order_id, store=order.store), "plain",
                    "utf-8")
-    msg["From"] = _header(settings.smtp_from)
-    msg["To"] = _header(recipient)
+    msg["From"] = _address(settings.smtp_from)
+    msg["To"] = _address(recipient)
     msg["Subject"] = _header(subject.format(order=order.source_order_id))
     msg["Message-ID"] = message_id(order.id, kind)
     msg["X-Orderfleet-Job"] = f"{order.id}:{kind}"

@@ -79,13 +79,19 @@ _running: dict[str, Any] = {}
 log = logging.getLogger("orderfleet.worker")
 
 
+def _redis() -> redis.Redis:
+    if "redis" not in _running:
+        _running["redis"] = client(get_settings())
+    r: redis.Redis = _running["redis"]
+    return r
+
+
 def _announce() -> None:
     consumer = _running.get("consumer")
     if consumer is None:
         return
     try:
-        r = _running.get("redis") or _running.setdefault("redis", client(get_settings()))
-        announce_worker(r, consumer.hostname,
+        announce_worker(_redis(), consumer.hostname,
                         int(consumer.pool.info.get("max-concurrency") or 0),
                         [q.name for q in consumer.task_consumer.queues])
     except (redis.RedisError, AttributeError) as exc:  # the next heartbeat tries again
@@ -108,6 +114,6 @@ def _withdraw(**_: object) -> None:
     consumer = _running.pop("consumer", None)
     if consumer is not None:
         try:
-            withdraw_worker(_running.get("redis") or client(get_settings()), consumer.hostname)
+            withdraw_worker(_redis(), consumer.hostname)
         except redis.RedisError as exc:  # the announcement goes stale on its own
             log.warning("could not withdraw this worker's slots: %s", exc)

@@ -88,17 +88,20 @@ def test_an_email_reads_back_whole_whatever_the_order_fields_hold(sinks, setting
     from email import policy
 
     sink, store = sinks
-    s = _settings(settings, sink, store)
-    # Given an order whose number tries to start a header of its own, from a store named
-    # outside ASCII
+    # Given a sender whose display name leaves ASCII, and an order whose number tries to start
+    # a header of its own, from a store named outside ASCII
+    s = _settings(settings, sink, store).model_copy(
+        update={"smtp_from": "Boutique Zoë <orders@example.com>"})
     (order_id,) = submit_orders([native_order("N-1\r\nBcc: evil@example.com", store="café-zoë")],
                                 settings=s).accepted
     # When its post-purchase e-mail goes to a real SMTP server (the sink keeps the raw bytes)
     raw: list[bytes] = []
+    senders: list[str] = []
 
     class Keep(KeepMessages):
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
             raw.append(envelope.content)
+            senders.append(envelope.mail_from)
             return await super().handle_DATA(server, session, envelope)
 
     sink.controller.handler = Keep(tmp_path / "raw.jsonl")
@@ -112,6 +115,10 @@ def test_an_email_reads_back_whole_whatever_the_order_fields_hold(sinks, setting
     assert msg["X-Orderfleet-Job"] == f"{order_id}:post_purchase_email"
     assert "from café-zoë is packed" in msg.get_content()
     assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
+    # Then the sender's name is encoded on its own, its address readable, in the envelope too
+    (sender,) = msg["From"].addresses
+    assert (sender.display_name, sender.addr_spec) == ("Boutique Zoë", "orders@example.com")
+    assert senders == ["orders@example.com"]
 
 
 def test_an_order_without_an_email_is_skipped_and_recorded(sinks, settings) -> None:
