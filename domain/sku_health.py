@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from config.settings import Settings
 from domain.alerts import raise_alert, resolve_alert
 from domain.clock import utcnow
-from domain.db import any_of, insert_ignoring_conflicts
+from domain.db import any_of, array_value, insert_ignoring_conflicts
 from domain.lifecycle import Move, State, apply_transitions
 from domain.models import OrderRow, SkuHealth, SkuHold, Stock, sku_health_table, sku_holds_table
 
@@ -160,10 +160,10 @@ def record_attempts(session: Session, outcomes: dict[str, str], settings: Settin
     if windows and conn.dialect.name == "postgresql":
         # One statement for the batch (arrays unnested into rows), not one per SKU.
         conn.execute(_WINDOWS_PG, {
-            "now": now, "skus": [w["b_sku"] for w in windows],
-            "recents": [w["b_recent"] for w in windows],
-            "attempts": [w["b_attempts"] for w in windows],
-            "failures": [w["b_failures"] for w in windows]})
+            "now": now, "skus": array_value([w["b_sku"] for w in windows], "VARCHAR"),
+            "recents": array_value([w["b_recent"] for w in windows], "TEXT"),
+            "attempts": array_value([w["b_attempts"] for w in windows], "BIGINT"),
+            "failures": array_value([w["b_failures"] for w in windows], "BIGINT")})
     elif windows:
         conn.execute(table.update().where(table.c.sku == bindparam("b_sku"))
                      .values(recent=bindparam("b_recent"), attempts=bindparam("b_attempts"),

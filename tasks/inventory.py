@@ -40,6 +40,7 @@ from domain.clock import utcnow
 from domain.db import (
     UnitOfWork,
     any_of,
+    array_value,
     chunks,
     insert_ignoring_conflicts,
     insert_rows,
@@ -135,8 +136,9 @@ def _add_reserved(uow: UnitOfWork, increments: dict[tuple[str, str], int]) -> in
     items = sorted(increments.items())
     if session.get_bind().dialect.name == "postgresql":
         return int(session.connection().execute(_ADD_RESERVED_PG, {
-            "now": now, "skus": [s for (s, _), _ in items], "whs": [w for (_, w), _ in items],
-            "qtys": [q for _, q in items]}).rowcount)
+            "now": now, "skus": array_value([s for (s, _), _ in items], "VARCHAR"),
+            "whs": array_value([w for (_, w), _ in items], "VARCHAR"),
+            "qtys": array_value([q for _, q in items], "INTEGER")}).rowcount)
     stmt = (
         update(Stock)
         .where(and_(Stock.sku == bindparam("b_sku"), Stock.warehouse == bindparam("b_wh"),
