@@ -20,6 +20,8 @@ reason in ``hold_reason``, and only after ``label_give_up_s`` do they go to ``la
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import time
@@ -30,6 +32,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import redis
 from celery import Task
 from sqlalchemy import select, update
 
@@ -44,7 +47,7 @@ from domain.carriers import (
     LabelRequest,
     Rate,
 )
-from domain.carriers.shared import carrier_client
+from domain.carriers.shared import carrier_client, shared_redis
 from domain.clock import utcnow
 from domain.db import UnitOfWork, any_of, insert_ignoring_conflicts, unit_of_work, update_rows
 from domain.lifecycle import Move, State, apply_transitions, claim, claim_columns, claim_ids
@@ -77,6 +80,10 @@ EARLY_TOLERANCE_S = 1.0
 RATE_QUOTE_THREADS = 8
 
 _rate_cache: dict[tuple[Any, ...], tuple[float, list[Rate]]] = {}
+# The quotes are shared through Redis as well: each worker process would otherwise ask the
+# carrier for the same brackets again (a fleet of N processes, N times the calls; a burst's
+# first seconds spent a fifth of the workers' CPU on quote calls and their breaker checks).
+SHARED_RATES_PREFIX = "orderfleet:rates:"
 
 
 # Carriers price parcels by weight bracket: quoting the bracket's upper bound lets one quote
@@ -152,6 +159,50 @@ def _cached_rates(client: CarrierAdapter, q: RateQuery, carrier: str | None) -> 
     return hit[1] if hit is not None and hit[0] > time.monotonic() else None
 
 
+def _shared_key(key: tuple[Any, ...]) -> str:
+    # Hashed: the key holds the carrier API's URL.
+    return SHARED_RATES_PREFIX + hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
+
+
+def _shared_rates(settings: Settings, keys: dict[Any, tuple[Any, ...]]) -> dict[Any, list[Rate]]:
+    """Quotes another worker process stored (``keys``: caller's key -> rate key), copied into
+    this process's cache until they expire; a value that cannot be read is a miss."""
+    if not keys or not settings.shared_redis.startswith(("redis://", "rediss://")):
+        return {}
+    raw = shared_redis(settings).mget([_shared_key(k) for k in keys.values()])
+    wall, mono = time.time(), time.monotonic()
+    out: dict[Any, list[Rate]] = {}
+    for (mine, key), value in zip(keys.items(), raw, strict=True):
+        if value is None:
+            continue
+        try:
+            doc = json.loads(value)
+            until = float(doc["until"])
+            rates = [Rate(c, s, Decimal(p), cur, int(d)) for c, s, p, cur, d in doc["rates"]]
+        except (ValueError, KeyError, TypeError, ArithmeticError):
+            continue
+        if until > wall:
+            _rate_cache[key] = (mono + until - wall, rates)
+            out[mine] = rates
+    return out
+
+
+def _share_rates(settings: Settings, fresh: dict[tuple[Any, ...], list[Rate]]) -> None:
+    """Store quotes just had from the carrier for the other worker processes."""
+    if not fresh or not settings.shared_redis.startswith(("redis://", "rediss://")):
+        return
+    until = time.time() + RATE_CACHE_TTL_S
+    pipe = shared_redis(settings).pipeline(transaction=False)
+    for key, rates in fresh.items():
+        doc = {"until": until, "rates": [[r.carrier, r.service, str(r.rate), r.currency,
+                                          r.est_delivery_days] for r in rates]}
+        pipe.set(_shared_key(key), json.dumps(doc), ex=int(RATE_CACHE_TTL_S))
+    try:
+        pipe.execute()
+    except redis.RedisError as exc:  # the quotes are in hand: sharing them can wait
+        log.warning("could not share %d rate quote(s): %s", len(fresh), exc)
+
+
 def _quote(client: CarrierAdapter, q: RateQuery, carrier: str | None) -> list[Rate]:
     hit = _cached_rates(client, q, carrier)
     if hit is not None:
@@ -198,9 +249,18 @@ def rate_shop(client: CarrierAdapter, queries: list[RateQuery], settings: Settin
             misses[key] = q
         else:
             quotes[key] = hit
+    if misses:
+        shared = _shared_rates(settings, {key: _rate_key(client, q, carrier_of(q))
+                                          for key, q in misses.items()})
+        quotes.update(shared)
+        misses = {key: q for key, q in misses.items() if key not in shared}
     if misses:  # threads only for the calls (most quotes are cached: no pool to start)
         with ThreadPoolExecutor(max_workers=min(RATE_QUOTE_THREADS, len(misses))) as pool:
-            quotes.update(zip(misses, pool.map(quote, misses.values()), strict=True))
+            fetched = dict(zip(misses, pool.map(quote, misses.values()), strict=True))
+        quotes.update(fetched)
+        _share_rates(settings, {_rate_key(client, misses[key], carrier_of(misses[key])): rates
+                                for key, rates in fetched.items()
+                                if not isinstance(rates, CarrierUnavailable)})
     shopped = Shopped({})
     # Each order's A/B arm routes it; a learned arm asks its model once for the whole wave.
     by_strategy: dict[str, tuple[RoutingStrategy, list[tuple[RateQuery, ParcelFeatures,

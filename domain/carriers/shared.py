@@ -1,7 +1,8 @@
 """The configured carrier adapter and the circuit breakers every worker shares.
 
 One adapter per process (connection reuse), rebuilt in a forked child; the breakers keep
-their state in Redis, so all workers see a carrier's outage at once. Used by the label,
+their state in Redis, so all workers see a carrier's outage at once (and the label stage
+shares its rate quotes there). Used by the label,
 tracking and cancellation stages and by the ops CLI.
 """
 
@@ -18,6 +19,16 @@ from domain.carriers import CarrierAdapter, build_carrier
 
 _clients: dict[tuple[Any, ...], CarrierAdapter] = {}
 _breakers: dict[tuple[Any, ...], CircuitBreaker] = {}
+_redis: dict[tuple[int, str], redis.Redis] = {}
+
+
+def shared_redis(settings: Settings) -> redis.Redis:
+    """The Redis of state the carriers' callers share (breakers, rate quotes), one client
+    (and connection pool) per process."""
+    key = (os.getpid(), settings.shared_redis)
+    if key not in _redis:
+        _redis[key] = redis.Redis.from_url(settings.shared_redis)
+    return _redis[key]
 
 
 def breaker_policy(settings: Settings) -> BreakerPolicy:
@@ -31,8 +42,7 @@ def shared_breaker(settings: Settings) -> CircuitBreaker:
     """The per-carrier breakers every worker shares (state in Redis), one client per process."""
     key = (os.getpid(), settings.shared_redis, breaker_policy(settings))
     if key not in _breakers:
-        _breakers[key] = CircuitBreaker(redis.Redis.from_url(settings.shared_redis),
-                                        breaker_policy(settings))
+        _breakers[key] = CircuitBreaker(shared_redis(settings), breaker_policy(settings))
     return _breakers[key]
 
 

@@ -20,13 +20,17 @@ from domain.clock import utcnow
 from domain.db import unit_of_work
 from domain.models import OrderRow, Shipment, Wave
 from sandbox.carrier import FaultProfile, SandboxCarrierServer
+from tasks import labels as labels_module
 from tasks.fraud import check_orders
 from tasks.intake import submit_orders
 from tasks.inventory import reserve_orders
 from tasks.labels import (
+    SHARED_RATES_PREFIX,
     buy_wave_labels,
     label_wave,
     label_wave_batch,
+    rate_queries,
+    rate_shop,
     record_labels,
     retry_failed_labels,
 )
@@ -96,6 +100,25 @@ def test_rate_shopping_picks_the_cheapest_service_meeting_each_promise(
     # ... and paid what was quoted
     assert shipments(settings)["STD-1"].rate == Decimal("4.50")
     assert {o.state for o in orders(settings).values()} == {"labelled"}
+
+
+def test_a_quote_one_worker_process_had_serves_the_others(waves, settings, server,
+                                                          broker) -> None:
+    # Given orders to three destinations in waves, quoted once by a worker process
+    wave_ids = waves([native_order("Q-1"), native_order("Q-2", shipping_address=BERLIN),
+                      native_order("Q-3", tags=["vip"])])
+    with unit_of_work(settings) as uow:
+        queries = rate_queries(uow, wave_ids)
+    first = rate_shop(SandboxCarrier(server.url), queries, settings)
+    asked = server.state.stats.api_requests
+    assert asked >= 2 and not first.unquoted
+    assert broker.keys(SHARED_RATES_PREFIX + "*")
+    # When another process (its own cache empty, its own client) shops the same parcels
+    labels_module._rate_cache.clear()
+    again = rate_shop(SandboxCarrier(server.url), queries, settings)
+    # then it chose the same services without asking the carrier again
+    assert server.state.stats.api_requests == asked
+    assert again.choices == first.choices
 
 
 def test_within_the_waves_carrier_by_default(waves, settings, server) -> None:
