@@ -300,6 +300,11 @@ class Settings(BaseSettings):
     surge_open_load: float = Field(0.8, gt=0)
     surge_close_load: float = Field(0.6, ge=0)
     surge_min_dwell_s: float = Field(60.0, ge=0)
+    # It also opens once the orders waiting in the automated stages have exceeded this many
+    # full batches (batch_size) per slot on consecutive ticks this long: a burst sheds at once,
+    # not after the average has caught up (some 16 s with the 10 s constant).
+    surge_saturated_batches: int = Field(4, ge=1)
+    surge_saturated_open_s: float = Field(1.5, ge=0)
     # Parked non-core order-jobs replayed per monitor tick once the breaker closed.
     surge_replay_per_tick: int = Field(200, ge=1)
     # Intake above baseline x this (4 = +300%) is a surge; stages 2 and 3 follow after these.

@@ -11,8 +11,10 @@ Load (README, "Surge control"), each tick::
     load_raw    = max(utilisation, wait)
     load        = EWMA(load_raw), alpha = 1 - exp(-dt / surge_ewma_tau_s)
 
-The breaker opens when ``load > surge_open_load`` (or a surge reached stage 1) and closes when
-``load < surge_close_load`` after at least ``surge_min_dwell_s`` open and no surge stage is on.
+The breaker opens when ``load > surge_open_load`` (or a surge reached stage 1), or when the fleet
+has been saturated (a backlog of ``surge_saturated_batches`` full batches per slot) on
+consecutive ticks for ``surge_saturated_open_s``; it closes when ``load < surge_close_load``
+after at least ``surge_min_dwell_s`` open and no surge stage is on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -115,13 +117,20 @@ def announced_slots(r: redis.Redis, core_queues: Iterable[str], control_queue: s
     return (slots, shared) if live else None
 
 
-def unacked_by_queue(r: redis.Redis) -> dict[str, int]:
-    """Reserved-but-unacknowledged messages per queue (routing key = queue name here)."""
+def unacked_by_queue(r: redis.Redis, now: float | None = None) -> dict[str, int]:
+    """Reserved-but-unacknowledged messages per queue (routing key = queue name here), less
+    those a worker holds for a countdown still to come: a retry or a deferral waiting for its
+    ETA occupies no pool slot (a worker holds any number of them), and counted as busy they
+    had the load at 1.0 with the fleet half idle."""
+    now = time.time() if now is None else now
     counts: dict[str, int] = {}
     for _tag, raw in r.hscan_iter(UNACKED_KEY, count=500):
         try:
-            routing_key = json.loads(raw)[2]
-        except (ValueError, IndexError, TypeError):
+            message, _exchange, routing_key = json.loads(raw)
+            eta = (message.get("headers") or {}).get("eta")
+            if eta and datetime.fromisoformat(eta).timestamp() > now:
+                continue
+        except (ValueError, TypeError, AttributeError):
             continue
         counts[routing_key] = counts.get(routing_key, 0) + 1
     return counts
@@ -139,7 +148,7 @@ def measure(r: redis.Redis, session: Session, settings: Settings, *, slots: int,
             core_queues: Sequence[str], control_queues: Sequence[str] = ("control",),
             now: float | None = None) -> Measurement:
     now = time.time() if now is None else now
-    unacked = unacked_by_queue(r)
+    unacked = unacked_by_queue(r, now)
     lengths = queue_lengths(r, core_queues)
     from domain.clock import utcnow
 
@@ -169,6 +178,16 @@ def raw_load(m: Measurement, settings: Settings) -> tuple[float, float]:
     return max(utilisation, wait), utilisation
 
 
+def saturated(m: Measurement, settings: Settings) -> bool:
+    """More orders waiting in the automated stages than ``surge_saturated_batches`` full
+    batches per slot: work the fleet cannot take for a while. Busy slots and queued messages
+    say little here (a stage sends a message per small batch and holds countdown messages, so
+    both run high at half load); a burst's backlog is thousands of orders, a fleet that keeps
+    up holds about a second of its intake."""
+    threshold = settings.surge_saturated_batches * settings.batch_size * m.slots
+    return m.slots > 0 and m.backlog_orders >= threshold
+
+
 def ewma(previous: float | None, value: float, dt: float, tau: float) -> float:
     """Exponentially weighted moving average for irregular ticks (time constant ``tau``)."""
     if previous is None:
@@ -193,6 +212,7 @@ class ControlState:
     surge_since: float = 0.0
     at: float | None = None
     learning_since: float | None = None  # first tick: no surge before a full rate window
+    saturated_since: float | None = None  # first of the consecutive saturated ticks
 
     @classmethod
     def from_redis(cls, raw: dict[str, str]) -> ControlState:
@@ -203,7 +223,8 @@ class ControlState:
                    breaker=raw.get("breaker", "closed"),
                    breaker_since=num("breaker_since") or 0.0, stage=int(raw.get("stage", 0)),
                    surge_since=num("surge_since") or 0.0, at=num("at"),
-                   learning_since=num("learning_since"))
+                   learning_since=num("learning_since"),
+                   saturated_since=num("saturated_since"))
 
     def to_redis(self) -> dict[str, str]:
         return {k: ("" if v is None else str(v)) for k, v in asdict(self).items()}
@@ -267,10 +288,21 @@ def decide(prev: ControlState, m: Measurement, settings: Settings) -> Decision:
         st.stage, st.surge_since = 0, 0.0
 
     # --- the non-core breaker: hysteresis and a minimum dwell -------------------------------
-    if st.breaker == "closed" and (st.load > settings.surge_open_load or st.stage >= 1):
+    # The average (10 s) reaches the open threshold some 16 s into a saturating burst: a sale's
+    # first seconds would spend a fifth of the fleet's CPU on e-mails while orders queue.
+    # Saturation held over consecutive ticks opens the breaker at once.
+    if not saturated(m, settings):
+        st.saturated_since = None
+    elif st.saturated_since is None:
+        st.saturated_since = m.at
+    saturated_s = m.at - st.saturated_since if st.saturated_since is not None else None
+    burst = saturated_s is not None and saturated_s >= settings.surge_saturated_open_s
+    if st.breaker == "closed" and (st.load > settings.surge_open_load or st.stage >= 1 or burst):
         st.breaker, st.breaker_since = "open", m.at
         why = (f"load {st.load:.2f} above {settings.surge_open_load}"
-               if st.load > settings.surge_open_load else f"surge stage {st.stage}")
+               if st.load > settings.surge_open_load else f"surge stage {st.stage}"
+               if st.stage >= 1 else f"{m.backlog_orders} orders waiting, over "
+               f"{settings.surge_saturated_batches} batches per slot for {saturated_s:.1f}s")
         note("breaker", "closed", "open", why + ": non-core jobs are parked")
     elif (st.breaker == "open" and st.stage == 0 and st.load < settings.surge_close_load
           and m.at - st.breaker_since >= settings.surge_min_dwell_s):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -326,13 +327,19 @@ def test_measure_reads_unacked_core_messages_lists_and_waiting_orders(db, redis_
         "t1": json.dumps([{}, "orderfleet", "inventory"]),
         "t2": json.dumps([{}, "orderfleet", "labels_fast"]),
         "t3": json.dumps([{}, "orderfleet", "email_post_purchase"]),  # not core
+        # held by a worker for a countdown (a retry in a minute): no slot busy with it yet
+        "t4": json.dumps([{"headers": {"eta": (utcnow() + timedelta(minutes=1)).isoformat()}},
+                          "orderfleet", "inventory"]),
+        # ... one whose ETA has come is running
+        "t5": json.dumps([{"headers": {"eta": (utcnow() - timedelta(seconds=1)).isoformat()}},
+                          "orderfleet", "fraud"]),
     })
     with unit_of_work(settings) as uow:
         m = measure(r, uow.session, settings, slots=4,
                     core_queues=["fraud", "fraud_fast", "inventory", "labels_fast"])
         assert fast_lane_ids(uow.session, ids) == set(ids)
         assert uow.session.scalar(select(func.count()).select_from(OrderRow)) == 4
-    assert (m.busy_core, m.queued_core, m.backlog_orders, m.arrivals) == (2, 4, 4, 4)
+    assert (m.busy_core, m.queued_core, m.backlog_orders, m.arrivals) == (3, 4, 4, 4)
     assert m.oldest_wait_s >= 0
 
 

@@ -15,10 +15,11 @@ S = Settings(surge_open_load=0.8, surge_close_load=0.6, surge_min_dwell_s=30,
              surge_stage2_after_s=60, surge_stage3_after_s=120)
 
 
-def m(at: float, busy: int = 0, slots: int = 10, wait: float = 0.0, arrivals: int = 10
-      ) -> Measurement:
-    return Measurement(at=at, slots=slots, busy_core=busy, queued_core=0, backlog_orders=0,
-                       oldest_wait_s=wait, arrivals=arrivals, drained=0, window_s=10)
+def m(at: float, busy: int = 0, slots: int = 10, wait: float = 0.0, arrivals: int = 10,
+      backlog: int = 0) -> Measurement:
+    return Measurement(at=at, slots=slots, busy_core=busy, queued_core=0,
+                       backlog_orders=backlog, oldest_wait_s=wait, arrivals=arrivals,
+                       drained=0, window_s=10)
 
 
 def run(steps: list[Measurement], st: ControlState | None = None) -> list[ControlState]:
@@ -46,6 +47,36 @@ def test_the_first_tick_averages_from_idle() -> None:
     slow = S.model_copy(update={"surge_ewma_tau_s": 10.0, "surge_monitor_interval_s": 2.0})
     st = decide(ControlState(), m(0, busy=10), slow).state
     assert st.breaker == "closed" and math.isclose(st.load or 0, 1 - math.exp(-0.2))
+
+
+# As shipped: the 10 s average, a tick every 2 s, batches of 250, two slots.
+SHIPPED = Settings(batch_size=250, surge_monitor_interval_s=2.0)
+
+
+def test_a_burst_opens_the_breaker_on_its_second_saturated_tick() -> None:
+    # 4 batches of 250 per slot, 2 slots: 2,000 orders waiting saturate the fleet.
+    st, states = ControlState(), []
+    for t, backlog in [(0, 100), (2, 5000), (4, 4200), (6, 3000)]:
+        d = decide(st, m(t, busy=2, slots=2, backlog=backlog), SHIPPED)
+        st = d.state
+        states.append(d)
+    assert [d.state.breaker for d in states] == ["closed", "closed", "open", "open"]
+    # The average alone was far from the threshold: the backlog opened it.
+    assert (states[2].state.load or 0) < SHIPPED.surge_open_load
+    assert "4200 orders waiting" in states[2].transitions[0]["reason"]
+
+
+def test_a_backlog_that_keeps_up_or_comes_and_goes_opens_nothing() -> None:
+    st = ControlState()
+    # Half load: a few hundred orders in flight; a spike on single ticks, never two in a row.
+    for t, backlog in enumerate([300, 450, 2500, 200, 2500, 380, 1999, 1999, 1999]):
+        st = decide(st, m(2 * t, busy=1, slots=2, backlog=backlog), SHIPPED).state
+        assert st.breaker == "closed"
+    # No slot announced (no worker running): the backlog is no measure of a burst.
+    st = ControlState()
+    for t in range(4):
+        st = decide(st, m(2 * t, busy=0, slots=0, backlog=9000), SHIPPED).state
+    assert st.saturated_since is None
 
 
 def test_breaker_opens_above_80_and_stays_open_between_60_and_80() -> None:
