@@ -251,21 +251,24 @@ def _array_literal_class(pg_type: str) -> type[str]:
 
 
 _ARRAY_LITERALS = {sql: _array_literal_class(pg) for sql, pg in _PG_TYPES.items()}
-_literal_classes: dict[Any, type[str] | None] = {}
+_literal_classes: dict[tuple[type, bool | None], type[str] | None] = {}
 
 
 def _literal_class(item_type: Any) -> type[str] | None:
     """The array-literal class for values of ``item_type`` (already past a TypeDecorator), or
     None where the values need the type's own bind processing."""
+    # By class (and time zone), not by instance: callers build types afresh (Integer()), and a
+    # cache keyed by each instance would grow with every batch.
+    key = (type(item_type), getattr(item_type, "timezone", None))
     try:
-        return _literal_classes[item_type]
+        return _literal_classes[key]
     except KeyError:
         pass
     cls = None
     if isinstance(item_type, _LITERAL_TYPES) and not isinstance(item_type, Enum):
         sql = _PG_DIALECT.type_compiler_instance.process(item_type).split("(")[0].strip()
         cls = _ARRAY_LITERALS.get(sql)
-    _literal_classes[item_type] = cls
+    _literal_classes[key] = cls
     return cls
 
 

@@ -70,6 +70,20 @@ def test_an_array_literal_leaves_what_it_cannot_write_to_psycopg() -> None:
     assert array_literal([object()]) is None
 
 
+def test_array_parameters_of_types_built_afresh_share_one_cached_class() -> None:
+    # Callers build item types per batch (Integer()): the cache must not grow with them.
+    from sqlalchemy import Integer
+
+    from domain import db as db_module
+
+    array_param([1, 2], Integer())
+    size = len(db_module._literal_classes)
+    for _ in range(100):
+        array_param([1, 2], Integer())
+        array_param(["a"], String(64))
+    assert len(db_module._literal_classes) <= size + 1
+
+
 def test_ids_matched_against_an_array_find_their_rows(db, settings) -> None:
     accepted = submit_orders([native_order(f"ARR-{i}") for i in range(5)],
                              settings=settings).accepted
