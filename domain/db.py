@@ -282,8 +282,8 @@ def array_literal(values: Iterable[Any]) -> str | None:
 
     psycopg's list dumper writes each element in Python and searches it for characters to
     quote: the stages' id and column arrays spent 10-25% of their CPU there. ``str()``,
-    ``join`` and ``replace`` run in C, and the server parses the literal (``CAST(... AS
-    type[])``).
+    ``join`` and ``replace`` run in C, and the server parses the literal as the array
+    parameter it is sent as (:func:`array_param`, :func:`array_value`).
     """
     out: list[str] = []
     for v in values:

@@ -81,8 +81,8 @@ RATE_QUOTE_THREADS = 8
 
 _rate_cache: dict[tuple[Any, ...], tuple[float, list[Rate]]] = {}
 # The quotes are shared through Redis as well: each worker process would otherwise ask the
-# carrier for the same brackets again (a fleet of N processes, N times the calls; a burst's
-# first seconds spent a fifth of the workers' CPU on quote calls and their breaker checks).
+# carrier for the same brackets again (a fleet of N processes, N times the calls, each with a
+# real carrier's latency and rate limit, and a breaker check in Redis).
 SHARED_RATES_PREFIX = "orderfleet:rates:"
 
 

@@ -1,9 +1,9 @@
 """The configured carrier adapter and the circuit breakers every worker shares.
 
 One adapter per process (connection reuse), rebuilt in a forked child; the breakers keep
-their state in Redis, so all workers see a carrier's outage at once (and the label stage
-shares its rate quotes there). Used by the label,
-tracking and cancellation stages and by the ops CLI.
+their state in Redis, so all workers see a carrier's outage at once (the label stage shares
+its rate quotes there too). Used by the label, tracking and cancellation stages and by the
+ops CLI.
 """
 
 from __future__ import annotations
