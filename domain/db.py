@@ -317,7 +317,6 @@ def array_param(values: Sequence[Any], item_type: Any, name: str | None = None
     """``values`` as one PostgreSQL array parameter of ``item_type`` (a column's type): an
     array literal sent with the array type's oid where :func:`array_literal` can write it,
     else the list through psycopg's dumper."""
-    item_type = item_type() if isinstance(item_type, type) else item_type
     plain, base = list(values), item_type
     if isinstance(item_type, TypeDecorator):
         plain = [item_type.process_bind_param(v, _PG_DIALECT) for v in plain]

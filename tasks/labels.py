@@ -164,12 +164,26 @@ def _shared_key(key: tuple[Any, ...]) -> str:
     return SHARED_RATES_PREFIX + hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
 
 
+def _rates_redis(settings: Settings) -> redis.Redis | None:
+    """Where quotes are shared: the shared Redis (none configured, e.g. an in-memory broker
+    in a one-process run: each process keeps its own)."""
+    if not settings.shared_redis.startswith(("redis://", "rediss://")):
+        return None
+    return shared_redis(settings)
+
+
 def _shared_rates(settings: Settings, keys: dict[Any, tuple[Any, ...]]) -> dict[Any, list[Rate]]:
     """Quotes another worker process stored (``keys``: caller's key -> rate key), copied into
-    this process's cache until they expire; a value that cannot be read is a miss."""
-    if not keys or not settings.shared_redis.startswith(("redis://", "rediss://")):
+    this process's cache until they expire; a value that cannot be read, or a Redis that
+    cannot be reached, is a miss (the carrier is asked)."""
+    r = _rates_redis(settings) if keys else None
+    if r is None:
         return {}
-    raw = shared_redis(settings).mget([_shared_key(k) for k in keys.values()])
+    try:
+        raw = r.mget([_shared_key(k) for k in keys.values()])
+    except redis.RedisError as exc:
+        log.warning("could not read shared rate quotes: %s", exc)
+        return {}
     wall, mono = time.time(), time.monotonic()
     out: dict[Any, list[Rate]] = {}
     for (mine, key), value in zip(keys.items(), raw, strict=True):
@@ -189,10 +203,11 @@ def _shared_rates(settings: Settings, keys: dict[Any, tuple[Any, ...]]) -> dict[
 
 def _share_rates(settings: Settings, fresh: dict[tuple[Any, ...], list[Rate]]) -> None:
     """Store quotes just had from the carrier for the other worker processes."""
-    if not fresh or not settings.shared_redis.startswith(("redis://", "rediss://")):
+    r = _rates_redis(settings) if fresh else None
+    if r is None:
         return
     until = time.time() + RATE_CACHE_TTL_S
-    pipe = shared_redis(settings).pipeline(transaction=False)
+    pipe = r.pipeline(transaction=False)
     for key, rates in fresh.items():
         doc = {"until": until, "rates": [[r.carrier, r.service, str(r.rate), r.currency,
                                           r.est_delivery_days] for r in rates]}
