@@ -252,8 +252,12 @@ def decide(prev: ControlState, m: Measurement, settings: Settings) -> Decision:
     out = Decision(st, raw, utilisation)
 
     def note(kind: str, frm: Any, to: Any, reason: str) -> None:
+        # With the measurement behind it, unrounded: a load of 0.80004 opened the breaker and
+        # must not read as 0.8; a breaker opened by a saturating backlog shows that backlog.
         out.transitions.append({"at": m.at, "what": kind, "from": frm, "to": to,
-                                "load": round(st.load or 0.0, 3), "reason": reason})
+                                "load": st.load or 0.0,
+                                "backlog_orders": m.backlog_orders, "slots": m.slots,
+                                "reason": reason})
 
     # --- the three-stage response to an intake jump over baseline ---------------------------
     if st.learning_since is None:

@@ -63,7 +63,9 @@ def test_a_burst_opens_the_breaker_on_its_second_saturated_tick() -> None:
     assert [d.state.breaker for d in states] == ["closed", "closed", "open", "open"]
     # The average alone was far from the threshold: the backlog opened it.
     assert (states[2].state.load or 0) < SHIPPED.surge_open_load
-    assert "4200 orders waiting" in states[2].transitions[0]["reason"]
+    opened = states[2].transitions[0]
+    assert "4200 orders waiting" in opened["reason"]
+    assert (opened["backlog_orders"], opened["slots"]) == (4200, 2)
 
 
 def test_a_backlog_that_keeps_up_or_comes_and_goes_opens_nothing() -> None:
