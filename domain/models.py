@@ -645,6 +645,18 @@ customer_keys_table = _table_of(CustomerKey)
 noncore_jobs_table = _table_of(NoncoreJob)
 
 
+class BrokerEpoch(Base):
+    """The epoch key this database last saw in each broker's Redis (``tasks.sweeps``). A Redis
+    that lacks its key has lost its data only if the database saw one before; a database
+    that never did is new with its broker (a fresh fleet, a test run), and nothing is lost."""
+
+    __tablename__ = "broker_epochs"
+
+    broker: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:port/db
+    token: Mapped[str] = mapped_column(String(64))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class DeadLetterStatus(StrEnum):
     OPEN = "open"  # waiting for a person
     RETRIED = "retried"  # sent again (orderfleet dlq retry)

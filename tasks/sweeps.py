@@ -12,7 +12,8 @@ once, even while its stage's queue is deep. On a broker it cannot read (RabbitMQ
 ``stage_deadline_s`` and an empty queue, so that a surge is not doubled.
 
 A Redis that restarted empty lost every message at once. It also lost the epoch key that this
-module keeps there, which ``check_broker_epoch`` notices within ``broker_epoch_check_s``: it
+module keeps there (and the database remembers, ``broker_epochs``), which the epoch check
+notices within ``broker_epoch_check_s`` (beat task ``orderfleet.sweeps.broker_epoch``): it
 declares the queues again and re-drives every order that no message carries, without waiting,
 and the non-core jobs (e-mails, coupons, marketing sync) of recently moved orders that have none.
 """
@@ -27,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlparse
 
 import redis
 from celery import Celery, Task
@@ -35,9 +37,9 @@ from sqlalchemy import select
 from config.celery import FAST_LANE_QUEUES, TASK_ROUTES
 from config.settings import Settings, get_settings
 from domain.clock import utcnow
-from domain.db import UnitOfWork, unit_of_work
+from domain.db import UnitOfWork, dialect_insert, unit_of_work
 from domain.lifecycle import State, values
-from domain.models import OrderRow, Wave, WaveStatus
+from domain.models import BrokerEpoch, OrderRow, Wave, WaveStatus
 from domain.noncore import release_claims_of_lost_broker, settle_sending_of_lost_broker
 from domain.pipeline import (
     BUY_LABELS,
@@ -239,12 +241,46 @@ def declare_queues(app: Celery) -> None:
             queue(channel).declare()
 
 
+def broker_identity(url: str) -> str:
+    """``host:port/db`` of a Redis URL: the broker an epoch belongs to, without credentials."""
+    parts = urlparse(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{parts.path.lstrip('/') or 0}"
+
+
+def _record_epoch(settings: Settings, broker: str, token: str) -> None:
+    with unit_of_work(settings) as uow:
+        values = {"broker": broker, "token": token, "seen_at": utcnow()}
+        uow.session.execute(dialect_insert(uow.session, BrokerEpoch).values(values)
+                            .on_conflict_do_update(index_elements=["broker"], set_=values))
+
+
 def broker_epoch_lost(settings: Settings) -> bool:
-    """True when the broker's Redis no longer holds the epoch key (it restarted empty, or this
-    is the fleet's first check); the key is set again either way."""
+    """True when the broker's Redis has lost its data: its epoch key is gone, and this
+    database saw one there before. The key is set again either way.
+
+    Redis alone cannot tell a restart without persistence from a broker this fleet has never
+    used (a new deployment, a test or benchmark run that emptied its db): both lack the key.
+    Taking the second for the first re-sent every recent non-core job and marked e-mails
+    being sent ``uncertain`` in a healthy fleet's first seconds. The database remembers the
+    key it last saw (``broker_epochs``); where it has none, nothing was lost.
+    """
+    broker = broker_identity(settings.broker_url)
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
     try:
-        return bool(client.set(EPOCH_KEY, secrets.token_hex(8), nx=True))
+        with unit_of_work(settings) as uow:
+            seen = uow.session.scalar(select(BrokerEpoch.token)
+                                      .where(BrokerEpoch.broker == broker))
+        raw = client.get(EPOCH_KEY)
+        current = raw.decode() if isinstance(raw, bytes) else raw
+        if current is not None:
+            if current != seen:  # a database new to this broker: remember its epoch
+                _record_epoch(settings, broker, current)
+            return False
+        token = secrets.token_hex(8)
+        if not client.set(EPOCH_KEY, token, nx=True):
+            return False  # another check set it a moment ago: that one decides
+        _record_epoch(settings, broker, token)
+        return seen is not None
     finally:
         client.close()
 

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from domain.clock import utcnow
 from domain.db import unit_of_work
-from domain.models import NoncoreJob, OrderRow
+from domain.models import BrokerEpoch, NoncoreJob, OrderRow
 from tasks.intake import submit_orders
 from tasks.sweeps import EPOCH_KEY, recover_lost_broker, redrive_stuck
 from tests.integration.helpers import native_order
@@ -99,11 +99,61 @@ def test_a_message_held_by_a_worker_that_died_counts_as_missing(db, broker, sett
     assert sorted(_queued_ids(broker)[0]) == sorted(ids)
 
 
+def _fleet_has_checked(settings, app, broker) -> None:
+    """The fleet's first epoch check on this broker: it sets the key and recovers nothing."""
+    if not broker.exists(EPOCH_KEY):
+        assert recover_lost_broker(settings, app) is None
+    assert broker.exists(EPOCH_KEY)
+
+
+def test_a_fleets_first_check_on_a_new_broker_takes_nothing_for_lost(db, broker,
+                                                                       settings) -> None:
+    from workers.app import app
+
+    # Given a new broker (no epoch key) and a database that never saw one, with work under way:
+    # an order waiting for fraud, and an e-mail at the mail server
+    ids = sorted(submit_orders([native_order(f"F-{i}") for i in range(2)],
+                               settings=settings).accepted)
+    with unit_of_work(settings) as uow:
+        uow.session.execute(update(OrderRow).where(OrderRow.id == ids[1])
+                            .values(state="labelled", updated_at=utcnow()))
+        uow.session.add(NoncoreJob(order_id=ids[1], kind="post_purchase_email",
+                                   outcome="sending", claimed_by="task-1", done_at=utcnow()))
+    queued = broker.llen("fraud")
+    # When the fleet's first epoch check runs
+    assert recover_lost_broker(settings, app) is None
+    # Then nothing was re-sent or settled: the key is set and the database remembers it
+    assert broker.llen("fraud") == queued and not broker.llen("email_post_purchase")
+    with unit_of_work(settings) as uow:
+        assert uow.session.scalar(select(NoncoreJob.outcome)) == "sending"
+        seen = uow.session.scalar(select(BrokerEpoch.token))
+    assert seen is not None and broker.get(EPOCH_KEY) in (seen, seen.encode())
+    # ... and once that broker loses its data, the next check recovers
+    broker.flushdb()
+    counts = recover_lost_broker(settings, app)
+    assert counts is not None and counts["received"] == 1 and counts["uncertain_emails"] == 1
+
+
+def test_a_database_new_to_a_running_broker_learns_its_epoch(db, broker, settings) -> None:
+    from workers.app import app
+
+    # Given a broker that has its epoch key, and a database that never saw it (restored, new)
+    broker.set(EPOCH_KEY, "epoch-of-another-database")
+    assert recover_lost_broker(settings, app) is None
+    with unit_of_work(settings) as uow:
+        assert uow.session.scalar(select(BrokerEpoch.token)) == "epoch-of-another-database"
+    # When the broker loses its data, the loss is noticed
+    submit_orders([native_order("G-1")], settings=settings)
+    broker.flushdb()
+    counts = recover_lost_broker(settings, app)
+    assert counts is not None and counts["received"] == 1
+
+
 def test_a_broker_that_lost_its_data_is_redriven_at_once(db, broker, settings) -> None:
     from workers.app import app
 
     ids = submit_orders([native_order("E-1"), native_order("E-2")], settings=settings).accepted
-    broker.set(EPOCH_KEY, "running")
+    _fleet_has_checked(settings, app, broker)
     assert recover_lost_broker(settings, app) is None  # the epoch is there: nothing to do
 
     broker.flushdb()  # Redis restarted without persistence: messages and bindings are gone
@@ -129,7 +179,7 @@ def test_a_lost_broker_sends_again_the_noncore_jobs_that_have_not_run(db, broker
         uow.session.add(NoncoreJob(order_id=ids[0], kind="post_purchase_email",
                                    done_at=utcnow(), outcome="sent"))
     _age(settings, [ids[3]], 8 * 86_400)
-    broker.set(EPOCH_KEY, "running")
+    _fleet_has_checked(settings, app, broker)
     broker.flushdb()  # when the broker loses its messages (and the jobs it queued),
     counts = recover_lost_broker(settings, app)
     # then the jobs that have not run are sent again, for recent orders only.
@@ -156,7 +206,7 @@ def test_a_restarted_broker_gives_back_the_email_claims_it_cut_off(db, broker,
                             .values(state="labelled", updated_at=utcnow()))
         uow.session.add_all(NoncoreJob(order_id=i, kind="post_purchase_email", outcome=o,
                                        claimed_by=c, done_at=utcnow()) for i, o, c in rows)
-    broker.set(EPOCH_KEY, "running")
+    _fleet_has_checked(settings, app, broker)
     broker.flushdb()  # the messages of the claiming tasks are gone with the broker's data
     counts = recover_lost_broker(settings, app)
     # The task messages' claims are given back and their e-mails sent again; a possibly
