@@ -386,6 +386,20 @@ def _submit(payloads: list[dict[str, Any]], settings: Settings) -> int:
     return accepted
 
 
+def _redriven(settings: Settings) -> dict[str, int]:
+    from domain.pipeline import redriven
+    from domain.surge import client
+
+    return redriven(client(settings))
+
+
+def _redriven_since(settings: Settings, before: dict[str, int]) -> dict[str, int]:
+    """What the re-drive sweep sent again during a run: a lost message shows here, and a run
+    with a long tail says why."""
+    after = _redriven(settings)
+    return {k: n - before.get(k, 0) for k, n in sorted(after.items()) if n > before.get(k, 0)}
+
+
 def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7,
                  label: str = "pipeline", fleet: Fleet | None = None) -> dict[str, Any]:
     """``n`` orders paid at once: intake to the last label; throughput and latency (and, given
@@ -396,6 +410,7 @@ def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7,
     first_id = _max_order_id(settings)
     payloads = _payloads(n, seed)
     cpu_before = cpu_by_process(fleet) if fleet is not None else {}
+    redriven_before = _redriven(settings)
     t0 = time.time()
     accepted = _submit(payloads, settings)
     submitted = time.time() - t0
@@ -412,14 +427,17 @@ def pipeline_run(n: int, settings: Settings, quiet: bool, seed: int = 7,
     elapsed = last.timestamp() - t0
     labelled = sum(counts.get(s.value, 0) for s in LABELLED_OR_LATER)
     lat = latencies_after(settings, first_id)
+    redrove = _redriven_since(settings, redriven_before)
     Console(stderr=True, quiet=quiet).print(
         f"{label}: {labelled} of {accepted} orders paid -> labelled in {elapsed:.2f}s "
         f"(intake took {submitted:.2f}s): {labelled / elapsed:.0f} orders/s, "
-        f"p95 latency {percentile(lat, 0.95)}s")
+        f"p95 latency {percentile(lat, 0.95)}s"
+        + (f"; re-driven by the sweep: {redrove}" if redrove else ""))
     return {"orders": labelled, "accepted": accepted, "seconds": round(elapsed, 3),
             "intake_s": round(submitted, 3), "orders_per_s": round(labelled / elapsed, 1),
             "p50_latency_s": percentile(lat, 0.5), "p95_latency_s": percentile(lat, 0.95),
-            "by_state": counts, **({"cpu_ms_per_order": cpu} if cpu is not None else {})}
+            "by_state": counts, "redriven": redrove,
+            **({"cpu_ms_per_order": cpu} if cpu is not None else {})}
 
 
 def offered_load_run(rate: float, duration_s: float, settings: Settings, quiet: bool,
@@ -430,6 +448,7 @@ def offered_load_run(rate: float, duration_s: float, settings: Settings, quiet: 
     than that at these rates); every order's paid -> labelled time is measured.
     """
     first_id = _max_order_id(settings)
+    redriven_before = _redriven(settings)
     tick = 0.1
     n = max(1, int(rate * duration_s))
     payloads = _payloads(n, seed)
@@ -452,7 +471,8 @@ def offered_load_run(rate: float, duration_s: float, settings: Settings, quiet: 
     row = {"offered_per_s": round(rate, 1), "orders": n, "labelled": labelled,
            "achieved_per_s": round(achieved, 1), "offered_s": round(offered_s, 2),
            "p50_latency_s": percentile(lat, 0.5), "p95_latency_s": percentile(lat, 0.95),
-           "max_latency_s": round(lat[-1], 3) if lat else None}
+           "max_latency_s": round(lat[-1], 3) if lat else None,
+           "redriven": _redriven_since(settings, redriven_before)}
     Console(stderr=True, quiet=quiet).print(
         f"offered {rate:.0f} orders/s for {duration_s:.0f}s: {row['achieved_per_s']} orders/s, "
         f"p50 {row['p50_latency_s']}s, p95 {row['p95_latency_s']}s")

@@ -46,9 +46,11 @@ from domain.pipeline import (
     LANE_LABEL_QUEUES,
     STAGE_FOR_STATE,
     advance,
+    count_redriven,
     label_waves,
     redrive_noncore,
 )
+from domain.surge import client
 from tasks.base import is_transient, retry_on_transient, stage_task
 
 log = logging.getLogger(__name__)
@@ -229,6 +231,10 @@ def redrive_stuck(settings: Settings, app: Celery, *, dry_run: bool = False,
     elif any(v for k, v in counts.items() if k != "mode"):
         log.warning("re-drove work no message carried: %s",
                     {k: v for k, v in counts.items() if v})
+        try:
+            count_redriven(client(settings), {k: len(v) for k, v in plan.items()})
+        except redis.RedisError as exc:  # the messages went out; only the tally is short
+            log.warning("re-drive not counted: %s", exc)
     return counts
 
 

@@ -94,6 +94,7 @@ class FleetCollector(Collector):
             yield from self._database()
             yield from self._queues()
             yield from self._surge()
+            yield from self._redrive()
             yield from self._breakers()
             if self.ping_workers:
                 yield from self._workers()
@@ -276,6 +277,17 @@ class FleetCollector(Collector):
             if value is not None:
                 c.add_metric([], value)
             yield c
+
+    def _redrive(self) -> Iterator[Metric]:
+        from domain.pipeline import redriven
+
+        c = CounterMetricFamily(
+            "orderfleet_redriven",
+            "Orders (per state) and closed waves that the re-drive sweep sent again because "
+            "no message carried them: messages lost on the way.", labels=["what"])
+        for what, n in sorted(redriven(self.shared).items()):
+            c.add_metric([what], n)
+        yield c
 
     def _breakers(self) -> Iterator[Metric]:
         from domain.carriers.shared import shared_breaker

@@ -25,6 +25,7 @@ from domain.db import unit_of_work
 from domain.health_rules import apply_findings, evaluate
 from domain.models import OrderEvent, OrderRow
 from domain.observability import sla_attainment, snapshot
+from domain.pipeline import REDRIVEN_KEY
 from domain.report import build_report
 from tasks.intake import submit_orders
 from tests.integration.helpers import native_order
@@ -116,6 +117,7 @@ def test_the_exporter_exposes_queues_unacked_messages_surge_breakers_and_latency
                                    "oldest_wait_s": "75", "arrival_rate": "12.5",
                                    "drain_rate": "9", "breaker": "open", "surge_stage": "1"})
     broker.hset(NONCORE_COUNTS_KEY, mapping={"parked": "12", "replayed": "5"})
+    broker.hset(REDRIVEN_KEY, mapping={"received": "3", "waves": "1"})
     breaker = shared_breaker(settings)
     breaker.record("sbx-air", ok=False)
     breaker.record("sbx-air", ok=True)
@@ -133,6 +135,7 @@ def test_the_exporter_exposes_queues_unacked_messages_surge_breakers_and_latency
     assert m["orderfleet_surge_stage"][()] == 1
     assert m["orderfleet_noncore_parked_total"][()] == 12
     assert m["orderfleet_noncore_replayed_total"][()] == 5
+    assert m["orderfleet_redriven_total"] == {(("what", "received"),): 3, (("what", "waves"),): 1}
     assert m["orderfleet_carrier_calls_total"][(("carrier", "sbx-air"),)] == 2
     assert m["orderfleet_carrier_errors_total"][(("carrier", "sbx-air"),)] == 1
     assert m["orderfleet_carrier_breaker_state"][(("carrier", "sbx-air"), ("state", "closed"))] \

@@ -13,6 +13,8 @@ from sqlalchemy import select, update
 from domain.clock import utcnow
 from domain.db import unit_of_work
 from domain.models import BrokerEpoch, NoncoreJob, OrderRow
+from domain.pipeline import redriven
+from domain.surge import client
 from tasks.intake import submit_orders
 from tasks.sweeps import EPOCH_KEY, recover_lost_broker, redrive_stuck
 from tests.integration.helpers import native_order
@@ -55,6 +57,10 @@ def test_only_orders_no_message_carries_are_sent_again_while_the_queue_is_not_em
 
     assert counts["mode"] == "missing" and counts["received"] == 3
     assert sorted(map(sorted, _queued_ids(broker))) == sorted([sorted(carried), sorted(lost)])
+    # ... and counted where ops (orderfleet_redriven_total) and the benchmarks read it
+    assert redriven(client(settings)) == {"received": 3}
+    redrive_stuck(settings, app)  # a second sweep finds the re-sent message: nothing more
+    assert redriven(client(settings)) == {"received": 3}
 
 
 def test_a_dry_run_names_the_missing_orders_and_sends_nothing(db, broker, settings) -> None:
@@ -66,6 +72,7 @@ def test_a_dry_run_names_the_missing_orders_and_sends_nothing(db, broker, settin
 
     assert counts["ids"] == {"received": sorted(lost)}
     assert broker.llen("fraud") == 1
+    assert redriven(client(settings)) == {}
 
 
 def test_orders_changed_within_the_grace_period_are_left_alone(db, broker, settings) -> None:
