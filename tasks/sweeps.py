@@ -271,24 +271,24 @@ def broker_epoch_lost(settings: Settings) -> bool:
     key it last saw (``broker_epochs``); where it has none, nothing was lost.
     """
     broker = broker_identity(settings.broker_url)
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+    broker_redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
     try:
         with unit_of_work(settings) as uow:
             seen = uow.session.scalar(select(BrokerEpoch.token)
                                       .where(BrokerEpoch.broker == broker))
-        raw = client.get(EPOCH_KEY)
+        raw = broker_redis.get(EPOCH_KEY)
         current = raw.decode() if isinstance(raw, bytes) else raw
         if current is not None:
             if current != seen:  # a database new to this broker: remember its epoch
                 _record_epoch(settings, broker, current)
             return False
         token = secrets.token_hex(8)
-        if not client.set(EPOCH_KEY, token, nx=True):
+        if not broker_redis.set(EPOCH_KEY, token, nx=True):
             return False  # another check set it a moment ago: that one decides
         _record_epoch(settings, broker, token)
         return seen is not None
     finally:
-        client.close()
+        broker_redis.close()
 
 
 def recover_lost_broker(settings: Settings, app: Celery) -> dict[str, Any] | None:
