@@ -176,11 +176,11 @@ def _shared_rates(settings: Settings, keys: dict[Any, tuple[Any, ...]]) -> dict[
     """Quotes another worker process stored (``keys``: caller's key -> rate key), copied into
     this process's cache until they expire; a value that cannot be read, or a Redis that
     cannot be reached, is a miss (the carrier is asked)."""
-    r = _rates_redis(settings) if keys else None
-    if r is None:
+    shared = _rates_redis(settings) if keys else None
+    if shared is None:
         return {}
     try:
-        raw = r.mget([_shared_key(k) for k in keys.values()])
+        raw = shared.mget([_shared_key(k) for k in keys.values()])
     except redis.RedisError as exc:
         log.warning("could not read shared rate quotes: %s", exc)
         return {}
@@ -203,11 +203,11 @@ def _shared_rates(settings: Settings, keys: dict[Any, tuple[Any, ...]]) -> dict[
 
 def _share_rates(settings: Settings, fresh: dict[tuple[Any, ...], list[Rate]]) -> None:
     """Store quotes just had from the carrier for the other worker processes."""
-    r = _rates_redis(settings) if fresh else None
-    if r is None:
+    shared = _rates_redis(settings) if fresh else None
+    if shared is None:
         return
     until = time.time() + RATE_CACHE_TTL_S
-    pipe = r.pipeline(transaction=False)
+    pipe = shared.pipeline(transaction=False)
     for key, rates in fresh.items():
         doc = {"until": until, "rates": [[r.carrier, r.service, str(r.rate), r.currency,
                                           r.est_delivery_days] for r in rates]}

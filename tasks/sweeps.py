@@ -232,7 +232,7 @@ def redrive_stuck(settings: Settings, app: Celery, *, dry_run: bool = False,
         log.warning("re-drove work no message carried: %s",
                     {k: v for k, v in counts.items() if v})
         try:
-            count_redriven(client(settings), {k: len(v) for k, v in plan.items()})
+            count_redriven(client(settings), {k: v for k, v in counts.items() if k != "mode"})
         except redis.RedisError as exc:  # the messages went out; only the tally is short
             log.warning("re-drive not counted: %s", exc)
     return counts
