@@ -260,16 +260,11 @@ def _record_epoch(settings: Settings, broker: str, token: str) -> None:
                             .on_conflict_do_update(index_elements=["broker"], set_=values))
 
 
-def broker_epoch_lost(settings: Settings) -> bool:
-    """True when the broker's Redis has lost its data: its epoch key is gone, and this
-    database saw one there before. The key is set again either way.
-
-    Redis alone cannot tell a restart without persistence from a broker this fleet has never
-    used (a new deployment, a test or benchmark run that emptied its db): both lack the key.
-    Taking the second for the first re-sent every recent non-core job and marked e-mails
-    being sent ``uncertain`` in a healthy fleet's first seconds. The database remembers the
-    key it last saw (``broker_epochs``); where it has none, nothing was lost.
-    """
+def _check_epoch(settings: Settings, *, claim_loss: bool) -> bool:
+    """Compare the broker's epoch key with the one the database last saw; True when the key
+    is gone after the database saw one (the broker lost its data) and this call set it again.
+    Without ``claim_loss`` a gone key the database knew is left gone, for the check that
+    recovers."""
     broker = broker_identity(settings.broker_url)
     broker_redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
     try:
@@ -282,6 +277,8 @@ def broker_epoch_lost(settings: Settings) -> bool:
             if current != seen:  # a database new to this broker: remember its epoch
                 _record_epoch(settings, broker, current)
             return False
+        if seen is not None and not claim_loss:
+            return False
         token = secrets.token_hex(8)
         if not broker_redis.set(EPOCH_KEY, token, nx=True):
             return False  # another check set it a moment ago: that one decides
@@ -289,6 +286,28 @@ def broker_epoch_lost(settings: Settings) -> bool:
         return seen is not None
     finally:
         broker_redis.close()
+
+
+def broker_epoch_lost(settings: Settings) -> bool:
+    """True when the broker's Redis has lost its data: its epoch key is gone, and this
+    database saw one there before. The key is set again either way.
+
+    Redis alone cannot tell a restart without persistence from a broker this fleet has never
+    used (a new deployment, a test or benchmark run that emptied its db): both lack the key.
+    Taking the second for the first re-sent every recent non-core job and marked e-mails
+    being sent ``uncertain`` in a healthy fleet's first seconds. The database remembers the
+    key it last saw (``broker_epochs``); where it has none, nothing was lost.
+    """
+    return _check_epoch(settings, claim_loss=True)
+
+
+def remember_broker_epoch(settings: Settings) -> None:
+    """At a worker's start, before it takes a message: make sure the database knows the
+    broker's epoch, so that a broker lost in the fleet's first seconds (before beat's first
+    check) is still noticed. A key already gone that the database knew stays gone: the
+    check recovers that loss."""
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        _check_epoch(settings, claim_loss=False)
 
 
 def recover_lost_broker(settings: Settings, app: Celery) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from config.celery import TASK_MODULES, celery_config
 from config.settings import Settings, get_settings
@@ -64,6 +65,20 @@ def _fresh_connections(**_: object) -> None:
     # A prefork child must not share the parent's database connections.
     dispose_engines()
     logging.getLogger("orderfleet").setLevel(logging.INFO)
+
+
+@worker_init.connect
+def _remember_broker_epoch(**_: object) -> None:
+    # Before the consumer starts: a broker lost before beat's first epoch check would
+    # otherwise look new, and its lost non-core jobs would never be sent again.
+    from tasks.sweeps import remember_broker_epoch
+
+    try:
+        remember_broker_epoch(get_settings())
+    except (redis.RedisError, SQLAlchemyError) as exc:  # beat's check records it later
+        log.warning("could not record the broker's epoch at start: %s", exc)
+    finally:
+        dispose_engines()  # the pool's children open their own; this process keeps none
 
 
 @worker_init.connect

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
+from sqlalchemy import delete
 
 from config.celery import celery_config
+from domain.db import unit_of_work
+from domain.models import BrokerEpoch
 from tasks.sweeps import EPOCH_KEY
 from tests.waiting import eventually
 from workers.fleet import free_port, settings_env
@@ -95,6 +98,12 @@ def test_a_worker_runs_tasks_over_tls_with_a_password_and_logs_no_secret(
     sender.conf.update(celery_config(secure))
     client = redis.Redis.from_url(secure_redis)
     try:
+        # (the worker records the broker's epoch as it starts: over TLS too; cleared again so
+        # that the task's own check shows it ran)
+        eventually(lambda: client.exists(EPOCH_KEY), 60, "the TLS worker's start")
+        client.delete(EPOCH_KEY)
+        with unit_of_work(settings) as uow:
+            uow.session.execute(delete(BrokerEpoch))
         # when a task is sent over rediss:// and a worker takes it from there
         sender.send_task("orderfleet.sweeps.broker_epoch")
         # then it ran: the check set the broker's epoch key

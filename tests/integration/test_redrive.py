@@ -16,7 +16,12 @@ from domain.models import BrokerEpoch, NoncoreJob, OrderRow
 from domain.pipeline import redriven
 from domain.surge import client
 from tasks.intake import submit_orders
-from tasks.sweeps import EPOCH_KEY, recover_lost_broker, redrive_stuck
+from tasks.sweeps import (
+    EPOCH_KEY,
+    recover_lost_broker,
+    redrive_stuck,
+    remember_broker_epoch,
+)
 from tests.integration.helpers import native_order
 
 
@@ -152,6 +157,24 @@ def test_a_database_new_to_a_running_broker_learns_its_epoch(db, broker, setting
     # When the broker loses its data, the loss is noticed
     submit_orders([native_order("G-1")], settings=settings)
     broker.flushdb()
+    counts = recover_lost_broker(settings, app)
+    assert counts is not None and counts["received"] == 1
+
+
+def test_a_broker_lost_before_beats_first_check_is_still_noticed(db, broker, settings) -> None:
+    from workers.app import app
+
+    # Given a new broker: a worker, starting, records its epoch before it takes a message
+    remember_broker_epoch(settings)
+    with unit_of_work(settings) as uow:
+        assert uow.session.scalar(select(BrokerEpoch.token)) is not None
+    assert broker.exists(EPOCH_KEY)
+    # When the broker loses its data before beat has checked once, and a worker restarts
+    submit_orders([native_order("W-1")], settings=settings)
+    broker.flushdb()
+    remember_broker_epoch(settings)
+    # Then the loss is left for the check (no key set over it), which recovers it
+    assert not broker.exists(EPOCH_KEY)
     counts = recover_lost_broker(settings, app)
     assert counts is not None and counts["received"] == 1
 
